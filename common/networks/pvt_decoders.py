@@ -1,0 +1,381 @@
+"""PVT-GDLA and its baseline decoders (linear, rotary softmax and differential attention) on a PVT-v2 encoder.
+
+Reference: Zheng et al., "Gated Differential Linear Attention: A Linear-Time Decoder for High-Fidelity
+Medical Segmentation". Defaults reproduce the authors' published code and weights; the paper's ablations
+are constructor options. Module names follow the authors' checkpoints (``up1.up``, ``de1.attn.qkvg``, ...)
+except the encoder, which is timm's PVT-v2 under ``backbone`` (see :mod:`common.convert`).
+
+Shapes: input ``[B, in_channels, H, W]`` with H and W divisible by 32; output ``[B, num_classes, H, W]``,
+or in training with deep supervision the list ``[out4, out3, out2, out1]`` of such maps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import elu_feature_map, linear_attention
+from .encoders import create_pvt_v2, load_encoder_weights, pvt_v2_features
+from .layers import FFNKind, ResBlock, apply_rotary, build_ffn, grid_to_tokens, rotary_tables, tokens_to_grid
+from .registry import register_network
+
+MixerKind = Literal["gdla", "linear", "softmax", "differential"]
+GateKind = Literal["sigmoid", "silu"]
+
+HEAD_DIM = 32
+LAYER_NORM_EPS = 1e-5
+RMS_NORM_EPS = 1e-5
+LINEAR_ATTENTION_EPS = 1e-6
+
+
+class GatedDifferentialLinearAttention(nn.Module):
+    """GDLA mixer on tokens ``[B, N, C] -> [B, N, C]``.
+
+    ``P = qkvg(x)`` is split into q, k, v, g. With ``local_mixing`` a second projection
+    ``P' = pwc(dwc(P))`` on the token grid gives a second full pass; both passes run as one batched
+    contraction. Per head, with ``differential``, the 32 query/key channels split into two 16-channel
+    subspaces and ``y = LA(q1, k1, v) - lambda * LA(q2, k2, v)`` (lambda learnable per head and value
+    channel); then one shared RMSNorm over the head channels and the element-wise gate ``y * gate(g)``.
+    ``out_proj`` fuses ``[y_main, y_local]``.
+
+    Args:
+        dim: channels C (a multiple of ``head_dim``).
+        num_heads: heads; ``num_heads * head_dim == dim``.
+        differential: subtract the second subspace's attention (off: one 32-channel linear attention).
+        local_mixing: add the depthwise/pointwise local token-mixing pass.
+        gate: ``"sigmoid"`` (published code), ``"silu"`` (the paper's text) or ``None`` (no g projection).
+        kernel_size: kernel of the local mixer's depthwise convolution.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        differential: bool = True,
+        local_mixing: bool = True,
+        gate: GateKind | None = "sigmoid",
+        kernel_size: int = 3,
+        head_dim: int = HEAD_DIM,
+    ):
+        super().__init__()
+        if num_heads * head_dim != dim:
+            raise ValueError(f"{num_heads} heads of {head_dim} channels do not make {dim} channels")
+        if gate not in ("sigmoid", "silu", None):
+            raise ValueError(f"unknown gate {gate!r}; expected 'sigmoid', 'silu' or None")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, head_dim
+        self.differential, self.gate = differential, gate
+        num_passes = 2 if local_mixing else 1
+        projected = (4 if gate else 3) * dim
+        if differential:
+            self.lambda_scale_main = nn.Parameter(torch.randn(num_heads, head_dim) * 0.1)
+            if local_mixing:
+                self.lambda_scale_aux = nn.Parameter(torch.randn(num_heads, head_dim) * 0.1)
+        self.qkvg = nn.Linear(dim, projected)
+        self.ln = nn.RMSNorm(head_dim, eps=RMS_NORM_EPS)
+        if local_mixing:
+            self.dwc = nn.Conv2d(projected, projected, kernel_size, padding=kernel_size // 2, groups=projected)
+            self.pwc = nn.Conv2d(projected, projected, 1)
+        else:
+            self.dwc = self.pwc = None
+        self.out_proj = nn.Linear(num_passes * dim, dim)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, n, _ = x.shape
+        projection = self.qkvg(x)  # [B, N, 4C]
+        passes = [projection]
+        if self.dwc is not None:
+            passes.append(grid_to_tokens(self.pwc(self.dwc(tokens_to_grid(projection, size)))))
+        y = self._gated_heads(torch.stack(passes))  # [S, B, N, H, D]
+        return self.out_proj(y.permute(1, 2, 0, 3, 4).reshape(b, n, -1))
+
+    def _lambdas(self) -> torch.Tensor:
+        """``[S, H, D]``: the subtraction weights of the main and (if present) local pass."""
+        if self.dwc is None:
+            return self.lambda_scale_main[None]
+        return torch.stack((self.lambda_scale_main, self.lambda_scale_aux))
+
+    def _gated_heads(self, projections: torch.Tensor) -> torch.Tensor:
+        """``[S, B, N, 4C]`` projections of S passes -> gated, normalised head outputs ``[S, B, N, H, D]``."""
+        s, b, n, _ = projections.shape
+        h, d = self.num_heads, self.head_dim
+        q, k, v, *g = projections.split(self.dim, dim=-1)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # [S, B, N, C] -> [S, B, H, N, D]
+            return t.reshape(s, b, n, h, d).transpose(2, 3)
+
+        q, k, v = heads(elu_feature_map(q)), heads(elu_feature_map(k)), heads(v)
+        if self.differential:
+            # [S, B, H, 2, N, D/2]: subspace 1 = channels 0..15 of each head, subspace 2 = 16..31
+            q = q.unflatten(-1, (2, d // 2)).transpose(-3, -2)
+            k = k.unflatten(-1, (2, d // 2)).transpose(-3, -2)
+            both = linear_attention(q, k, v.unsqueeze(3), LINEAR_ATTENTION_EPS)  # [S, B, H, 2, N, D]
+            lam = self._lambdas()[:, None, :, None, :]  # [S, 1, H, 1, D]
+            y = both[:, :, :, 0] - lam * both[:, :, :, 1]
+        else:
+            y = linear_attention(q, k, v, LINEAR_ATTENTION_EPS)
+        y = self.ln(y).transpose(2, 3)  # [S, B, N, H, D]
+        if self.gate:
+            gate = g[0].reshape(s, b, n, h, d)
+            y = y * (torch.sigmoid(gate) if self.gate == "sigmoid" else F.silu(gate))
+        return y
+
+
+class LinearAttention(nn.Module):
+    """Multi-head kernel linear attention (phi = ELU + 1), ``[B, N, C] -> [B, N, C]``; no positional encoding."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # [B, H, N, D]
+        y = linear_attention(elu_feature_map(q), elu_feature_map(k), v, LINEAR_ATTENTION_EPS)
+        return self.out_proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+class RotarySelfAttention(nn.Module):
+    """Softmax attention with 1-D rotary embedding over the flattened token index, ``[B, N, C] -> [B, N, C]``."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # [B, H, N, D]
+        cos, sin = rotary_tables(n, q.shape[-1], device=x.device, dtype=x.dtype)
+        y = F.scaled_dot_product_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
+        return self.out_proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+class DifferentialAttention(nn.Module):
+    """Differential Transformer attention, ``[B, N, C] -> [B, N, C]``.
+
+    q and k form 2H heads of D/2 channels (rotary embedding on each), v forms H heads of D channels;
+    value head h pairs with q/k heads 2h and 2h+1: ``(A1 - lambda A2) v``, RMSNorm, times ``1 - lambda_init``,
+    with ``lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init`` and
+    ``lambda_init = 0.8 - 0.6 exp(-0.3 depth)``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, depth: int, head_dim: int = HEAD_DIM):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * depth)
+        self.lambda_q1 = nn.Parameter(torch.randn(head_dim) * 0.1)
+        self.lambda_k1 = nn.Parameter(torch.randn(head_dim) * 0.1)
+        self.lambda_q2 = nn.Parameter(torch.randn(head_dim) * 0.1)
+        self.lambda_k2 = nn.Parameter(torch.randn(head_dim) * 0.1)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.subln = nn.RMSNorm(head_dim, eps=RMS_NORM_EPS)
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        h, d = self.num_heads, self.head_dim
+        q, k, v = self.qkv(x).split(c, dim=-1)
+        q = q.reshape(b, n, h, 2, d // 2).permute(0, 2, 3, 1, 4)  # [B, H, 2, N, D/2]
+        k = k.reshape(b, n, h, 2, d // 2).permute(0, 2, 3, 1, 4)
+        v = v.reshape(b, n, h, 1, d).permute(0, 2, 3, 1, 4).expand(b, h, 2, n, d)
+        cos, sin = rotary_tables(n, d // 2, device=x.device, dtype=x.dtype)
+        both = F.scaled_dot_product_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
+        lam = (
+            torch.exp((self.lambda_q1 * self.lambda_k1).sum())
+            - torch.exp((self.lambda_q2 * self.lambda_k2).sum())
+            + self.lambda_init
+        )
+        y = self.subln(both[:, :, 0] - lam * both[:, :, 1]) * (1 - self.lambda_init)  # [B, H, N, D]
+        return self.out_proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+class DecoderBlock(nn.Module):
+    """``x + mixer(norm1(x))``, then ``x + mlp(norm2(x))`` on tokens ``[B, N, C]``.
+
+    For GDLA the mixer input first passes the full Conv3x3 + SiLU (``dwc``; the paper calls it depthwise,
+    the published parameter count needs a full convolution).
+    """
+
+    def __init__(self, dim: int, attn: nn.Module, mlp: nn.Module, input_conv: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.dwc = nn.Conv2d(dim, dim, 3, padding=1) if input_conv else None
+        self.attn = attn
+        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.mlp = mlp
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        h = self.norm1(x)
+        if self.dwc is not None:
+            h = grid_to_tokens(F.silu(self.dwc(tokens_to_grid(h, size))))
+        x = x + self.attn(h, size)
+        return x + self.mlp(self.norm2(x), size)
+
+
+class UpConv(nn.Module):
+    """Transposed-convolution x2 upsampling ``[B, C_in, H, W] -> [B, C_out, 2H, 2W]`` (no bias)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(
+            in_channels, out_channels, kernel_size, stride=2, padding=kernel_size // 2, output_padding=1, bias=False
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(x)
+
+
+def build_mixer(
+    kind: MixerKind,
+    dim: int,
+    depth: int,
+    differential: bool = True,
+    local_mixing: bool = True,
+    gate: GateKind | None = "sigmoid",
+    mixer_kernel_size: int = 3,
+) -> nn.Module:
+    """The token mixer ``kind`` for ``dim`` channels; ``depth`` (3, 2, 1 from coarse to fine) sets lambda_init."""
+    heads = dim // HEAD_DIM
+    if kind == "gdla":
+        return GatedDifferentialLinearAttention(dim, heads, differential, local_mixing, gate, mixer_kernel_size)
+    if kind == "linear":
+        return LinearAttention(dim, heads)
+    if kind == "softmax":
+        return RotarySelfAttention(dim, heads)
+    if kind == "differential":
+        return DifferentialAttention(dim, heads, depth)
+    raise ValueError(f"unknown mixer {kind!r}; expected 'gdla', 'linear', 'softmax' or 'differential'")
+
+
+class PVTDecoderNet(nn.Module):
+    """PVT-v2 encoder + three-stage transformer decoder + full-resolution residual branch.
+
+    ``d3 = de1(up1(x4) + x3)``, ``d2 = de2(up2(d3) + x2)``, ``d1 = de3(up3(d2) + x1)``;
+    ``out1 = head1(bilinear_x4(d1) + resblk(x))``. Deep supervision adds ``head4(x4)``, ``head3(d3)``,
+    ``head2(d2)``, bilinearly upsampled to the input size.
+
+    Args:
+        mixer: token mixer of every decoder block.
+        in_channels: image channels; 1 is repeated to 3 for the encoder, the residual branch sees it raw.
+        num_classes: output channels K.
+        deep_supervision: build the three auxiliary heads; ``forward`` returns all four maps in training.
+        ffn: decoder FFN (``mixffn``, ``swiglu`` or ``mlp``).
+        up_kernel_size: transposed-convolution kernel (3, 5 or 7).
+        encoder: timm PVT-v2 variant, ``pvt_v2_b0`` .. ``pvt_v2_b5``.
+        encoder_weights: ImageNet weights file; ``None`` warns that the encoder is random, ``"random"`` does not.
+        drop_path_rate: encoder stochastic depth.
+        mixer_options: GDLA ablations (``differential``, ``local_mixing``, ``gate``, ``mixer_kernel_size``).
+    """
+
+    def __init__(
+        self,
+        mixer: MixerKind,
+        in_channels: int = 1,
+        num_classes: int = 9,
+        deep_supervision: bool = True,
+        ffn: FFNKind = "mlp",
+        up_kernel_size: int = 3,
+        encoder: str = "pvt_v2_b2",
+        encoder_weights: str | None = None,
+        drop_path_rate: float = 0.1,
+        **mixer_options,
+    ):
+        super().__init__()
+        if up_kernel_size % 2 != 1:
+            raise ValueError(f"up_kernel_size must be odd, got {up_kernel_size}")
+        self.in_channels, self.num_classes, self.deep_supervision = in_channels, num_classes, deep_supervision
+        self.backbone = create_pvt_v2(encoder, 3 if in_channels == 1 else in_channels, drop_path_rate)
+        load_encoder_weights(self.backbone, encoder_weights)
+        c1, c2, c3, c4 = (info["num_chs"] for info in self.backbone.feature_info)
+
+        def block(dim: int, depth: int) -> DecoderBlock:
+            attn = build_mixer(mixer, dim, depth, **mixer_options)
+            return DecoderBlock(dim, attn, build_ffn(ffn, dim), input_conv=mixer == "gdla")
+
+        self.up1, self.de1 = UpConv(c4, c3, up_kernel_size), block(c3, 3)
+        self.up2, self.de2 = UpConv(c3, c2, up_kernel_size), block(c2, 2)
+        self.up3, self.de3 = UpConv(c2, c1, up_kernel_size), block(c1, 1)
+        self.resblk = ResBlock(in_channels, c1)
+        self.head1 = nn.Conv2d(c1, num_classes, 1)
+        if deep_supervision:
+            self.head2 = nn.Conv2d(c2, num_classes, 1)
+            self.head3 = nn.Conv2d(c3, num_classes, 1)
+            self.head4 = nn.Conv2d(c4, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """``[B, in, H, W]`` -> ``[B, K, H, W]``; in training with deep supervision ``[out4, out3, out2, out1]``."""
+        return self.forward_all(x) if self.training and self.deep_supervision else self._forward(x, False)[-1]
+
+    def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """All outputs, coarse to fine: ``[out4, out3, out2, out1]`` (``[out1]`` without deep supervision)."""
+        return self._forward(x, self.deep_supervision)
+
+    @staticmethod
+    def _decode(block: DecoderBlock, x: torch.Tensor) -> torch.Tensor:
+        size = (x.shape[-2], x.shape[-1])
+        return tokens_to_grid(block(grid_to_tokens(x), size), size)
+
+    def _forward(self, x: torch.Tensor, auxiliary: bool) -> list[torch.Tensor]:
+        height, width = x.shape[-2:]
+        if x.ndim != 4 or x.shape[1] != self.in_channels or height % 32 or width % 32:
+            raise ValueError(
+                f"expected input [B, {self.in_channels}, H, W] with H and W divisible by 32, got {tuple(x.shape)}"
+            )
+        residual = self.resblk(x)
+        x1, x2, x3, x4 = pvt_v2_features(self.backbone, x.expand(-1, 3, -1, -1) if self.in_channels == 1 else x)
+        d3 = self._decode(self.de1, self.up1(x4) + x3)
+        d2 = self._decode(self.de2, self.up2(d3) + x2)
+        d1 = self._decode(self.de3, self.up3(d2) + x1)
+        d1 = F.interpolate(d1, size=(height, width), mode="bilinear", align_corners=False) + residual
+        out1 = self.head1(d1)
+        if not auxiliary:
+            return [out1]
+        aux = [head(f) for head, f in ((self.head4, x4), (self.head3, d3), (self.head2, d2))]
+        aux = [F.interpolate(a, size=(height, width), mode="bilinear", align_corners=False) for a in aux]
+        return [*aux, out1]
+
+
+@register_network
+def pvt_gdla(
+    ffn: FFNKind = "mixffn",
+    differential: bool = True,
+    local_mixing: bool = True,
+    gate: GateKind | None = "sigmoid",
+    mixer_kernel_size: int = 3,
+    **kwargs,
+) -> PVTDecoderNet:
+    """PVT-GDLA (gated differential linear attention decoder); keyword arguments as :class:`PVTDecoderNet`."""
+    return PVTDecoderNet(
+        "gdla",
+        ffn=ffn,
+        differential=differential,
+        local_mixing=local_mixing,
+        gate=gate,
+        mixer_kernel_size=mixer_kernel_size,
+        **kwargs,
+    )
+
+
+@register_network
+def pvt_linearattn(ffn: FFNKind = "mlp", **kwargs) -> PVTDecoderNet:
+    """PVT-LinearAttn baseline (ELU+1 kernel linear attention, GELU MLP)."""
+    return PVTDecoderNet("linear", ffn=ffn, **kwargs)
+
+
+@register_network
+def pvt_selfattn(ffn: FFNKind = "mlp", **kwargs) -> PVTDecoderNet:
+    """PVT-SelfAttn baseline (softmax attention with rotary embedding, GELU MLP)."""
+    return PVTDecoderNet("softmax", ffn=ffn, **kwargs)
+
+
+@register_network
+def pvt_diffattn(ffn: FFNKind = "swiglu", **kwargs) -> PVTDecoderNet:
+    """PVT-DiffAttn baseline (Differential Transformer attention, SwiGLU FFN)."""
+    return PVTDecoderNet("differential", ffn=ffn, **kwargs)
