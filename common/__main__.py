@@ -1,0 +1,34 @@
+"""Command line: ``python -m common <command> ...``.
+
+Each command lives in its own module, imported only when used, which provides
+``add_arguments(parser)`` and ``run(args) -> int`` (the exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("common.data.cli", "inspect a dataset folder before training (data check)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command; returns its exit code."""
+    parser = argparse.ArgumentParser(prog="python -m common", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text)
+        sub.set_defaults(_module=module_name)
+    argv = sys.argv[1:] if argv is None else argv
+    known, _ = parser.parse_known_args(argv[:1])
+    module = importlib.import_module(known._module)
+    full = argparse.ArgumentParser(prog=f"python -m common {known.command}")
+    module.add_arguments(full)
+    return module.run(full.parse_args(argv[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
