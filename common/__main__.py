@@ -12,6 +12,7 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("common.data.cli", "inspect a dataset folder before training (data check)"),
+    "bundles": ("common.bundle_render", "write the bundles from their templates, or check they are current"),
 }
 
 

@@ -77,6 +77,25 @@ class GradientClipping:
         torch.nn.utils.clip_grad_norm_(engine.network.parameters(), self.max_norm)
 
 
+def _unwrapped(obj):
+    """The module inside a DataParallel / DistributedDataParallel wrapper, so checkpoints carry plain names."""
+    return obj.module if isinstance(obj, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else obj
+
+
+def iterations_per_epoch(dataset, batch_size: int, reader=None) -> int:
+    """Batches in one epoch: ``len(dataset)`` batches, or for a volume-slicing dataset (no length) the number
+    of axial slices of its volumes, read from their headers by ``reader``."""
+    try:
+        samples = len(dataset)
+    except TypeError:
+        if reader is None or not hasattr(dataset, "data"):
+            raise ValueError(f"cannot count the samples of {type(dataset).__name__}; pass the dataset reader") from None
+        samples = sum(int(reader.image_shape(entry)[-1]) for entry in dataset.data)
+    if samples == 0:
+        raise ValueError("the training datalist is empty")
+    return math.ceil(samples / batch_size)
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     """The ``last_checkpoint_*.pt`` with the highest epoch in ``directory``, or ``None``."""
     pattern = re.compile(rf"{LAST_CHECKPOINT_PREFIX}_checkpoint_(\d+)\.pt$")
@@ -109,7 +128,7 @@ class ResumeFromLatest:
             raise ValueError(f"{path}: resume checkpoint lacks {missing}; expected {sorted(objects)}")
         max_epochs = engine.state.max_epochs  # the configured length wins over the checkpoint's
         for name, obj in objects.items():
-            obj.load_state_dict(state[name])
+            _unwrapped(obj).load_state_dict(state[name])
         engine.state.max_epochs = max_epochs
         logger.info("resumed from %s at epoch %d, iteration %d", path, engine.state.epoch, engine.state.iteration)
 
@@ -133,7 +152,7 @@ class SaveForResume:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{LAST_CHECKPOINT_PREFIX}_checkpoint_{engine.state.epoch}.pt"
         objects = {**self.objects, "trainer": engine}
-        atomic_torch_save({name: obj.state_dict() for name, obj in objects.items()}, path)
+        atomic_torch_save({name: _unwrapped(obj).state_dict() for name, obj in objects.items()}, path)
         for old in self.directory.glob(f"{LAST_CHECKPOINT_PREFIX}_checkpoint_*.pt"):
             if old != path:
                 old.unlink()

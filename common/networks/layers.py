@@ -47,6 +47,21 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return rotated.flatten(-2)
 
 
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last axis with a learnable weight: ``[..., D] -> [..., D]``.
+
+    Written out with elementary operations (not ``torch.rms_norm``) so ONNX and TorchScript exports carry it.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + self.eps) * self.weight
+
+
 class ResBlock(nn.Module):
     """Full-resolution residual branch: ``[B, in, H, W] -> [B, out, H, W]``.
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .attention import elu_feature_map, linear_attention
 from .encoders import create_pvt_v2, load_encoder_weights, pvt_v2_features
-from .layers import FFNKind, ResBlock, apply_rotary, build_ffn, grid_to_tokens, rotary_tables, tokens_to_grid
+from .layers import FFNKind, ResBlock, RMSNorm, apply_rotary, build_ffn, grid_to_tokens, rotary_tables, tokens_to_grid
 from .registry import register_network
 
 MixerKind = Literal["gdla", "linear", "softmax", "differential"]
@@ -75,7 +75,7 @@ class GatedDifferentialLinearAttention(nn.Module):
             if local_mixing:
                 self.lambda_scale_aux = nn.Parameter(torch.randn(num_heads, head_dim) * 0.1)
         self.qkvg = nn.Linear(dim, projected)
-        self.ln = nn.RMSNorm(head_dim, eps=RMS_NORM_EPS)
+        self.ln = RMSNorm(head_dim, eps=RMS_NORM_EPS)
         if local_mixing:
             self.dwc = nn.Conv2d(projected, projected, kernel_size, padding=kernel_size // 2, groups=projected)
             self.pwc = nn.Conv2d(projected, projected, 1)
@@ -175,7 +175,7 @@ class DifferentialAttention(nn.Module):
         self.lambda_q2 = nn.Parameter(torch.randn(head_dim) * 0.1)
         self.lambda_k2 = nn.Parameter(torch.randn(head_dim) * 0.1)
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.subln = nn.RMSNorm(head_dim, eps=RMS_NORM_EPS)
+        self.subln = RMSNorm(head_dim, eps=RMS_NORM_EPS)
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

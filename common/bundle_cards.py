@@ -1,0 +1,139 @@
+"""The prose files of a bundle: model card (docs/README.md), data licence, LICENSE, large_files.yml."""
+
+from __future__ import annotations
+
+from .bundle_templates import (
+    GDLA_CITATION,
+    INPUT_SIZE,
+    PVT_CITATION,
+    BundleSpec,
+    dataset_reader,
+    class_names,
+    published_metrics,
+)
+
+ARCHITECTURES = {
+    "pvt_gdla": "PVT-v2-b2 encoder; three decoder blocks with Gated Differential Linear Attention (two linear-attention "
+    "subspaces subtracted with a learnable per-channel lambda, a local depthwise/pointwise token-mixing pass, "
+    "RMSNorm and a sigmoid gate) and Mix-FFN; additive skips; a full-resolution residual branch; four "
+    "deep-supervision heads. 32.13 M parameters, 6.85 G FLOPs as the paper counts them.",
+    "pvt_linearattn": "PVT-v2-b2 encoder; decoder blocks with ELU+1 kernel linear attention and a GELU MLP "
+    "(28.25 M parameters, 5.38 G FLOPs as the paper counts them).",
+    "pvt_selfattn": "PVT-v2-b2 encoder; decoder blocks with softmax self-attention and rotary position embedding, "
+    "GELU MLP (28.25 M parameters, 5.40 G FLOPs as the paper counts them).",
+    "pvt_diffattn": "PVT-v2-b2 encoder; decoder blocks with Differential Transformer attention and a SwiGLU FFN "
+    "(28.75 M parameters, 5.61 G FLOPs as the paper counts them).",
+}
+
+
+def _results_table(spec: BundleSpec) -> str:
+    metrics = published_metrics(spec)
+    if not metrics:
+        return "The paper reports no row for this model on this dataset."
+    rows = ["| metric | published |", "|---|---|"]
+    for name, value in metrics.get("class_dice", {}).items():
+        rows.append(f"| Dice {name} (%) | {value:.2f} |")
+    rows.append(f"| mean Dice (%) | {metrics['mean_dice']:.2f} |")
+    if "hd95" in metrics:
+        rows.append(f"| HD95 (voxels) | {metrics['hd95']:.2f} |")
+    return "\n".join(rows)
+
+
+def model_card(spec: BundleSpec) -> str:
+    """docs/README.md: what the model is, the data and its licence, the recipe, results, how to reproduce."""
+    reader, card, recipe = dataset_reader(spec), spec.dataset_card, spec.training_recipe
+    names = class_names(spec)
+    protocol = (
+        "3-D Dice and HD95 per volume and class (background excluded; a class absent from a volume's ground "
+        "truth is skipped), volumes predicted slice by slice at 224 x 224 (cubic spline in, nearest out)"
+        if reader.spatial_dims == 3 else "foreground Dice per image at 224 x 224, over images with a non-empty mask"
+    )
+    return f"""# {spec.paper_model} for {card.title}
+
+{ARCHITECTURES[spec.network]}
+
+Network: `common.networks.create_network("{spec.network}", in_channels={reader.image_channels}, num_classes={reader.num_classes})`.
+Input: {reader.image_channels}-channel {card.modality} image scaled to [0, 1], {INPUT_SIZE[0]} x {INPUT_SIZE[1]};
+output: {reader.num_classes} channels ({", ".join(f"{i} {n}" for i, n in enumerate(names))}).
+
+## Data
+
+{card.title}. Source: {card.source}
+
+Licence: {card.license} See `docs/data_license.txt`.
+
+Point `dataset_dir` at the folder exactly as downloaded; check it first with
+`python -m common data check --dataset {spec.dataset} --root /path/to/data`.
+
+## Training recipe (the authors')
+
+AdamW (lr {recipe.learning_rate}, betas 0.9/0.999, weight decay {recipe.weight_decay}, none on biases and 1-D
+parameters), gradient clipping at 1.0, cosine schedule per iteration after {recipe.warmup_epochs} warm-up epochs
+(from 1e-6, to 1e-6), {recipe.epochs} epochs, batch {recipe.batch_size}, fp32, seed 42, Boundary DoU loss summed over
+the four deep-supervision outputs, best checkpoint by mean validation Dice. The encoder starts from the ImageNet
+PVT-v2-b2 weights (`pvt_v2_b2.pth` of the PVT v2 release): pass them with `--encoder_weights`; without them the
+run warns that the encoder is random and will not reach the published numbers.
+
+## Published results
+
+Evaluation protocol: {protocol}.
+
+{_results_table(spec)}
+
+## Reproduce
+
+From this folder (add `--dataset_dir /path/to/data` to each command):
+
+```bash
+python -m monai.bundle run --config_file configs/train.json --encoder_weights /path/to/pvt_v2_b2.pth
+python -m monai.bundle run --config_file configs/evaluate.json
+python -m monai.bundle run --config_file configs/inference.json --input_dir /path/to/images
+torchrun --standalone --nproc_per_node=2 -m monai.bundle run \\
+    --config_file "['configs/train.json','configs/multi_gpu_train.json']"
+```
+
+A killed training run started again with the same command resumes from its last complete epoch
+(`models/last_checkpoint_*.pt`). Evaluation writes `eval/cases.csv` and `eval/summary.csv` and prints our row
+beside the published one. The authors' published checkpoint loads with
+`common.convert.load_reference_checkpoint(network, path)`.
+
+## Limitations
+
+- 2-D model: volumes are segmented slice by slice with no 3-D context.
+- Trained on one public dataset; expect lower accuracy on other scanners, protocols and populations.
+- Research use only; not a medical device.
+
+## Citation
+
+- {GDLA_CITATION}
+- {PVT_CITATION}
+- {card.citation}
+"""
+
+
+def data_license(spec: BundleSpec) -> str:
+    """docs/data_license.txt."""
+    card = spec.dataset_card
+    return f"Third-party data: {card.title}\nSource: {card.source}\n\n{card.license}\n\nCite: {card.citation}\n"
+
+
+LICENSE_TEXT = """Copyright (c) gdla-bundles contributors
+
+The code and configuration files of this bundle are licensed under the Apache License, Version 2.0
+(SPDX-License-Identifier: Apache-2.0); you may not use them except in compliance with the License.
+You may obtain a copy of the License at https://www.apache.org/licenses/LICENSE-2.0
+
+Model weights trained on third-party data are subject to that data's licence as well: see docs/data_license.txt.
+"""
+
+
+def large_files() -> str:
+    """large_files.yml: the weights are not in git; releases fill in the address and checksum."""
+    return (
+        "# Weights are not kept in git. `python -m common release` fills url and hash_val for a release.\n"
+        "large_files:\n"
+        '  - path: "models/model.pt"\n'
+        '    url: ""\n'
+        '    hash_val: ""\n'
+        '    hash_type: "sha256"\n'
+    )

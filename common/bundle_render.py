@@ -1,0 +1,110 @@
+"""Write every bundle folder from :mod:`common.bundle_templates`, or check the checked-in ones are current.
+
+    python -m common bundles render [--root bundles]
+    python -m common bundles check  [--root bundles]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .bundle_cards import LICENSE_TEXT, data_license, large_files, model_card
+from .bundle_templates import (
+    BUNDLES,
+    BundleSpec,
+    evaluate_config,
+    inference_config,
+    metadata,
+    multi_gpu_config,
+    train_config,
+)
+
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "bundles"
+
+LOGGING_CONF = """[loggers]
+keys=root
+
+[handlers]
+keys=consoleHandler
+
+[formatters]
+keys=fullFormatter
+
+[logger_root]
+level=INFO
+handlers=consoleHandler
+
+[handler_consoleHandler]
+class=StreamHandler
+level=INFO
+formatter=fullFormatter
+args=(sys.stdout,)
+
+[formatter_fullFormatter]
+format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
+"""
+
+MODELS_GITIGNORE = "# weights are not kept in git (see large_files.yml)\n*\n!.gitignore\n"
+
+
+def _json(config: dict) -> str:
+    return json.dumps(config, indent=4) + "\n"
+
+
+def bundle_files(spec: BundleSpec) -> dict[str, str]:
+    """Relative path -> text of every file of one bundle."""
+    return {
+        "configs/metadata.json": _json(metadata(spec)),
+        "configs/train.json": _json(train_config(spec)),
+        "configs/evaluate.json": _json(evaluate_config(spec)),
+        "configs/inference.json": _json(inference_config(spec)),
+        "configs/multi_gpu_train.json": _json(multi_gpu_config(spec)),
+        "configs/logging.conf": LOGGING_CONF,
+        "docs/README.md": model_card(spec),
+        "docs/data_license.txt": data_license(spec),
+        "LICENSE": LICENSE_TEXT,
+        "large_files.yml": large_files(),
+        "models/.gitignore": MODELS_GITIGNORE,
+    }
+
+
+def render(root: str | Path = DEFAULT_ROOT) -> list[Path]:
+    """Write all bundles under ``root``; returns the files written."""
+    written = []
+    for spec in BUNDLES:
+        for relative, text in bundle_files(spec).items():
+            path = Path(root) / spec.name / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            written.append(path)
+    return written
+
+
+def stale_files(root: str | Path = DEFAULT_ROOT) -> list[str]:
+    """Files under ``root`` that are missing or differ from their rendering (version strings included)."""
+    stale = []
+    for spec in BUNDLES:
+        for relative, text in bundle_files(spec).items():
+            path = Path(root) / spec.name / relative
+            if not path.is_file() or path.read_text() != text:
+                stale.append(f"{spec.name}/{relative}")
+    return stale
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["render", "check"], help="write the bundles, or check they are current")
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the bundles folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "render":
+        print(f"wrote {len(render(args.root))} files under {args.root}")
+        return 0
+    stale = stale_files(args.root)
+    if stale:
+        print("out of date (run `python -m common bundles render`):\n  " + "\n  ".join(stale))
+        return 1
+    print(f"all {len(BUNDLES)} bundles are current")
+    return 0

@@ -1,0 +1,524 @@
+"""The one source of truth for every bundle in ``bundles/``: a table of bundles and the configs rendered from it.
+
+Each bundle folder is self-contained (it can be zipped and run anywhere ``common`` is installed), but none is
+kept by hand: ``python -m common bundles render`` writes them all from :data:`BUNDLES`, and
+``python -m common bundles check`` (run by the tests) fails when a checked-in bundle differs from its rendering.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .data import get_dataset
+
+SCHEMA_URL = (
+    "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+)
+BUNDLE_VERSION = "0.1.0"
+INPUT_SIZE = (224, 224)
+GDLA_CITATION = (
+    "Zheng H., Bozorgpour A., Merhof D., Zhang M. Gated Differential Linear Attention: A Linear-Time Decoder for "
+    "High-Fidelity Medical Segmentation."
+)
+PVT_CITATION = (
+    "Wang W. et al. PVT v2: Improved Baselines with Pyramid Vision Transformer. Computational Visual Media 8, "
+    "415-424 (2022)."
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The published training recipe of one dataset (pvt_decoders.md, "Training recipe")."""
+
+    epochs: int
+    warmup_epochs: int
+    batch_size: int
+    learning_rate: float = 5e-4
+    weight_decay: float = 1e-4
+
+
+RECIPES = {
+    "synapse": Recipe(200, 10, 8),
+    "acdc": Recipe(150, 10, 16),
+    "busi": Recipe(100, 10, 16),
+    "ham10000": Recipe(150, 10, 16),
+    "ph2": Recipe(100, 5, 16),
+}
+
+
+@dataclass(frozen=True)
+class DatasetCard:
+    """What a model card says about a dataset."""
+
+    title: str
+    folder: str
+    modality: str
+    data_format: str
+    source: str
+    license: str
+    citation: str
+
+
+DATASET_CARDS = {
+    "synapse": DatasetCard(
+        "Synapse multi-organ CT (MICCAI 2015 Beyond the Cranial Vault), TransUNet preprocessed release",
+        "/data/Synapse", "CT", "hounsfield",
+        "https://www.synapse.org/#!Synapse:syn3193805 (BTCV); TransUNet preprocessed release (train_npz, test_vol_h5)",
+        "The BTCV data are distributed through Synapse under the challenge's data use terms (registration "
+        "required; research use; no redistribution). This bundle contains no images.",
+        "Landman B. et al. MICCAI Multi-Atlas Labeling Beyond the Cranial Vault - Workshop and Challenge (2015).",
+    ),
+    "acdc": DatasetCard(
+        "ACDC (Automated Cardiac Diagnosis Challenge) cine MRI", "/data/ACDC", "MR", "magnitude",
+        "https://www.creatis.insa-lyon.fr/Challenge/acdc/",
+        "ACDC data are provided by the challenge organisers for research use under their terms of use "
+        "(registration required; no redistribution). This bundle contains no images.",
+        "Bernard O. et al. Deep Learning Techniques for Automatic MRI Cardiac Multi-structures Segmentation and "
+        "Diagnosis: Is the Problem Solved? IEEE TMI 37(11), 2514-2525 (2018).",
+    ),
+    "busi": DatasetCard(
+        "BUSI (Breast Ultrasound Images)", "/data/Dataset_BUSI_with_GT", "US", "magnitude",
+        "https://scholar.cu.edu.eg/?q=afahmy/pages/dataset",
+        "BUSI is released for research use by its authors (CC BY 4.0 as distributed on public mirrors; check the "
+        "copy you download). This bundle contains no images.",
+        "Al-Dhabyani W., Gomaa M., Khaled H., Fahmy A. Dataset of breast ultrasound images. Data in Brief 28, "
+        "104863 (2020).",
+    ),
+    "ham10000": DatasetCard(
+        "HAM10000 dermoscopy images with lesion segmentations", "/data/HAM10000", "dermoscopy", "magnitude",
+        "https://doi.org/10.7910/DVN/DBW86T (Harvard Dataverse)",
+        "HAM10000 is released under CC BY-NC 4.0 (non-commercial). This bundle contains no images.",
+        "Tschandl P., Rosendahl C., Kittler H. The HAM10000 dataset, a large collection of multi-source "
+        "dermatoscopic images of common pigmented skin lesions. Scientific Data 5, 180161 (2018).",
+    ),
+    "ph2": DatasetCard(
+        "PH2 dermoscopy images", "/data/PH2Dataset", "dermoscopy", "magnitude",
+        "https://www.fc.up.pt/addi/ph2%20database.html",
+        "PH2 is made available by its authors for research purposes (see the database page). This bundle "
+        "contains no images.",
+        "Mendonca T. et al. PH2 - A dermoscopic image database for research and benchmarking. IEEE EMBC (2013).",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """One bundle: a registered network trained on one dataset, with the paper's row it should reproduce."""
+
+    network: str
+    dataset: str
+    paper_model: str
+    network_args: dict = field(default_factory=dict)
+    recipe: Recipe | None = None  # default: RECIPES[dataset]
+    card: DatasetCard | None = None  # default: DATASET_CARDS[dataset]
+    dataset_root: str | None = None  # for layouts whose labels are read from the folder (nnunet)
+
+    @property
+    def training_recipe(self) -> Recipe:
+        return self.recipe or RECIPES[self.dataset]
+
+    @property
+    def dataset_card(self) -> DatasetCard:
+        return self.card or DATASET_CARDS[self.dataset]
+
+    @property
+    def name(self) -> str:
+        return f"{self.network}_{self.dataset}_segmentation"
+
+
+BUNDLES = [
+    BundleSpec("pvt_gdla", "synapse", "PVT-GDLA"),
+    BundleSpec("pvt_gdla", "acdc", "PVT-GDLA"),
+    BundleSpec("pvt_gdla", "busi", "PVT-GDLA"),
+    BundleSpec("pvt_gdla", "ham10000", "PVT-GDLA"),
+    BundleSpec("pvt_gdla", "ph2", "PVT-GDLA"),
+    BundleSpec("pvt_linearattn", "synapse", "PVT-LinearAttn"),
+    BundleSpec("pvt_selfattn", "synapse", "PVT-SelfAttn"),
+    BundleSpec("pvt_diffattn", "synapse", "PVT-DiffAttn"),
+]
+
+IMPORTS = ["$import os", "$import torch", "$import ignite", "$import monai", "$import common"]
+
+
+def find_bundle(name: str) -> BundleSpec:
+    """The bundle named ``name`` (folder name)."""
+    for spec in BUNDLES:
+        if spec.name == name:
+            return spec
+    raise ValueError(f"unknown bundle {name!r}; expected one of {[s.name for s in BUNDLES]}")
+
+
+def dataset_reader(spec: BundleSpec):
+    return get_dataset(spec.dataset, root=spec.dataset_root) if spec.dataset_root else get_dataset(spec.dataset)
+
+
+def class_names(spec: BundleSpec) -> list[str]:
+    """Output channel names, background first."""
+    return list(dataset_reader(spec).label_names)
+
+
+def published_metrics(spec: BundleSpec) -> dict:
+    """The paper's row for this bundle: Dice in percent, HD95 in voxels (``eval_metrics`` of the metadata)."""
+    from .metrics import PUBLISHED_RESULTS
+
+    row = PUBLISHED_RESULTS.get(spec.dataset, {}).get(spec.paper_model)
+    if row is None:
+        return {}
+    metrics: dict = {"mean_dice": row.mean_dice}
+    if row.hd95 is not None:
+        metrics["hd95"] = row.hd95
+    if row.class_dice:
+        metrics["class_dice"] = dict(row.class_dice)
+    metrics["units"] = "Dice in percent; HD95 in voxels, as published"
+    return metrics
+
+
+def _inferer(spec: BundleSpec) -> dict:
+    """Slice-wise inferer; CT/MR follow the authors' protocol (cubic spline in, nearest out)."""
+    inferer = {"_target_": "common.inference.SliceInferer2D", "roi_size": "@spatial_size", "sw_batch_size": 4}
+    if dataset_reader(spec).augmentation == "photo":
+        inferer.update(interpolation="bilinear", align_corners=False)
+    return inferer
+
+
+def _network_def(spec: BundleSpec, weights: str) -> dict:
+    reader = dataset_reader(spec)
+    return {
+        "_target_": "common.networks.create_network",
+        "name": spec.network,
+        "in_channels": reader.image_channels,
+        "num_classes": reader.num_classes,
+        "deep_supervision": True,
+        "encoder_weights": weights,
+        **spec.network_args,
+    }
+
+
+def _shared(spec: BundleSpec, encoder_weights: str | None) -> dict:
+    card = spec.dataset_card
+    return {
+        "imports": IMPORTS,
+        "bundle_root": ".",
+        "ckpt_dir": "$@bundle_root + '/models'",
+        "dataset_dir": card.folder,
+        "dataset_name": spec.dataset,
+        "split_file": None,
+        "reader": "$common.data.get_dataset(@dataset_name, root=@dataset_dir)",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "spatial_size": list(INPUT_SIZE),
+        "num_workers": 4,
+        "amp": False,
+        "encoder_weights": encoder_weights,
+        "network_def": _network_def(spec, "@encoder_weights"),
+        "network": "$@network_def.to(@device)",
+    }
+
+
+def _evaluation_section(spec: BundleSpec, split: str, handlers: list) -> dict:
+    """Dataset, loader, inferer, post-processing and evaluator over the ``split`` datalist."""
+    reader = dataset_reader(spec)
+    postprocessing = [] if reader.multilabel else [
+        {"_target_": "AsDiscreted", "keys": ["pred", "label"], "to_onehot": [reader.num_classes] * 2}
+    ]
+    return {
+        "datalist": f"$@reader.datalists(@dataset_dir, @split_file)['{split}']",
+        "preprocessing": {"_target_": "common.transforms.eval_transforms", "dataset": "@reader",
+                          "spatial_size": "@spatial_size"},
+        "dataset": {"_target_": "Dataset", "data": f"@{_section(split)}#datalist",
+                    "transform": f"@{_section(split)}#preprocessing"},
+        "dataloader": {"_target_": "DataLoader", "dataset": f"@{_section(split)}#dataset", "batch_size": 1,
+                       "shuffle": False, "num_workers": "@num_workers"},
+        "inferer": _inferer(spec),
+        "postprocessing": {"_target_": "Compose", "transforms": postprocessing},
+        "key_metric": {
+            "val_mean_dice": {
+                "_target_": "MeanDice",
+                "include_background": bool(reader.multilabel),
+                "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+            }
+        },
+        "handlers": handlers,
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": f"@{_section(split)}#dataloader",
+            "network": "@network",
+            "inferer": f"@{_section(split)}#inferer",
+            "postprocessing": f"@{_section(split)}#postprocessing",
+            "key_val_metric": f"@{_section(split)}#key_metric",
+            "val_handlers": f"@{_section(split)}#handlers",
+            "amp": "@amp",
+        },
+    }
+
+
+def _section(split: str) -> str:
+    return {"validation": "validate", "test": "evaluate"}[split]
+
+
+def _loss(spec: BundleSpec) -> dict:
+    if dataset_reader(spec).multilabel:
+        base = {"_target_": "common.losses.DiceCrossEntropyLoss", "sigmoid": True}
+    else:
+        base = {"_target_": "common.losses.BoundaryDoULoss"}
+    return {"_target_": "common.losses.DeepSupervisionLoss", "loss": base}
+
+
+def train_config(spec: BundleSpec) -> dict:
+    """``configs/train.json``: the published recipe through MONAI's SupervisedTrainer."""
+    recipe = spec.training_recipe
+    resume_objects = {"network": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"}
+    loss_output = "$monai.handlers.from_engine(['loss'], first=True)"
+    validate = _evaluation_section(spec, "validation", [
+        {"_target_": "StatsHandler", "iteration_log": False},
+        {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "iteration_log": False},
+        {"_target_": "CheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": {"model": "@network"},
+         "save_key_metric": True, "key_metric_filename": "model.pt"},
+    ])
+    return {
+        **_shared(spec, encoder_weights=None),
+        "output_dir": "$@bundle_root + '/runs'",
+        "epochs": recipe.epochs,
+        "warmup_epochs": recipe.warmup_epochs,
+        "batch_size": recipe.batch_size,
+        "learning_rate": recipe.learning_rate,
+        "weight_decay": recipe.weight_decay,
+        "val_interval": 1,
+        "seed": 42,
+        "iterations_per_epoch": "$common.training.iterations_per_epoch(@train#dataset, @batch_size, @reader)",
+        "loss": _loss(spec),
+        "optimizer": {
+            "_target_": "torch.optim.AdamW",
+            "params": "$common.training.decay_param_groups(@network, @weight_decay)",
+            "lr": "@learning_rate",
+            "betas": [0.9, 0.999],
+            "eps": 1e-8,
+        },
+        "lr_scheduler": {
+            "_target_": "common.training.WarmupCosineLR",
+            "optimizer": "@optimizer",
+            "warmup_steps": "$@warmup_epochs * @iterations_per_epoch",
+            "total_steps": "$@epochs * @iterations_per_epoch",
+        },
+        "train": {
+            "datalist": "$@reader.datalists(@dataset_dir, @split_file)['train']",
+            "dataset": {
+                "_target_": "common.data.slices.training_dataset",
+                "dataset": "@reader",
+                "datalist": "@train#datalist",
+                "spatial_size": "@spatial_size",
+                "seed": "@seed",
+            },
+            "dataloader": {
+                "_target_": "DataLoader",
+                "dataset": "@train#dataset",
+                "batch_size": "@batch_size",
+                "shuffle": "$not isinstance(@train#dataset, torch.utils.data.IterableDataset)",
+                "num_workers": "@num_workers",
+            },
+            "inferer": {"_target_": "SimpleInferer"},
+            "handlers": [
+                {"_target_": "common.training.ResumeFromLatest", "directory": "@ckpt_dir",
+                 "objects": resume_objects, "map_location": "@device"},
+                {"_target_": "common.training.GradientClipping", "max_norm": 1.0},
+                {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "epoch_level": False,
+                 "print_lr": False},
+                {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
+                 "interval": "@val_interval"},
+                {"_target_": "StatsHandler", "tag_name": "train_loss", "output_transform": loss_output},
+                {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "tag_name": "train_loss",
+                 "output_transform": loss_output},
+                {"_target_": "ignite.handlers.ProgressBar", "persist": True},
+                {"_target_": "common.training.SaveForResume", "directory": "@ckpt_dir", "objects": resume_objects},
+            ],
+            "trainer": {
+                "_target_": "SupervisedTrainer",
+                "max_epochs": "@epochs",
+                "epoch_length": "@iterations_per_epoch",
+                "device": "@device",
+                "train_data_loader": "@train#dataloader",
+                "network": "@network",
+                "loss_function": "@loss",
+                "optimizer": "@optimizer",
+                "inferer": "@train#inferer",
+                "train_handlers": "@train#handlers",
+                "amp": "@amp",
+            },
+        },
+        "validate": validate,
+        "initialize": ["$monai.utils.set_determinism(seed=@seed)"],
+        "run": ["$@train#trainer.run()"],
+    }
+
+
+def evaluate_config(spec: BundleSpec) -> dict:
+    """``configs/evaluate.json``: the paper's protocol on the test split, per-case and summary CSVs."""
+    reader = dataset_reader(spec)
+    mode = "multilabel" if reader.multilabel else ("volume" if reader.spatial_dims == 3 else "image")
+    names = class_names(spec)
+    writer = {
+        "_target_": "common.evaluation.CaseMetricsWriter",
+        "output_dir": "@output_dir",
+        "class_names": names if reader.multilabel else names[1:],
+        "mode": mode,
+        "published": "@published",
+        "title": "ours",
+    }
+    evaluate = _evaluation_section(spec, "test", [
+        {"_target_": "CheckpointLoader", "load_path": "$@ckpt_dir + '/model.pt'", "load_dict": {"model": "@network"},
+         "map_location": "@device"},
+        {"_target_": "StatsHandler", "iteration_log": False},
+        writer,
+    ])
+    return {
+        **_shared(spec, encoder_weights="random"),
+        "output_dir": "$@bundle_root + '/eval'",
+        "published": published_metrics(spec),
+        "evaluate": evaluate,
+        "initialize": ["$monai.utils.set_determinism(seed=0)"],
+        "run": ["$@evaluate#evaluator.run()"],
+    }
+
+
+def inference_config(spec: BundleSpec) -> dict:
+    """``configs/inference.json``: every image in ``input_dir`` -> a mask of the same size in ``output_dir``."""
+    reader = dataset_reader(spec)
+    three_d = reader.spatial_dims == 3
+    suffix = "*.nii*" if three_d else "*.png"
+    if three_d:
+        load = [{"_target_": "LoadImaged", "keys": "image", "image_only": False},
+                {"_target_": "EnsureChannelFirstd", "keys": "image"},
+                {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"}]
+        intensity = ({"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -125, "a_max": 275, "b_min": 0.0,
+                      "b_max": 1.0, "clip": True} if spec.dataset_card.modality == "CT"
+                     else {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0})
+        save = {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
+                "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False}
+    else:
+        load = [{"_target_": "common.transforms.LoadImage2Dd", "keys": "image", "channels": reader.image_channels}]
+        intensity = {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0}
+        save = {"_target_": "common.io.mask_saving.SaveMask2Dd", "keys": "pred", "output_dir": "@output_dir",
+                "num_classes": reader.num_classes}
+    postprocessing = [{"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+                       "nearest_interp": True}] if three_d else []
+    return {
+        **_shared(spec, encoder_weights="random"),
+        "imports": IMPORTS + ["$import glob", "$import numpy"],
+        "input_dir": "$@bundle_root + '/sample_data'",
+        "output_dir": "$@bundle_root + '/predictions'",
+        "datalist": f"$[{{'image': f, 'source': f}} for f in sorted(glob.glob(os.path.join(@input_dir, '{suffix}')))]",
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            *load, intensity, {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"}]},
+        "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
+                       "num_workers": "@num_workers"},
+        "inferer": _inferer(spec),
+        "postprocessing": {"_target_": "Compose", "transforms": [*postprocessing, save]},
+        "handlers": [
+            {"_target_": "CheckpointLoader", "load_path": "$@ckpt_dir + '/model.pt'",
+             "load_dict": {"model": "@network"}, "map_location": "@device"},
+            {"_target_": "StatsHandler", "iteration_log": False},
+        ],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+            "amp": "@amp",
+        },
+        "initialize": ["$monai.utils.set_determinism(seed=0)"],
+        "run": ["$@evaluator.run()"],
+    }
+
+
+def multi_gpu_config(spec: BundleSpec) -> dict:
+    """``configs/multi_gpu_train.json``: overrides of train.json for ``torchrun`` (NCCL on GPUs, gloo on CPUs)."""
+    return {
+        "device": "$torch.device(f'cuda:{os.environ[\"LOCAL_RANK\"]}' if torch.cuda.is_available() else 'cpu')",
+        "backend": "$'nccl' if torch.cuda.is_available() else 'gloo'",
+        "network": {"_target_": "torch.nn.parallel.DistributedDataParallel",
+                    "module": "$@network_def.to(@device)",
+                    "device_ids": "$[@device] if torch.cuda.is_available() else None"},
+        "train#dataset": {
+            "_target_": "common.data.slices.training_dataset",
+            "dataset": "@reader",
+            "datalist": "$@train#datalist[torch.distributed.get_rank()::torch.distributed.get_world_size()]",
+            "spatial_size": "@spatial_size",
+            "seed": "$@seed + torch.distributed.get_rank()",
+        },
+        "validate#datalist": "$@reader.datalists(@dataset_dir, @split_file)['validation']"
+                             "[torch.distributed.get_rank()::torch.distributed.get_world_size()]",
+        "train#trainer#train_handlers": "$@train#handlers if torch.distributed.get_rank() == 0 else "
+                                        "[h for h in @train#handlers if type(h).__name__ in ('ResumeFromLatest', "
+                                        "'GradientClipping', 'LrScheduleHandler', 'ValidationHandler')]",
+        "validate#evaluator#val_handlers": "$@validate#handlers if torch.distributed.get_rank() == 0 else None",
+        "initialize": [
+            "$import torch.distributed as dist",
+            "$dist.is_initialized() or dist.init_process_group(backend=@backend)",
+            "$torch.cuda.set_device(@device) if torch.cuda.is_available() else None",
+            "$monai.utils.set_determinism(seed=@seed)",
+        ],
+        "run": ["$@train#trainer.run()"],
+        "finalize": ["$dist.is_initialized() and dist.destroy_process_group()"],
+    }
+
+
+def metadata(spec: BundleSpec) -> dict:
+    """``configs/metadata.json`` (MONAI bundle specification)."""
+    import monai
+    import numpy
+    import torch
+
+    reader, card = dataset_reader(spec), spec.dataset_card
+    names = class_names(spec)
+    return {
+        "schema": SCHEMA_URL,
+        "version": BUNDLE_VERSION,
+        "changelog": {BUNDLE_VERSION: "first release: configs for training, evaluation and inference"},
+        "monai_version": monai.__version__,
+        "pytorch_version": torch.__version__.split("+")[0],
+        "numpy_version": numpy.__version__,
+        "required_packages_version": {"gdla-bundles": BUNDLE_VERSION, "timm": _version("timm"),
+                                      "nibabel": _version("nibabel"), "pytorch-ignite": _version("pytorch-ignite")},
+        "name": f"{spec.paper_model} {card.title.split(' (')[0]} segmentation",
+        "task": f"2-D segmentation of {', '.join(names[1:])} in {card.modality} images",
+        "description": (
+            f"{spec.paper_model} ({spec.network}) trained on {card.title}. 2-D network; volumes are segmented "
+            "slice by slice. Reproduces the published row of the GDLA paper with the authors' recipe."
+        ),
+        "authors": "gdla-bundles contributors (implementation); Zheng, Bozorgpour, Merhof, Zhang (method)",
+        "copyright": "Copyright (c) gdla-bundles contributors",
+        "data_source": card.source,
+        "data_type": "nifti" if reader.spatial_dims == 3 else "png",
+        "image_classes": f"{reader.image_channels}-channel image, intensity scaled to [0, 1]",
+        "label_classes": ", ".join(f"{i} {n}" for i, n in enumerate(names)),
+        "pred_classes": f"{reader.num_classes} channels, argmax gives the label map",
+        "eval_metrics": published_metrics(spec),
+        "intended_use": "Research use only: not for clinical diagnosis or treatment decisions.",
+        "references": [GDLA_CITATION, PVT_CITATION, card.citation],
+        "network_data_format": {
+            "inputs": {"image": {
+                "type": "image", "format": card.data_format, "modality": card.modality,
+                "num_channels": reader.image_channels, "spatial_shape": list(INPUT_SIZE), "dtype": "float32",
+                "value_range": [0, 1], "is_patch_data": False,
+                "channel_def": {str(i): "image" for i in range(reader.image_channels)},
+            }},
+            "outputs": {"pred": {
+                "type": "image", "format": "segmentation" if not reader.multilabel else "classes",
+                "num_channels": reader.num_classes, "spatial_shape": list(INPUT_SIZE), "dtype": "float32",
+                "value_range": [], "is_patch_data": False,
+                "channel_def": {str(i): n for i, n in enumerate(names)},
+            }},
+        },
+    }
+
+
+def _version(package: str) -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version(package)

@@ -1,0 +1,131 @@
+"""Evaluation handler for the bundles: per-case metric rows, CSV files, and the published row side by side.
+
+Attached to a MONAI ``SupervisedEvaluator`` whose inferer returns label maps. Each item is scored with the
+paper's protocol (:mod:`common.metrics`): volumes in 3-D per class (Dice, HD95 in mm and in voxels), 2-D
+images by foreground Dice, multi-label images per channel. One unreadable or mis-shaped case is reported and
+skipped; it does not stop the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.data import MetaTensor
+
+from .metrics import (
+    PublishedRow,
+    format_comparison,
+    image_foreground_scores,
+    multilabel_scores,
+    summarize,
+    volume_scores,
+    write_csv,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def published_row(eval_metrics: Mapping | None) -> PublishedRow | None:
+    """The metadata's ``eval_metrics`` (Dice in percent, HD95 in voxels, as published) as a :class:`PublishedRow`."""
+    if not eval_metrics or "mean_dice" not in eval_metrics:
+        return None
+    return PublishedRow(
+        mean_dice=float(eval_metrics["mean_dice"]),
+        hd95=None if eval_metrics.get("hd95") is None else float(eval_metrics["hd95"]),
+        class_dice={str(k): float(v) for k, v in eval_metrics.get("class_dice", {}).items()},
+    )
+
+
+def _case_name(item: Mapping, index: int) -> str:
+    """The case id of an evaluated item: its datalist ``case``, else its image file name."""
+    if "case" in item:
+        return str(item["case"])
+    image = item.get("image")
+    path = getattr(image, "meta", {}).get("filename_or_obj") if isinstance(image, MetaTensor) else None
+    return Path(str(path)).name if path else f"item{index:04d}"
+
+
+def _spacing(label: torch.Tensor) -> list[float] | None:
+    """Voxel size per spatial axis in mm from a label's affine, or ``None`` without geometry.
+
+    The TransUNet ``.h5`` volumes keep no spacing and load with an identity affine: their "mm" are voxels.
+    """
+    if not isinstance(label, MetaTensor) or "affine" not in label.meta:
+        return None
+    affine = torch.as_tensor(label.affine, dtype=torch.float64)
+    spatial = label.ndim - 1
+    return [float(v) for v in torch.linalg.norm(affine[:spatial, :spatial], dim=0)]
+
+
+class CaseMetricsWriter:
+    """Score every evaluated item; at the end write ``cases.csv`` and ``summary.csv`` and log the comparison.
+
+    Args:
+        output_dir: where the CSV files go.
+        class_names: foreground class names in label order (label 1 first).
+        mode: ``"volume"`` (3-D per-class Dice/HD95), ``"image"`` (2-D foreground Dice) or ``"multilabel"``.
+        published: the metadata's ``eval_metrics`` (the paper's row) to print beside ours.
+        title: heading of the printed comparison.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        class_names: Sequence[str],
+        mode: str = "volume",
+        published: Mapping | None = None,
+        title: str = "ours",
+    ):
+        if mode not in ("volume", "image", "multilabel"):
+            raise ValueError(f"unknown mode {mode!r}; expected 'volume', 'image' or 'multilabel'")
+        self.output_dir, self.class_names, self.mode = Path(output_dir), list(class_names), mode
+        self.published, self.title = published_row(published), title
+        self.rows: list[dict] = []
+        self.failures: list[str] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._score)
+        engine.add_event_handler(Events.COMPLETED, self._finish)
+
+    def _reset(self, engine: Engine) -> None:
+        self.rows, self.failures = [], []
+
+    def _score(self, engine: Engine) -> None:
+        items = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        for item in items:
+            case = _case_name(item, len(self.rows) + len(self.failures))
+            try:
+                self.rows.extend(self.score_item(case, item["pred"], item["label"]))
+            except (ValueError, KeyError) as err:
+                self.failures.append(f"{case}: {err}")
+                logger.error("could not score %s: %s", case, err)
+
+    def score_item(self, case: str, prediction: torch.Tensor, label: torch.Tensor) -> list[dict]:
+        """Metric rows for one item: ``prediction`` and ``label`` are channel-first, either ``[1, ...]`` label
+        maps or ``[K, ...]`` one-hot / binary channels (as MONAI's ``AsDiscreted(to_onehot=K)`` leaves them)."""
+        pred, ref = np.asarray(prediction.detach().cpu()), np.asarray(label.detach().cpu())
+        if self.mode == "multilabel":
+            return multilabel_scores(case, pred > 0.5, ref > 0.5, self.class_names)
+        pred, ref = (a.argmax(0) if a.shape[0] > 1 else a[0].round().astype(np.int64) for a in (pred, ref))
+        if self.mode == "image":
+            return image_foreground_scores(case, pred > 0, ref > 0)
+        return volume_scores(case, pred, ref, self.class_names, _spacing(label))
+
+    def _finish(self, engine: Engine) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_csv(self.output_dir / "cases.csv", self.rows)
+        summary = summarize(self.rows)
+        write_csv(self.output_dir / "summary.csv", summary)
+        report = [f"evaluated {len({r['case'] for r in self.rows})} case(s); metrics in {self.output_dir}"]
+        if self.published is not None:
+            report.append(format_comparison(summary, self.published, label=self.title))
+        if self.failures:
+            report.append(f"{len(self.failures)} case(s) could not be scored:\n  " + "\n  ".join(self.failures))
+        print("\n".join(report), flush=True)
+        engine.state.metrics["case_failures"] = len(self.failures)

@@ -1,0 +1,38 @@
+"""A MONAI dictionary transform that writes predicted 2-D label masks as PNG files named after their inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Hashable, Mapping
+
+from monai.config import KeysCollection
+from monai.transforms import MapTransform
+
+from .writers import write_png_mask
+
+
+class SaveMask2Dd(MapTransform):
+    """Write ``data[key]`` (a ``[1, H, W]`` label map) to ``output_dir/<source stem>_seg.png``.
+
+    ``source_key`` names the item's input path (kept in the datalist because 2-D loading drops metadata).
+    Binary (2-class) masks are stored 0/255 like the public datasets' masks; more classes as 0..K-1.
+    """
+
+    def __init__(self, keys: KeysCollection, output_dir: str | Path, num_classes: int, source_key: str = "source",
+                 postfix: str = "seg"):
+        super().__init__(keys)
+        self.output_dir, self.num_classes = Path(output_dir), num_classes
+        self.source_key, self.postfix = source_key, postfix
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        stem = Path(str(d[self.source_key])).stem
+        for key in self.key_iterator(d):
+            mask = d[key]
+            if mask.ndim == 3:
+                if mask.shape[0] != 1:
+                    raise ValueError(f"{d[self.source_key]}: expected a [1, H, W] label map, found {tuple(mask.shape)}")
+                mask = mask[0]
+            values = "binary255" if self.num_classes == 2 else "labels"
+            write_png_mask(mask, self.output_dir / f"{stem}_{self.postfix}.png", values=values)
+        return d

@@ -1,0 +1,75 @@
+"""Run a bundle's configs on miniature data in its dataset's real layout (shared by the bundle tests)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from monai.bundle import run as run_bundle
+
+import miniature_layouts as layouts
+from common.bundle_templates import BundleSpec
+from common.data import get_dataset
+
+BUNDLES_ROOT = Path(__file__).resolve().parent.parent / "bundles"
+
+#: small and fast: a 64 x 64 input and the smallest PVT-v2 encoder; every other setting is the bundle's own
+SMALL = {"spatial_size": [64, 64], "num_workers": 0, "network_def#encoder": "pvt_v2_b0"}
+
+WRITERS = {
+    "synapse": lambda root: layouts.write_synapse_npz(root, n_train_cases=2, slices_per_case=2, n_test_cases=2),
+    "acdc": lambda root: layouts.write_acdc(root, n_patients=10),
+    "busi": lambda root: layouts.write_busi(root),
+    "ham10000": lambda root: layouts.write_ham10000(root),
+    "ph2": lambda root: layouts.write_ph2(root),
+}
+
+
+def copy_bundle(spec: BundleSpec, tmp_path: Path) -> Path:
+    """A copy of the checked-in bundle folder (bundles run from their own folder)."""
+    target = tmp_path / spec.name
+    shutil.copytree(BUNDLES_ROOT / spec.name, target)
+    return target
+
+
+def write_dataset(spec: BundleSpec, tmp_path: Path) -> Path:
+    return WRITERS[spec.dataset](tmp_path / "data")
+
+
+def run_config(bundle: Path, config: str, **overrides) -> None:
+    """``python -m monai.bundle run --config_file configs/<config>.json`` in-process, from the bundle folder."""
+    run_bundle(
+        config_file=str(bundle / "configs" / f"{config}.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        bundle_root=str(bundle),
+        **overrides,
+    )
+
+
+def write_sample_inputs(spec: BundleSpec, folder: Path) -> list[Path]:
+    """Two inputs of different sizes for inference: NIfTI volumes (one not in RAS) or PNG pictures."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    reader = get_dataset(spec.dataset)
+    if reader.spatial_dims == 3:
+        ras = np.diag([0.8, 0.8, 3.0, 1.0])
+        lps = np.array([[-0.7, 0, 0, 90], [0, -0.7, 0, 120], [0, 0, 2.5, -40], [0, 0, 0, 1.0]])
+        paths = [layouts.write_nifti(folder / "ras.nii.gz", rng.normal(0, 200, (40, 36, 3)).astype(np.float32), ras),
+                 layouts.write_nifti(folder / "lps.nii.gz", rng.normal(0, 200, (30, 44, 2)).astype(np.float32), lps)]
+    else:
+        shape = (37, 50, reader.image_channels) if reader.image_channels > 1 else (37, 50)
+        paths = [layouts.write_picture(folder / "first image (1).png", rng.integers(0, 255, shape).astype(np.uint8)),
+                 layouts.write_picture(folder / "second.png", rng.integers(0, 255, (41, 29, *shape[2:])).astype(np.uint8))]
+    return paths
+
+
+def read_output(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """An output mask's array and affine (``None`` for PNG)."""
+    if path.suffix == ".png":
+        from PIL import Image
+
+        return np.asarray(Image.open(path)), None
+    image = nib.load(path)
+    return np.asarray(image.dataobj), image.affine

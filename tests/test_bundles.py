@@ -1,0 +1,197 @@
+"""Every bundle trains, evaluates, infers, verifies and exports on miniature data in its dataset's real layout."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
+
+from bundle_harness import SMALL, copy_bundle, read_output, run_config, write_dataset, write_sample_inputs
+from common.bundle_render import stale_files
+from common.bundle_templates import BUNDLES, class_names, find_bundle
+from common.data import get_dataset
+
+SCHEMA = Path(__file__).resolve().parent.parent / "common" / "resources" / "bundle_metadata_schema.json"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_checked_in_bundles_are_rendered_from_the_templates():
+    assert stale_files() == []
+
+
+def test_every_bundle_has_the_model_zoo_layout():
+    for spec in BUNDLES:
+        root = REPO / "bundles" / spec.name
+        for relative in ("configs/metadata.json", "configs/train.json", "configs/evaluate.json",
+                         "configs/inference.json", "configs/multi_gpu_train.json", "configs/logging.conf",
+                         "docs/README.md", "docs/data_license.txt", "LICENSE", "large_files.yml"):
+            assert (root / relative).is_file(), f"{spec.name} lacks {relative}"
+        assert not list((root / "models").glob("*.pt")), "weights must not be in git"
+        train = json.loads((root / "configs" / "train.json").read_text())
+        for key in ("network_def", "network", "dataset_dir", "bundle_root", "device"):
+            assert key in train
+        assert "trainer" in train["train"] and "evaluator" in train["validate"]
+        inference = json.loads((root / "configs" / "inference.json").read_text())
+        for key in ("inferer", "preprocessing", "postprocessing"):
+            assert key in inference
+
+
+def _metadata_check(bundle: Path) -> None:
+    verify_metadata(meta_file=str(bundle / "configs" / "metadata.json"), filepath=str(SCHEMA))
+    broken = json.loads((bundle / "configs" / "metadata.json").read_text())
+    del broken["network_data_format"]["outputs"]["pred"]["channel_def"]
+    (bundle / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="channel_def"):
+        verify_metadata(meta_file=str(bundle / "broken.json"), filepath=str(SCHEMA))
+
+
+def _export_check(bundle: Path, tmp_path: Path) -> None:
+    """TorchScript (traced) and ONNX exports of the trained network match eager output within 1e-4."""
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.update({**SMALL, "bundle_root": str(bundle)})
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    network.eval()
+    channels = network.in_channels
+    x = torch.rand(1, channels, 64, 64)
+    with torch.no_grad():
+        eager = network(x)
+        traced = torch.jit.trace(network, x)
+    torch.jit.save(traced, tmp_path / "model.ts")
+    loaded = torch.jit.load(tmp_path / "model.ts")
+    torch.testing.assert_close(loaded(x), eager, rtol=0, atol=1e-4)
+    torch.onnx.export(network, (x,), tmp_path / "model.onnx", input_names=["image"], output_names=["pred"],
+                      opset_version=18, dynamo=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {"image": x.numpy()})[0]
+    np.testing.assert_allclose(onnx_out, eager.numpy(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [spec.name for spec in BUNDLES])
+def test_bundle_end_to_end_on_miniature_data(name, tmp_path):
+    spec = find_bundle(name)
+    bundle, data = copy_bundle(spec, tmp_path), write_dataset(spec, tmp_path)
+    reader = get_dataset(spec.dataset)
+
+    run_config(bundle, "train", dataset_dir=str(data), epochs=1, warmup_epochs=0, batch_size=2, **SMALL)
+    weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert any(k.startswith("de1.") for k in weights), "model.pt is not the network's plain state dict"
+
+    run_config(bundle, "evaluate", dataset_dir=str(data), **SMALL)
+    with open(bundle / "eval" / "cases.csv") as f:
+        cases = list(csv.DictReader(f))
+    test_ids = reader.datalists(data)["test"]
+    assert len({row["case"] for row in cases}) == len(test_ids)
+    with open(bundle / "eval" / "summary.csv") as f:
+        summary = {row["class"]: row for row in csv.DictReader(f)}
+    assert "mean" in summary
+    if reader.spatial_dims == 3:
+        assert set(summary) - {"mean"} == set(class_names(spec)[1:])
+
+    inputs = write_sample_inputs(spec, bundle / "sample_data")
+    run_config(bundle, "inference", **SMALL)
+    outputs = sorted((bundle / "predictions").iterdir())
+    assert len(outputs) == len(inputs)
+    for source, output in zip(sorted(inputs), outputs):
+        mask, affine = read_output(output)
+        expected, expected_affine = read_output(source)
+        assert mask.shape[:2] == expected.shape[:2] and mask.shape[: expected.ndim] == expected.shape[: mask.ndim]
+        assert mask.max() < reader.num_classes or (reader.num_classes == 2 and set(np.unique(mask)) <= {0, 255})
+        if affine is not None:
+            np.testing.assert_allclose(affine, expected_affine, atol=1e-4)
+
+    _metadata_check(bundle)
+    verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
+                      config_file=str(bundle / "configs" / "inference.json"),
+                      **{k: v for k, v in SMALL.items() if k != "spatial_size"})
+    _export_check(bundle, tmp_path)
+
+
+def test_evaluation_rows_agree_with_monai_mean_dice(tmp_path):
+    """Our per-case CSV and MONAI's MeanDice (the validation metric) score the same predictions alike."""
+    spec = find_bundle("pvt_gdla_ph2_segmentation")
+    bundle, data = copy_bundle(spec, tmp_path), write_dataset(spec, tmp_path)
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "evaluate.json"))
+    parser.update({**SMALL, "bundle_root": str(bundle), "dataset_dir": str(data)})
+    network = parser.get_parsed_content("network")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    torch.save(network.state_dict(), bundle / "models" / "model.pt")
+    evaluator = parser.get_parsed_content("evaluate#evaluator")
+    evaluator.run()
+    with open(bundle / "eval" / "summary.csv") as f:
+        ours = {row["class"]: float(row["dice"]) for row in csv.DictReader(f)}
+    assert ours["mean"] == pytest.approx(evaluator.state.metrics["val_mean_dice"], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- command line, resume, multi-process
+
+
+def _bundle_command(bundle: Path, config: str | list[str], *args: str) -> list[str]:
+    files = config if isinstance(config, str) else "[" + ",".join(f"'{c}'" for c in config) + "]"
+    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", files,
+            "--logging_file", "configs/logging.conf", *args]
+
+
+def _small_args(data: Path, epochs: int) -> list[str]:
+    return ["--dataset_dir", str(data), "--epochs", str(epochs), "--warmup_epochs", "0", "--batch_size", "2",
+            "--num_workers", "0", "--spatial_size", "[64,64]", "--network_def#encoder", "pvt_v2_b0"]
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_last_epoch(tmp_path):
+    spec = find_bundle("pvt_gdla_synapse_segmentation")
+    bundle, data = copy_bundle(spec, tmp_path), write_dataset(spec, tmp_path)
+    command = _bundle_command(bundle, "configs/train.json", *_small_args(data, epochs=4))
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(command, cwd=bundle, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (bundle / "models" / "last_checkpoint_2.pt").exists():
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # killed during epoch 3
+    first.wait()
+    saved = torch.load(bundle / "models" / "last_checkpoint_2.pt", weights_only=True)
+    per_epoch = saved["trainer"]["epoch_length"]
+    assert saved["trainer"]["iteration"] == 2 * per_epoch  # ignite keeps the epoch as iterations done
+
+    second = subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    output = second.stdout + second.stderr
+    assert "resumed from" in output and "epoch 2" in output
+    assert "Epoch: 1/4" not in output and "Epoch: 3/4" in output
+    final = torch.load(bundle / "models" / "last_checkpoint_4.pt", weights_only=True)
+    assert final["trainer"]["iteration"] == 4 * per_epoch
+    assert final["optimizer"]["state"], "optimizer state was not carried over"
+
+
+@pytest.mark.slow
+def test_torchrun_trains_one_epoch_on_two_cpu_processes(tmp_path):
+    spec = find_bundle("pvt_gdla_synapse_segmentation")
+    bundle, data = copy_bundle(spec, tmp_path), write_dataset(spec, tmp_path)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "monai.bundle", "run", "--config_file", "['configs/train.json','configs/multi_gpu_train.json']",
+               "--logging_file", "configs/logging.conf", *_small_args(data, epochs=1)]
+    result = subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (bundle / "models" / "model.pt").is_file()
+    state = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state), "DDP wrapper names leaked into model.pt"
