@@ -14,18 +14,21 @@ Decoder, coarse to fine (``x1 .. x4`` are the encoder outputs at 1/4 .. 1/32)::
 
 Four Conv1x1 heads on ``d4, d3, d2, d1``, bilinearly upsampled to the input size.
 
-Where the authors' code and the paper's text differ, the default is the code (it produced the published
-numbers) and the text is an option:
+Details taken from the authors' code where the paper's text differs or is silent (options give the text):
 
 - ReLU6 in EUCB and LGAG as well as in MSCB (the authors' Synapse script passes its ``relu6`` flag to all
-  three); the paper's text names ReLU for EUCB and LGAG: ``gate_activation="relu"``.
+  three); the paper's text names ReLU for EUCB and LGAG: ``gate_activation="relu"``. Channel attention
+  uses ReLU either way.
 - One spatial-attention convolution is shared by all four MSCAMs (98 parameters).
-- A 1-channel image passes a Conv1x1 (1 -> 3) + BN + ReLU stem before the encoder; ``gray_stem="repeat"``
-  repeats the channel three times instead, as the PVT-GDLA family does.
+- A 1-channel image passes a Conv1x1 (1 -> 3, bias) + BN + ReLU stem before the encoder (12 parameters);
+  ``gray_stem="repeat"`` repeats the channel three times instead, as the PVT-GDLA family does.
 - Decoder convolutions start from N(0, 0.02) with zero bias (BN: weight 1, bias 0); the heads and the stem
   keep PyTorch's default initialisation.
 - EUCB's channel shuffle uses one channel per group in the authors' code, which leaves the order unchanged,
   so it is left out here; MSCB's shuffle (``gcd(2C, C) = C`` groups) is a real permutation and is kept.
+
+Size with PVT-v2-b2, 3 channels, K = 1: 26,764,399 parameters (encoder 24,849,856, decoder 1,913,515;
+published 26.76 M); thop 0.1.1 counts 5.58 G MACs at 256 x 256 (published 5.60 G).
 
 Module names are this project's own, not the authors'. Shapes: input ``[B, in_channels, H, W]`` with H and W
 divisible by 32; output ``[B, num_classes, H, W]``, or in training with deep supervision the list
@@ -271,7 +274,7 @@ class EMCADNet(nn.Module):
     """PVT-v2 encoder + EMCAD decoder + four prediction heads.
 
     Implements the stage protocol of :mod:`common.networks.xattnres` (``encode``, ``bottleneck``, ``fuse``,
-    ``refine``, ``predict``), which its own forward pass uses.
+    ``refine``, ``predict``); its own forward pass runs the same steps.
 
     Args:
         in_channels: image channels; 1 goes through ``gray_stem`` to 3 channels for the encoder.

@@ -12,15 +12,16 @@ the network keeps its skips) are aggregated per pixel::
     alpha_n = softmax_n(w_s . RMSNorm(V_n))                 # over the entries, at every pixel
     h_s     = sum_n alpha_n V_n                             # replaces the stage input (combine="replace")
 
-and the stage output joins the pool. Choices where the paper is silent (each documented where it is made):
+and the stage output joins the pool. ``w_s`` (``query``) starts at zero, so training starts from a uniform
+average of the entries. Choices where the paper is silent:
 
-- ``w_s`` (``query``) starts at zero, so training starts from a uniform average of the entries.
 - The aggregation *replaces* the stage input, as in Attention Residuals; ``combine="add"`` adds it instead.
 - Higher-resolution entries are resized bilinearly (``downsample="bilinear"``, the paper's word);
   ``downsample="area"`` averages whole cells (average pooling) instead of reading 2 of every 4 rows at a
   factor 4. Lower-resolution entries are always up-sampled bilinearly.
-- The current input is a pool entry like the others, with its own projection.
-- RMSNorm has no gain (it would be redundant with ``w_s``).
+- The current input is a pool entry like the others, with its own projection; projections start from
+  PyTorch's default initialisation.
+- RMSNorm has no gain (it would be redundant with ``w_s``); eps 1e-6.
 - A network's first decoder stage that fuses nothing (EMCAD's MSCAM on ``x4``) runs as in the baseline: its
   input is already in the pool; its output joins the pool.
 
