@@ -8,6 +8,7 @@ from .bundle_templates import (
     PVT_CITATION,
     BundleSpec,
     dataset_reader,
+    uses_pvt_encoder,
     class_names,
     published_metrics,
 )
@@ -23,7 +24,74 @@ ARCHITECTURES = {
     "GELU MLP (28.25 M parameters, 5.40 G FLOPs as the paper counts them).",
     "pvt_diffattn": "PVT-v2-b2 encoder; decoder blocks with Differential Transformer attention and a SwiGLU FFN "
     "(28.75 M parameters, 5.61 G FLOPs as the paper counts them).",
+    "pvt_emcad": "PVT-v2-b2 encoder with the EMCAD decoder (Rahman et al., CVPR 2024): multi-scale convolutional "
+    "attention modules, efficient up-convolution blocks and large-kernel grouped attention gates on the skips; "
+    "four prediction heads.",
+    "pvt_emcad_xattnres": "PVT-EMCAD-B2 with cross-stage attention residuals (XAttnRes): before each decoder stage a "
+    "learned softmax over the history of all earlier stage outputs (aligned by resizing and 1x1 projections) "
+    "replaces the stage input.",
+    "pvt_gdla_xattnres": "PVT-GDLA with cross-stage attention residuals (XAttnRes) over the history of all earlier "
+    "encoder and decoder stage outputs.",
+    "mlla_unet": "MLLA-UNet (MLLA-T): a U-shaped network of Mamba-like linear attention blocks (linear attention with "
+    "2-D rotary embedding and LePE, gated like Mamba), EDSM down-sampling and EUSM up-sampling; about 28.5 M "
+    "parameters and 6.0 G MACs at 224 x 224.",
+    "setr": "SETR: a ViT-S/16 encoder with progressive up-sampling; key-value attention (no query projection, "
+    "symmetric attention logits) by default, `attention` = qkv / kv / kv_pos.",
+    "transunet": "TransUNet: ResNet-50 stages with a ViT-S transformer on the 1/16 map and a cascaded up-sampler with "
+    "skips; key-value attention by default, `attention` = qkv / kv / kv_pos.",
+    "cvt": "CvT-13 (convolutional token embedding and projections) with a cascaded decoder; key-value attention over "
+    "the strided tokens by default, `attention` = qkv / kv / kv_pos.",
 }
+
+PAPERS = {
+    "pvt_emcad": "Rahman M. M., Munir M., Marculescu R. EMCAD: Efficient Multi-scale Convolutional Attention "
+    "Decoding for Medical Image Segmentation. CVPR (2024).",
+    "xattnres": "XAttnRes: Cross-Stage Attention Residuals for Medical Image Segmentation. arXiv:2604.03297; "
+    "building on Attention Residuals, arXiv:2603.15031.",
+    "mlla_unet": "Jiang Y., Li Z., Chen X., Xie H., Cai J. MLLA-UNet: Mamba-like Linear Attention in an Efficient "
+    "U-Shape Model for Medical Image Segmentation. arXiv:2410.23738.",
+    "kv": "Hwa, Holmes, Drechsler. Exploring the Integration of Key-Value Attention Into Pure and Hybrid "
+    "Transformers for Semantic Segmentation. arXiv:2503.18862; Borji A. Key-Value Transformer. arXiv:2305.19129.",
+}
+
+
+def citations(spec: BundleSpec) -> list[str]:
+    """The papers behind the bundle's network and data."""
+    if spec.network in ("setr", "transunet", "cvt"):
+        papers = [PAPERS["kv"]]
+    elif spec.network == "mlla_unet":
+        papers = [PAPERS["mlla_unet"]]
+    else:
+        papers = [GDLA_CITATION, PVT_CITATION]
+        if "emcad" in spec.network:
+            papers.append(PAPERS["pvt_emcad"])
+        if "xattnres" in spec.network:
+            papers.append(PAPERS["xattnres"])
+    return [*papers, spec.dataset_card.citation]
+
+
+REFERENCE_NETWORKS = ("pvt_gdla", "pvt_linearattn", "pvt_selfattn", "pvt_diffattn")
+REFERENCE_NOTE = (" The authors' published checkpoint loads with\n"
+                  "`common.convert.load_reference_checkpoint(network, path)`.")
+
+
+def _recipe_text(spec: BundleSpec) -> str:
+    recipe = spec.training_recipe
+    loss = ("Boundary DoU loss" if recipe.loss == "boundary_dou"
+            else f"{recipe.ce_weight} cross-entropy + {recipe.dice_weight} Dice loss")
+    if uses_pvt_encoder(spec):
+        loss += " summed over the four deep-supervision outputs"
+        encoder = ("The encoder starts from the ImageNet PVT-v2-b2 weights (`pvt_v2_b2.pth` of the PVT v2 release): "
+                   "pass them with `--encoder_weights`; without them the run warns that the encoder is random and "
+                   "will not reach the published numbers.")
+    else:
+        encoder = "The network starts from random weights."
+    return (
+        f"Source: {recipe.source}. AdamW (lr {recipe.learning_rate}, betas 0.9/0.999, weight decay "
+        f"{recipe.weight_decay}, none on biases and 1-D parameters), gradient clipping at 1.0, cosine schedule per "
+        f"iteration after {recipe.warmup_epochs} warm-up epochs (from 1e-6, to 1e-6), {recipe.epochs} epochs, "
+        f"batch {recipe.batch_size}, fp32, seed 42, {loss}; best checkpoint by mean validation Dice. {encoder}"
+    )
 
 
 def _results_table(spec: BundleSpec) -> str:
@@ -41,13 +109,16 @@ def _results_table(spec: BundleSpec) -> str:
 
 def model_card(spec: BundleSpec) -> str:
     """docs/README.md: what the model is, the data and its licence, the recipe, results, how to reproduce."""
-    reader, card, recipe = dataset_reader(spec), spec.dataset_card, spec.training_recipe
+    reader, card = dataset_reader(spec), spec.dataset_card
     names = class_names(spec)
-    protocol = (
-        "3-D Dice and HD95 per volume and class (background excluded; a class absent from a volume's ground "
-        "truth is skipped), volumes predicted slice by slice at 224 x 224 (cubic spline in, nearest out)"
-        if reader.spatial_dims == 3 else "foreground Dice per image at 224 x 224, over images with a non-empty mask"
-    )
+    if reader.multilabel:
+        protocol = "Dice and Jaccard per channel and image at 224 x 224 (sigmoid channels thresholded at 0.5)"
+    elif reader.spatial_dims == 3:
+        protocol = ("3-D Dice and HD95 per volume and class (background excluded; a class absent from a volume's "
+                    "ground truth is skipped), volumes predicted slice by slice at 224 x 224 (cubic spline in, "
+                    "nearest out)")
+    else:
+        protocol = "foreground Dice per image at 224 x 224, over images with a non-empty mask"
     return f"""# {spec.paper_model} for {card.title}
 
 {ARCHITECTURES[spec.network]}
@@ -65,14 +136,9 @@ Licence: {card.license} See `docs/data_license.txt`.
 Point `dataset_dir` at the folder exactly as downloaded; check it first with
 `python -m common data check --dataset {spec.dataset} --root /path/to/data`.
 
-## Training recipe (the authors')
+## Training recipe
 
-AdamW (lr {recipe.learning_rate}, betas 0.9/0.999, weight decay {recipe.weight_decay}, none on biases and 1-D
-parameters), gradient clipping at 1.0, cosine schedule per iteration after {recipe.warmup_epochs} warm-up epochs
-(from 1e-6, to 1e-6), {recipe.epochs} epochs, batch {recipe.batch_size}, fp32, seed 42, Boundary DoU loss summed over
-the four deep-supervision outputs, best checkpoint by mean validation Dice. The encoder starts from the ImageNet
-PVT-v2-b2 weights (`pvt_v2_b2.pth` of the PVT v2 release): pass them with `--encoder_weights`; without them the
-run warns that the encoder is random and will not reach the published numbers.
+{_recipe_text(spec)}
 
 ## Published results
 
@@ -85,7 +151,7 @@ Evaluation protocol: {protocol}.
 From this folder (add `--dataset_dir /path/to/data` to each command):
 
 ```bash
-python -m monai.bundle run --config_file configs/train.json --encoder_weights /path/to/pvt_v2_b2.pth
+python -m monai.bundle run --config_file configs/train.json{" --encoder_weights /path/to/pvt_v2_b2.pth" if uses_pvt_encoder(spec) else ""}
 python -m monai.bundle run --config_file configs/evaluate.json
 python -m monai.bundle run --config_file configs/inference.json --input_dir /path/to/images
 torchrun --standalone --nproc_per_node=2 -m monai.bundle run \\
@@ -94,8 +160,7 @@ torchrun --standalone --nproc_per_node=2 -m monai.bundle run \\
 
 A killed training run started again with the same command resumes from its last complete epoch
 (`models/last_checkpoint_*.pt`). Evaluation writes `eval/cases.csv` and `eval/summary.csv` and prints our row
-beside the published one. The authors' published checkpoint loads with
-`common.convert.load_reference_checkpoint(network, path)`.
+beside the published one.{REFERENCE_NOTE if spec.network in REFERENCE_NETWORKS else ""}
 
 ## Limitations
 
@@ -105,9 +170,7 @@ beside the published one. The authors' published checkpoint loads with
 
 ## Citation
 
-- {GDLA_CITATION}
-- {PVT_CITATION}
-- {card.citation}
+{chr(10).join("- " + c for c in citations(spec))}
 """
 
 

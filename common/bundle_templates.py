@@ -30,13 +30,20 @@ PVT_CITATION = (
 
 @dataclass(frozen=True)
 class Recipe:
-    """The published training recipe of one dataset (pvt_decoders.md, "Training recipe")."""
+    """A training recipe; the defaults are the GDLA paper's (pvt_decoders.md, "Training recipe").
+
+    ``loss``: ``"boundary_dou"`` (the GDLA paper) or ``"dice_ce"`` with ``ce_weight`` / ``dice_weight``.
+    """
 
     epochs: int
     warmup_epochs: int
     batch_size: int
     learning_rate: float = 5e-4
     weight_decay: float = 1e-4
+    loss: str = "boundary_dou"
+    ce_weight: float = 0.5
+    dice_weight: float = 0.5
+    source: str = "the GDLA paper's recipe"
 
 
 RECIPES = {
@@ -45,6 +52,15 @@ RECIPES = {
     "busi": Recipe(100, 10, 16),
     "ham10000": Recipe(150, 10, 16),
     "ph2": Recipe(100, 5, 16),
+    "uwmgi": Recipe(100, 5, 16, learning_rate=1e-4, loss="dice_ce",
+                    source="our choice (the KV-attention study's training details are not in our sources)"),
+}
+
+#: MLLA-UNet's recipe (other_models.md): AdamW lr 1e-4, weight decay 0.01, 0.4 CE + 0.6 Dice on Synapse
+MLLA_RECIPES = {
+    "synapse": Recipe(200, 10, 8, learning_rate=1e-4, weight_decay=0.01, loss="dice_ce", ce_weight=0.4,
+                      dice_weight=0.6, source="MLLA-UNet's recipe"),
+    "acdc": Recipe(150, 10, 16, learning_rate=1e-4, weight_decay=0.01, loss="dice_ce", source="MLLA-UNet's recipe"),
 }
 
 
@@ -93,6 +109,13 @@ DATASET_CARDS = {
         "Tschandl P., Rosendahl C., Kittler H. The HAM10000 dataset, a large collection of multi-source "
         "dermatoscopic images of common pigmented skin lesions. Scientific Data 5, 180161 (2018).",
     ),
+    "uwmgi": DatasetCard(
+        "UW-Madison GI Tract Image Segmentation (abdominal MRI, Kaggle 2022)", "/data/uw-madison-gi-tract", "MR",
+        "magnitude", "https://www.kaggle.com/competitions/uw-madison-gi-tract-image-segmentation",
+        "The competition data are available under the Kaggle competition rules (non-commercial research use; "
+        "no redistribution). This bundle contains no images.",
+        "Happel C. et al. UW-Madison GI Tract Image Segmentation. Kaggle (2022).",
+    ),
     "ph2": DatasetCard(
         "PH2 dermoscopy images", "/data/PH2Dataset", "dermoscopy", "magnitude",
         "https://www.fc.up.pt/addi/ph2%20database.html",
@@ -137,6 +160,14 @@ BUNDLES = [
     BundleSpec("pvt_linearattn", "synapse", "PVT-LinearAttn"),
     BundleSpec("pvt_selfattn", "synapse", "PVT-SelfAttn"),
     BundleSpec("pvt_diffattn", "synapse", "PVT-DiffAttn"),
+    BundleSpec("pvt_emcad", "synapse", "PVT-EMCAD-B2"),
+    BundleSpec("pvt_emcad_xattnres", "synapse", "PVT-EMCAD-B2 + XAttnRes"),
+    BundleSpec("pvt_gdla_xattnres", "synapse", "PVT-GDLA + XAttnRes"),
+    BundleSpec("mlla_unet", "synapse", "MLLA-UNet", recipe=MLLA_RECIPES["synapse"]),
+    BundleSpec("mlla_unet", "acdc", "MLLA-UNet", recipe=MLLA_RECIPES["acdc"]),
+    BundleSpec("setr", "uwmgi", "SETR (KV)", network_args={"attention": "kv"}),
+    BundleSpec("transunet", "uwmgi", "TransUNet (KV)", network_args={"attention": "kv"}),
+    BundleSpec("cvt", "uwmgi", "CvT (KV)", network_args={"attention": "kv"}),
 ]
 
 IMPORTS = ["$import os", "$import torch", "$import ignite", "$import monai", "$import common"]
@@ -178,22 +209,30 @@ def published_metrics(spec: BundleSpec) -> dict:
 def _inferer(spec: BundleSpec) -> dict:
     """Slice-wise inferer; CT/MR follow the authors' protocol (cubic spline in, nearest out)."""
     inferer = {"_target_": "common.inference.SliceInferer2D", "roi_size": "@spatial_size", "sw_batch_size": 4}
-    if dataset_reader(spec).augmentation == "photo":
+    reader = dataset_reader(spec)
+    if reader.augmentation == "photo":
         inferer.update(interpolation="bilinear", align_corners=False)
+    if reader.multilabel:
+        inferer.update(activation="sigmoid")
     return inferer
+
+
+def uses_pvt_encoder(spec: BundleSpec) -> bool:
+    """PVT-encoder networks take ImageNet encoder weights and have deep-supervision heads."""
+    return spec.network.startswith("pvt_")
 
 
 def _network_def(spec: BundleSpec, weights: str) -> dict:
     reader = dataset_reader(spec)
-    return {
+    definition = {
         "_target_": "common.networks.create_network",
         "name": spec.network,
         "in_channels": reader.image_channels,
         "num_classes": reader.num_classes,
-        "deep_supervision": True,
-        "encoder_weights": weights,
-        **spec.network_args,
     }
+    if uses_pvt_encoder(spec):
+        definition.update(deep_supervision=True, encoder_weights=weights)
+    return {**definition, **spec.network_args}
 
 
 def _shared(spec: BundleSpec, encoder_weights: str | None) -> dict:
@@ -259,10 +298,12 @@ def _section(split: str) -> str:
 
 
 def _loss(spec: BundleSpec) -> dict:
-    if dataset_reader(spec).multilabel:
-        base = {"_target_": "common.losses.DiceCrossEntropyLoss", "sigmoid": True}
-    else:
+    recipe = spec.training_recipe
+    if recipe.loss == "boundary_dou":
         base = {"_target_": "common.losses.BoundaryDoULoss"}
+    else:
+        base = {"_target_": "common.losses.DiceCrossEntropyLoss", "lambda_dice": recipe.dice_weight,
+                "lambda_ce": recipe.ce_weight, "sigmoid": bool(dataset_reader(spec).multilabel)}
     return {"_target_": "common.losses.DeepSupervisionLoss", "loss": base}
 
 
@@ -401,6 +442,8 @@ def inference_config(spec: BundleSpec) -> dict:
         intensity = {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0}
         save = {"_target_": "common.io.mask_saving.SaveMask2Dd", "keys": "pred", "output_dir": "@output_dir",
                 "num_classes": reader.num_classes}
+        if reader.multilabel:
+            save["channel_names"] = list(reader.label_names)
     postprocessing = [{"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
                        "nearest_interp": True}] if three_d else []
     return {
@@ -471,6 +514,8 @@ def multi_gpu_config(spec: BundleSpec) -> dict:
 def metadata(spec: BundleSpec) -> dict:
     """``configs/metadata.json`` (MONAI bundle specification)."""
     import monai
+
+    from .bundle_cards import citations
     import numpy
     import torch
 
@@ -489,9 +534,9 @@ def metadata(spec: BundleSpec) -> dict:
         "task": f"2-D segmentation of {', '.join(names[1:])} in {card.modality} images",
         "description": (
             f"{spec.paper_model} ({spec.network}) trained on {card.title}. 2-D network; volumes are segmented "
-            "slice by slice. Reproduces the published row of the GDLA paper with the authors' recipe."
+            f"slice by slice. Training recipe: {spec.training_recipe.source}."
         ),
-        "authors": "gdla-bundles contributors (implementation); Zheng, Bozorgpour, Merhof, Zhang (method)",
+        "authors": "gdla-bundles contributors (implementation); the cited papers' authors (methods)",
         "copyright": "Copyright (c) gdla-bundles contributors",
         "data_source": card.source,
         "data_type": "nifti" if reader.spatial_dims == 3 else "png",
@@ -500,7 +545,7 @@ def metadata(spec: BundleSpec) -> dict:
         "pred_classes": f"{reader.num_classes} channels, argmax gives the label map",
         "eval_metrics": published_metrics(spec),
         "intended_use": "Research use only: not for clinical diagnosis or treatment decisions.",
-        "references": [GDLA_CITATION, PVT_CITATION, card.citation],
+        "references": citations(spec),
         "network_data_format": {
             "inputs": {"image": {
                 "type": "image", "format": card.data_format, "modality": card.modality,

@@ -291,6 +291,7 @@ PUBLISHED_RESULTS: dict[str, dict[str, PublishedRow]] = {
         "PVT-SelfAttn": _synapse_row((91.72, 85.67, 87.20, 67.88, 95.92, 85.00, 89.79, 66.93), 83.77, 22.40),
         "PVT-DiffAttn": _synapse_row((92.17, 83.43, 86.94, 68.64, 95.73, 85.74, 88.28, 68.94), 83.73, 23.24),
         "PVT-EMCAD-B2": _synapse_row((92.17, 84.10, 88.08, 68.87, 95.26, 83.92, 88.14, 68.51), 83.63, 15.68),
+        "PVT-EMCAD-B2 + XAttnRes": PublishedRow(83.75),  # the XAttnRes paper (seed 003)
     },
     "acdc": {"PVT-GDLA": PublishedRow(92.53)},
     "ham10000": {"PVT-GDLA": PublishedRow(95.01)},

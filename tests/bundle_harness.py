@@ -15,8 +15,20 @@ from common.data import get_dataset
 
 BUNDLES_ROOT = Path(__file__).resolve().parent.parent / "bundles"
 
-#: small and fast: a 64 x 64 input and the smallest PVT-v2 encoder; every other setting is the bundle's own
-SMALL = {"spatial_size": [64, 64], "num_workers": 0, "network_def#encoder": "pvt_v2_b0"}
+#: small and fast: a 64 x 64 input and a small network of the same family; every other setting is the bundle's own
+SMALL = {"spatial_size": [64, 64], "num_workers": 0}
+SMALL_NETWORKS = {
+    "mlla_unet": {"embed_dim": 32, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "decoder_depths": [1, 1, 1]},
+    "setr": {"image_size": 64, "embed_dim": 64, "depth": 2, "num_heads": 2, "head_channels": 32},
+    "transunet": {"image_size": 64, "embed_dim": 64, "depth": 2, "num_heads": 2},
+    "cvt": {"embed_dims": [32, 64, 96], "depths": [1, 1, 1], "num_heads": [1, 2, 3]},
+}
+
+
+def small_overrides(spec: BundleSpec) -> dict:
+    """Config overrides that shrink the bundle's network and input for a quick run."""
+    network = {"encoder": "pvt_v2_b0"} if spec.network.startswith("pvt_") else SMALL_NETWORKS[spec.network]
+    return {**SMALL, **{f"network_def#{k}": v for k, v in network.items()}}
 
 WRITERS = {
     "synapse": lambda root: layouts.write_synapse_npz(root, n_train_cases=2, slices_per_case=2, n_test_cases=2),
@@ -24,6 +36,7 @@ WRITERS = {
     "busi": lambda root: layouts.write_busi(root),
     "ham10000": lambda root: layouts.write_ham10000(root),
     "ph2": lambda root: layouts.write_ph2(root),
+    "uwmgi": lambda root: layouts.write_uwmgi(root, n_cases=10, days_per_case=1, slices_per_day=2),
 }
 
 
@@ -60,8 +73,9 @@ def write_sample_inputs(spec: BundleSpec, folder: Path) -> list[Path]:
                  layouts.write_nifti(folder / "lps.nii.gz", rng.normal(0, 200, (30, 44, 2)).astype(np.float32), lps)]
     else:
         shape = (37, 50, reader.image_channels) if reader.image_channels > 1 else (37, 50)
-        paths = [layouts.write_picture(folder / "first image (1).png", rng.integers(0, 255, shape).astype(np.uint8)),
-                 layouts.write_picture(folder / "second.png", rng.integers(0, 255, (41, 29, *shape[2:])).astype(np.uint8))]
+        dtype = np.uint16 if spec.dataset == "uwmgi" else np.uint8  # UW-Madison scans are 16-bit PNGs
+        paths = [layouts.write_picture(folder / "first image (1).png", rng.integers(0, 255, shape).astype(dtype)),
+                 layouts.write_picture(folder / "second.png", rng.integers(0, 255, (41, 29, *shape[2:])).astype(dtype))]
     return paths
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 
-from bundle_harness import SMALL, copy_bundle, read_output, run_config, write_dataset, write_sample_inputs
+from bundle_harness import copy_bundle, read_output, run_config, small_overrides, write_dataset, write_sample_inputs
 from common.bundle_render import stale_files
 from common.bundle_templates import BUNDLES, class_names, find_bundle
 from common.data import get_dataset
@@ -56,11 +56,11 @@ def _metadata_check(bundle: Path) -> None:
         verify_metadata(meta_file=str(bundle / "broken.json"), filepath=str(SCHEMA))
 
 
-def _export_check(bundle: Path, tmp_path: Path) -> None:
+def _export_check(bundle: Path, tmp_path: Path, small: dict) -> None:
     """TorchScript (traced) and ONNX exports of the trained network match eager output within 1e-4."""
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser.update({**SMALL, "bundle_root": str(bundle)})
+    parser.update({**small, "bundle_root": str(bundle)})
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
     network.eval()
@@ -84,13 +84,16 @@ def _export_check(bundle: Path, tmp_path: Path) -> None:
 def test_bundle_end_to_end_on_miniature_data(name, tmp_path):
     spec = find_bundle(name)
     bundle, data = copy_bundle(spec, tmp_path), write_dataset(spec, tmp_path)
-    reader = get_dataset(spec.dataset)
+    reader, small = get_dataset(spec.dataset), small_overrides(spec)
 
-    run_config(bundle, "train", dataset_dir=str(data), epochs=1, warmup_epochs=0, batch_size=2, **SMALL)
+    run_config(bundle, "train", dataset_dir=str(data), epochs=1, warmup_epochs=0, batch_size=2, **small)
     weights = torch.load(bundle / "models" / "model.pt", weights_only=True)
-    assert any(k.startswith("de1.") for k in weights), "model.pt is not the network's plain state dict"
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    parser.update(small)
+    assert set(weights) == set(parser.get_parsed_content("network_def").state_dict()), "model.pt is not a plain state dict"
 
-    run_config(bundle, "evaluate", dataset_dir=str(data), **SMALL)
+    run_config(bundle, "evaluate", dataset_dir=str(data), **small)
     with open(bundle / "eval" / "cases.csv") as f:
         cases = list(csv.DictReader(f))
     test_ids = reader.datalists(data)["test"]
@@ -98,26 +101,28 @@ def test_bundle_end_to_end_on_miniature_data(name, tmp_path):
     with open(bundle / "eval" / "summary.csv") as f:
         summary = {row["class"]: row for row in csv.DictReader(f)}
     assert "mean" in summary
-    if reader.spatial_dims == 3:
-        assert set(summary) - {"mean"} == set(class_names(spec)[1:])
+    if reader.spatial_dims == 3 or reader.multilabel:
+        assert set(summary) - {"mean"} == set(class_names(spec)[0 if reader.multilabel else 1:])
 
     inputs = write_sample_inputs(spec, bundle / "sample_data")
-    run_config(bundle, "inference", **SMALL)
+    run_config(bundle, "inference", **small)
     outputs = sorted((bundle / "predictions").iterdir())
-    assert len(outputs) == len(inputs)
-    for source, output in zip(sorted(inputs), outputs):
+    per_input = len(reader.label_names) if reader.multilabel else 1
+    assert len(outputs) == per_input * len(inputs)
+    for source, output in zip(sorted(inputs * per_input), outputs):
         mask, affine = read_output(output)
         expected, expected_affine = read_output(source)
         assert mask.shape[:2] == expected.shape[:2] and mask.shape[: expected.ndim] == expected.shape[: mask.ndim]
-        assert mask.max() < reader.num_classes or (reader.num_classes == 2 and set(np.unique(mask)) <= {0, 255})
+        assert mask.max() < reader.num_classes or (
+            (reader.num_classes == 2 or reader.multilabel) and set(np.unique(mask)) <= {0, 255})
         if affine is not None:
             np.testing.assert_allclose(affine, expected_affine, atol=1e-4)
 
     _metadata_check(bundle)
     verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
                       config_file=str(bundle / "configs" / "inference.json"),
-                      **{k: v for k, v in SMALL.items() if k != "spatial_size"})
-    _export_check(bundle, tmp_path)
+                      **{k: v for k, v in small.items() if k not in ("spatial_size", "network_def#image_size")})
+    _export_check(bundle, tmp_path, small)
 
 
 def test_evaluation_rows_agree_with_monai_mean_dice(tmp_path):
@@ -126,7 +131,7 @@ def test_evaluation_rows_agree_with_monai_mean_dice(tmp_path):
     bundle, data = copy_bundle(spec, tmp_path), write_dataset(spec, tmp_path)
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "evaluate.json"))
-    parser.update({**SMALL, "bundle_root": str(bundle), "dataset_dir": str(data)})
+    parser.update({**small_overrides(spec), "bundle_root": str(bundle), "dataset_dir": str(data)})
     network = parser.get_parsed_content("network")
     torch.manual_seed(0)
     with torch.no_grad():

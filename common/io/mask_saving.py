@@ -16,19 +16,28 @@ class SaveMask2Dd(MapTransform):
 
     ``source_key`` names the item's input path (kept in the datalist because 2-D loading drops metadata).
     Binary (2-class) masks are stored 0/255 like the public datasets' masks; more classes as 0..K-1.
+    With ``channel_names`` (multi-label bundles), a ``[K, H, W]`` stack of binary channels is written as one
+    0/255 mask per channel, ``<source stem>_<channel name>.png``.
     """
 
     def __init__(self, keys: KeysCollection, output_dir: str | Path, num_classes: int, source_key: str = "source",
-                 postfix: str = "seg"):
+                 postfix: str = "seg", channel_names: list[str] | None = None):
         super().__init__(keys)
         self.output_dir, self.num_classes = Path(output_dir), num_classes
-        self.source_key, self.postfix = source_key, postfix
+        self.source_key, self.postfix, self.channel_names = source_key, postfix, channel_names
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         stem = Path(str(d[self.source_key])).stem
         for key in self.key_iterator(d):
             mask = d[key]
+            if self.channel_names is not None:
+                if mask.ndim != 3 or mask.shape[0] != len(self.channel_names):
+                    raise ValueError(f"{d[self.source_key]}: expected [{len(self.channel_names)}, H, W] binary "
+                                     f"channels, found {tuple(mask.shape)}")
+                for name, channel in zip(self.channel_names, mask):
+                    write_png_mask(channel > 0, self.output_dir / f"{stem}_{name}.png", values="binary255")
+                continue
             if mask.ndim == 3:
                 if mask.shape[0] != 1:
                     raise ValueError(f"{d[self.source_key]}: expected a [1, H, W] label map, found {tuple(mask.shape)}")
