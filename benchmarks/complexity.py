@@ -1,5 +1,6 @@
 """Params and FLOPs of each network the paper's way (ptflops 0.7.4 MACs) beside the published numbers,
-plus true FLOPs that include the attention products (torch.utils.flop_counter).
+plus true FLOPs that include the attention products (torch.utils.flop_counter), and the saving of key-value
+attention over query-key-value attention.
 
     python benchmarks/complexity.py
 """
@@ -7,34 +8,72 @@ plus true FLOPs that include the attention products (torch.utils.flop_counter).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 
 from common.complexity import count_parameters, paper_macs, true_flops, truncate
 from common.networks import create_network
 from common.networks.encoders import RandomEncoderWarning
 
-#: (network, constructor arguments, published Params (M), published FLOPs (G))
+
+@dataclass(frozen=True)
+class Row:
+    """One network counted at one input: ``input_size = (C, H, W)``, ``num_classes`` outputs."""
+
+    name: str
+    published: tuple[float, float] | None = None  # Params (M), FLOPs (G) as published
+    input_size: tuple[int, int, int] = (1, 224, 224)
+    num_classes: int = 9
+    kwargs: dict = field(default_factory=dict)
+
+
+#: The GDLA paper's protocol: 1 x 224 x 224, 9 classes, deep supervision on.
 ROWS = [
-    ("pvt_gdla", {}, 32.13, 6.85),
-    ("pvt_linearattn", {}, 28.25, 5.38),
-    ("pvt_selfattn", {}, 28.25, 5.40),
-    ("pvt_diffattn", {}, 28.75, 5.61),
+    Row("pvt_gdla", (32.13, 6.85)),
+    Row("pvt_linearattn", (28.25, 5.38)),
+    Row("pvt_selfattn", (28.25, 5.40)),
+    Row("pvt_diffattn", (28.75, 5.61)),
+    # the GDLA paper copied EMCAD's own figures, counted with thop at 3 x 256 x 256 and one class
+    Row("pvt_emcad", (26.76, 5.60), input_size=(3, 256, 256), num_classes=1),
+    Row("pvt_emcad"),
+    Row("pvt_emcad_xattnres"),
+    Row("pvt_gdla_xattnres"),
+    Row("mlla_unet", (28.5, 6.0)),  # MLLA-T as the spec gives it: about 28.5 M and 6.0 GMACs
 ]
+KV_NETWORKS = ("setr", "transunet", "cvt")
+
+
+def measure(row: Row) -> tuple[float, float, float]:
+    """Params (M), paper-way GMACs, true GMACs."""
+    model = create_network(row.name, in_channels=row.input_size[0], num_classes=row.num_classes, **row.kwargs)
+    return count_parameters(model) / 1e6, paper_macs(model, row.input_size) / 1e9, true_flops(model, row.input_size) / 2e9
 
 
 def main() -> None:
     warnings.simplefilter("ignore", RandomEncoderWarning)
-    print("input (1, 224, 224), 9 classes, deep supervision on; 'paper' = ptflops 0.7.4 MACs, truncated")
-    header = f"{'network':<18}{'Params M':>10}{'published':>10}{'FLOPs G':>9}{'published':>10}{'true GMACs':>12}{'true GFLOPs':>13}"
+    print("'FLOPs' = ptflops 0.7.4 MACs, all output heads (the papers' convention); 'true' counts every matmul,")
+    print("convolution and attention product (torch.utils.flop_counter), in GMACs. Published values truncated.")
+    header = f"{'network':<20}{'input':>14}{'K':>3}{'Params M':>10}{'published':>10}{'FLOPs G':>9}{'published':>10}{'true G':>8}"
     print(header)
     print("-" * len(header))
-    for name, kwargs, published_params, published_flops in ROWS:
-        model = create_network(name, in_channels=1, num_classes=9, deep_supervision=True, **kwargs)
-        flops = true_flops(model)
-        print(
-            f"{name:<18}{truncate(count_parameters(model) / 1e6):>10.2f}{published_params:>10.2f}"
-            f"{truncate(paper_macs(model) / 1e9):>9.2f}{published_flops:>10.2f}{flops / 2e9:>12.2f}{flops / 1e9:>13.2f}",
-            flush=True,
-        )
+    for row in ROWS:
+        params, macs, true = measure(row)
+        pub_p, pub_f = (f"{v:.2f}" for v in row.published) if row.published else ("-", "-")
+        size = "x".join(map(str, row.input_size))
+        print(f"{row.name:<20}{size:>14}{row.num_classes:>3}{truncate(params):>10.2f}{pub_p:>10}"
+              f"{truncate(macs):>9.2f}{pub_f:>10}{true:>8.2f}", flush=True)
+
+    print("\nkey-value attention vs query-key-value attention, 1 x 224 x 224, 3 classes (UW-Madison)")
+    header = f"{'network':<11}{'attention':>10}{'Params M':>10}{'saving':>8}{'FLOPs G':>9}{'saving':>8}{'true G':>8}{'saving':>8}"
+    print(header)
+    print("-" * len(header))
+    for name in KV_NETWORKS:
+        base = None
+        for attention in ("qkv", "kv", "kv_pos"):
+            params, macs, true = measure(Row(name, num_classes=3, kwargs={"attention": attention}))
+            base = base or (params, macs, true)
+            savings = [f"{100 * (1 - v / b):.1f}%" for v, b in zip((params, macs, true), base)]
+            print(f"{name:<11}{attention:>10}{params:>10.2f}{savings[0]:>8}{macs:>9.2f}{savings[1]:>8}"
+                  f"{true:>8.2f}{savings[2]:>8}", flush=True)
 
 
 if __name__ == "__main__":
