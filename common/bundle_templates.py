@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .data import get_dataset
+from .io.volumes import DISPLAY_AXCODES
 
 SCHEMA_URL = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -431,7 +432,7 @@ def inference_config(spec: BundleSpec) -> dict:
     if three_d:
         load = [{"_target_": "LoadImaged", "keys": "image", "image_only": False},
                 {"_target_": "EnsureChannelFirstd", "keys": "image"},
-                {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"}]
+                {"_target_": "Orientationd", "keys": "image", "axcodes": DISPLAY_AXCODES}]
         intensity = ({"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -125, "a_max": 275, "b_min": 0.0,
                       "b_max": 1.0, "clip": True} if spec.dataset_card.modality == "CT"
                      else {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0})

@@ -2,11 +2,11 @@
 
 Pipelines (bundle configs reference them as ``"_target_": "common.transforms.train_transforms"``):
 
-- :func:`volume_transforms`: a datalist entry of volume files -> MetaTensors (C, X, Y, Z) in RAS
+- :func:`volume_transforms`: a datalist entry of volume files -> MetaTensors (C, H, W, Z) in display orientation
   orientation, intensities windowed (CT: [-125, 275] HU -> [0, 1]) or normalised (MRI: per-volume
   min-max to [0, 1]; ``intensity="zscore"`` for zero mean, unit variance), labels mapped to training
-  values. :class:`AxialSlicesd` then draws 2-D slices, (C, H, W) in the display layout of
-  :func:`common.io.volumes.ras_axial_to_display`.
+  values, oriented to :data:`common.io.volumes.DISPLAY_AXCODES` so that :class:`AxialSlicesd` draws 2-D
+  slices, (C, H, W), already in the display layout of :func:`common.io.volumes.ras_axial_to_display`.
 - :func:`train_transforms`: the published augmentation, as seeded transforms moving image and label
   together. For datasets stored as volumes it works on slice dicts (see
   :func:`common.data.slices.training_dataset`); for datasets stored as 2-D files it starts from the
@@ -64,7 +64,7 @@ from common.data.registry import get_dataset
 from common.data.splits import DEFAULT_SEED
 from common.data.uwmgi import decode_rle
 from common.io.images import read_binary_mask, read_image_2d
-from common.io.volumes import VolumeReadError, load_volume, ras_axial_to_display
+from common.io.volumes import DISPLAY_AXCODES, VolumeReadError, load_volume
 
 CT_WINDOW_HU = (-125.0, 275.0)
 INPUT_SIZE = (224, 224)
@@ -160,7 +160,10 @@ class DecodeRunLengthd(MapTransform):
 
 
 class AxialSlicesd(Randomizable, MapTransform):
-    """Cut a (C, X, Y, Z) RAS volume dict into 2-D slice dicts, (C, H, W) in the display layout.
+    """Cut a (C, H, W, Z) volume dict into 2-D slice dicts (C, H, W), the slices taken as stored.
+
+    :func:`volume_transforms` orients volumes to :data:`~common.io.volumes.DISPLAY_AXCODES`, so the slices are
+    in the display layout, the same the slice-wise inferer sees at evaluation and inference.
 
     ``mode="all"`` yields every axial slice in order; ``mode="foreground"`` draws ``num_samples``
     slices, each from the slices whose ``label_key`` holds foreground with probability
@@ -211,7 +214,7 @@ class AxialSlicesd(Randomizable, MapTransform):
         return [
             {
                 **others,
-                **{key: ras_axial_to_display(array[..., k]).contiguous() for key, array in arrays.items()},
+                **{key: array[..., k].contiguous() for key, array in arrays.items()},
                 "slice": k,
             }
             for k in self.indices
@@ -420,8 +423,12 @@ def photo_augmentation(keys: Sequence[str] = KEYS) -> list:
 # ----------------------------------------------------------------------------- pipelines
 
 
-def volume_transforms(dataset: str | DatasetReader, intensity: str | None = None, axcodes: str = "RAS") -> Compose:
-    """Datalist entry of volume files -> {"image": (C, X, Y, Z) float32, "label": (1, X, Y, Z)} in ``axcodes``.
+def volume_transforms(
+    dataset: str | DatasetReader, intensity: str | None = None, axcodes: str = DISPLAY_AXCODES
+) -> Compose:
+    """Datalist entry of volume files -> {"image": (C, H, W, Z) float32, "label": (1, H, W, Z)} in ``axcodes``.
+
+    The default orientation puts every axial slice in the display layout the networks train on.
 
     ``intensity``: "ct_window", "minmax" (per volume), "zscore" (per volume) or "none"; default: the
     dataset's. Labels are mapped to training values where the dataset stores others (raw BTCV).

@@ -200,3 +200,20 @@ def test_torchrun_trains_one_epoch_on_two_cpu_processes(tmp_path):
     assert (bundle / "models" / "model.pt").is_file()
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "DDP wrapper names leaked into model.pt"
+
+
+def test_inference_feeds_slices_in_the_training_layout(tmp_path):
+    """inference.json's preprocessing and the training/evaluation volume pipeline give the same arrays."""
+    from common.transforms import AxialSlicesd, volume_transforms
+
+    spec = find_bundle("pvt_gdla_acdc_segmentation")
+    bundle = copy_bundle(spec, tmp_path)
+    (source,) = [p for p in write_sample_inputs(spec, tmp_path / "inputs") if p.name.startswith("lps")]
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(bundle)})
+    inferred = parser.get_parsed_content("preprocessing")({"image": str(source)})["image"]
+    trained = AxialSlicesd(mode="all")(volume_transforms("acdc")({"image": str(source)}))
+    assert len(trained) == inferred.shape[-1]
+    for k, item in enumerate(trained):
+        torch.testing.assert_close(torch.as_tensor(inferred[..., k]), item["image"], rtol=0, atol=1e-6)

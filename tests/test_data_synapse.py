@@ -93,7 +93,7 @@ def test_raw_btcv_maps_labels_and_windows_ct(tmp_path):
     entry = lists["train"][0]
     raw_label = np.asanyarray(nib.load(entry["label"]).dataobj)
     raw_image = np.asanyarray(nib.load(entry["image"]).dataobj).astype(np.float32)
-    out = volume_transforms(reader)(entry)
+    out = volume_transforms(reader, axcodes="RAS")(entry)
     expected_label = np.vectorize(lambda v: BTCV_TO_SYNAPSE.get(int(v), 0))(raw_label)
     np.testing.assert_array_equal(out["label"][0].numpy(), expected_label)  # stored RAS already: no reorientation
     np.testing.assert_allclose(out["image"][0].numpy(), np.clip((raw_image + 125) / 400, 0, 1), atol=1e-6)

@@ -86,12 +86,15 @@ def test_volume_pipeline_orients_and_normalises_real_mri(mni_nnunet):
     folder, t1_data, brain_data = mni_nnunet
     reader = get_dataset("nnunet", root=folder)
     entries = reader.scan().cases
-    ras = volume_transforms(reader)(entries["mni_000"][0])
-    las = volume_transforms(reader)(entries["mni_001"][0])
+    ras = volume_transforms(reader, axcodes="RAS")(entries["mni_000"][0])
+    las = volume_transforms(reader, axcodes="RAS")(entries["mni_001"][0])
     expected = (t1_data - t1_data.min()) / (t1_data.max() - t1_data.min())  # per-volume min-max (T1 is MRI)
     np.testing.assert_allclose(ras["image"][0].numpy(), expected, atol=1e-6)
     np.testing.assert_array_equal(las["image"].numpy(), ras["image"].numpy())  # both brought to RAS
     np.testing.assert_array_equal(las["label"][0].numpy(), brain_data)
+    display = volume_transforms(reader)(entries["mni_001"][0])  # the default: slices in display layout
+    for k in (10, 40):
+        np.testing.assert_array_equal(display["label"][0, ..., k].numpy(), ras_axial_to_display(brain_data[:, :, k]))
 
 
 def test_axial_slices_all_and_foreground(mni_nnunet):

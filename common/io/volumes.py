@@ -152,6 +152,13 @@ def reorient(volume: Volume, axcodes: str = "RAS") -> Volume:
     return Volume(np.ascontiguousarray(array), affine, volume.path)
 
 
+#: Orientation codes whose axial slices are already in the display layout: orienting a volume to "PLS" gives
+#: ``volume[h, w, z] == ras_axial_to_display(ras_volume[..., z])[h, w]`` (rows run to posterior, columns to the
+#: patient's left). Training, evaluation, inference and ``segment`` all bring volumes to this orientation, so the
+#: network sees the same in-plane layout everywhere, and MONAI's ``Invertd`` undoes it exactly.
+DISPLAY_AXCODES = "PLS"
+
+
 def ras_axial_to_display(array: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Axial slice(s) of a RAS volume, (..., X, Y), to the display layout (..., H, W).
 
