@@ -31,3 +31,31 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# MONAI Label (docs/monailabel.md). Its pins (numpy<2, pydicom<3, jsonschema<4) clash with .venv, so it gets its own
+# environment; the project goes in without dependencies. sam2, a MONAI Label dependency, builds against the
+# installed torch (CPU-only build, no downloads). The server runs as `python -m monailabel.main`: the
+# `monailabel` launcher script runs whichever `python` is first on PATH.
+LABEL_VENV   := .venv-label
+LABEL_PY     := $(LABEL_VENV)/bin/python
+LABEL_STAMP  := $(LABEL_VENV)/.installed
+STUDIES      ?=
+MODELS       ?= all
+LABEL_HOST   ?= 127.0.0.1
+LABEL_PORT   ?= 8000
+
+.PHONY: label-env label
+
+label-env: $(LABEL_STAMP)
+
+$(LABEL_STAMP): requirements-label.txt constraints-label.txt pyproject.toml
+	test -x $(LABEL_PY) || $(PYTHON) -m venv $(LABEL_VENV)
+	$(LABEL_PY) -m pip install --quiet -c constraints-label.txt setuptools torch torchvision
+	SAM2_BUILD_CUDA=0 $(LABEL_PY) -m pip install --quiet --no-build-isolation -c constraints-label.txt -r requirements-label.txt
+	$(LABEL_PY) -m pip install --quiet --no-deps -e .
+	touch $(LABEL_STAMP)
+
+label: $(LABEL_STAMP)
+	@test -n "$(STUDIES)" || { echo "usage: make label STUDIES=DIR [MODELS=all|name,name] [LABEL_HOST=127.0.0.1] [LABEL_PORT=8000]"; exit 2; }
+	$(LABEL_PY) -m monailabel.main start_server --app monailabel_app --studies $(STUDIES) \
+		--conf models $(MODELS) --host $(LABEL_HOST) --port $(LABEL_PORT)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from common.data import get_dataset
 from miniature_layouts import write_ham10000, write_ph2
 
@@ -48,3 +50,17 @@ def test_ph2_split_and_ignored_roi(tmp_path):
     assert report.problems == [
         f"{root / 'PH2Dataset' / 'PH2 Dataset images' / 'IMD004'}: missing IMD004/IMD004_lesion/IMD004_lesion.bmp"
     ]
+
+
+def test_masks_saved_as_label_values_read_as_foreground(tmp_path):
+    """Annotation tools (MONAI Label) save 0/1 masks; they must not read as empty."""
+    from PIL import Image
+
+    from common.io.images import read_binary_mask
+
+    values = np.zeros((6, 5), np.uint8)
+    values[2:4, 1:3] = 1
+    Image.fromarray(values).save(tmp_path / "label01.png")
+    Image.fromarray(values * 255).save(tmp_path / "label255.png")
+    np.testing.assert_array_equal(read_binary_mask(tmp_path / "label01.png")[0], values)
+    np.testing.assert_array_equal(read_binary_mask(tmp_path / "label255.png")[0], values)

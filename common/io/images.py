@@ -61,13 +61,18 @@ def read_mask_values(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_binary_mask(paths: str | os.PathLike | list, threshold: int = MASK_THRESHOLD) -> np.ndarray:
-    """The union of one or more 0/255 mask pictures as (1, H, W) uint8 in {0, 1}."""
+    """The union of one or more mask pictures as (1, H, W) uint8 in {0, 1}.
+
+    Public datasets store 0/255 (foreground above ``threshold``); masks saved by annotation tools store label
+    values 0/1, read as they are.
+    """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not paths:
         raise ImageReadError("no mask files given")
     union = None
     for path in paths:
-        mask = read_mask_values(path) > threshold
+        values = read_mask_values(path)
+        mask = values > (threshold if values.max(initial=0) > 1 else 0)
         if union is not None and mask.shape != union.shape:
             raise ImageReadError(
                 f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but {paths[0]} is {union.shape[1]}x{union.shape[0]}"

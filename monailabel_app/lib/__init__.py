@@ -1,0 +1,1 @@
+"""The app's parts: bundle discovery, the inference task and the training task."""

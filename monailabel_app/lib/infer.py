@@ -1,0 +1,96 @@
+"""MONAI Label inference with a bundle's own configs: its pre-processing, its inferer, its post-processing.
+
+The bundle's ``inferer`` (``common.inference.SliceInferer2D`` in this project) runs its 2-D network slice by
+slice over volumes and directly on 2-D pictures. Post-processing steps that save files are dropped: the
+mask goes back to the client instead, written here with the input's geometry.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import HTTPException
+from monai.data import MetaTensor
+from monai.transforms import SaveImaged
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+from monailabel.tasks.infer.bundle import BundleInferTask
+
+from common.io.images import picture_size
+from common.io.mask_saving import SaveMask2Dd
+from common.io.writers import write_nifti, write_png_mask
+
+from .bundles import Bundle
+
+#: Post-processing transforms that write files; MONAI Label returns the mask instead.
+FILE_SAVING_TRANSFORMS = [SaveImaged, SaveMask2Dd]
+
+
+class BundleSegmentation(BundleInferTask):
+    """Segment a datastore image with ``bundle`` and return the label mask.
+
+    Volumes come back as NIfTI label maps ``[X, Y, Z]`` (uint8) with the affine the bundle's post-processing
+    leaves on the prediction (the input's, when it inverts its orientation step); 2-D pictures as PNG masks
+    ``[H, W]`` of label values 0..K-1, row 0 at the top, the picture's size.
+    """
+
+    def __init__(self, bundle: Bundle, conf: dict[str, str]):
+        super().__init__(
+            str(bundle.path), conf, post_filter=FILE_SAVING_TRANSFORMS, add_post_restore=False, load_strict=True
+        )
+        self.bundle = bundle
+        self.dimension = bundle.dimension
+
+    def __call__(self, request: dict, callbacks: dict | None = None) -> tuple[str | None, dict]:
+        """Refuse images of the wrong kind (a picture for a volume bundle, or the reverse; HTTP 422), then infer."""
+        image = request.get("image")
+        if isinstance(image, str) and not self.bundle.accepts(image):
+            expected = "volumes (NIfTI, NRRD, ...)" if self.bundle.segments_volumes else "2-D pictures (PNG, JPEG, ...)"
+            # an HTTP error, so that the viewer shows the reason rather than "Internal Server Error"
+            raise HTTPException(
+                status_code=422, detail=f"{image}: model {self.bundle.name!r} segments {expected}; this file is not one"
+            )
+        return super().__call__(request, callbacks)
+
+    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[str, dict]:
+        """Write the prediction (a ``[1, ...]`` label map) to a temporary file; returns (file, result json)."""
+        source = str(data.get("image_path", data.get("image")))
+        prediction = data[self.output_label_key]
+        labels = label_map(prediction, source)
+        if self.bundle.segments_volumes:
+            if not isinstance(prediction, MetaTensor):
+                raise MONAILabelException(
+                    MONAILabelError.INFERENCE_ERROR,
+                    f"{source}: model {self.bundle.name!r} returned no geometry; its inferer must keep the input's MetaTensor",
+                )
+            output = write_nifti(labels, prediction.affine, temporary_file(".nii.gz"))
+        else:
+            expected = picture_size(source)
+            if labels.shape != expected:
+                raise MONAILabelException(
+                    MONAILabelError.INFERENCE_ERROR,
+                    f"{source}: model {self.bundle.name!r} returned a {labels.shape} mask for a {expected} (H, W) picture",
+                )
+            output = write_png_mask(labels, temporary_file(".png"))
+        return str(output), data.get(self.output_json_key, {})
+
+
+def label_map(prediction: torch.Tensor | np.ndarray, source: str) -> np.ndarray:
+    """A ``[1, ...]`` label map as an array ``[...]`` without the channel axis (the writers check its values)."""
+    array = prediction.detach().cpu().numpy() if isinstance(prediction, torch.Tensor) else np.asarray(prediction)
+    if array.ndim < 3 or array.shape[0] != 1:
+        raise MONAILabelException(
+            MONAILabelError.INFERENCE_ERROR,
+            f"{source}: expected a label map [1, ...] from the bundle, found shape {tuple(array.shape)}",
+        )
+    return array[0]
+
+
+def temporary_file(suffix: str) -> str:
+    """A new empty temporary file ending in ``suffix``; MONAI Label removes it after sending it."""
+    handle, path = tempfile.mkstemp(suffix=suffix, prefix="monailabel_")
+    os.close(handle)
+    return path

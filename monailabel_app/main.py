@@ -1,0 +1,46 @@
+"""MONAI Label app serving this repository's bundles, fully offline.
+
+    .venv-label/bin/python -m monailabel.main start_server --app monailabel_app --studies DIR --conf models all
+
+Conf keys: ``models`` ("all", the default, or comma-separated bundle folder names), ``bundles`` (the folder
+holding them; default: the repository's ``bundles/``) and MONAI Label's ``preload``. Every selected bundle
+with ``models/model.pt`` is offered for inference, every one with ``configs/train.json`` for training.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.train import TrainTask
+
+from lib.bundles import DEFAULT_BUNDLES_DIR, select_bundles
+from lib.infer import BundleSegmentation
+from lib.train import BundleTraining
+
+logger = logging.getLogger(__name__)
+
+
+class BundlesApp(MONAILabelApp):
+    """One inference and one training task per selected bundle, named after the bundle folder."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
+        self.bundles = select_bundles(conf.get("bundles", DEFAULT_BUNDLES_DIR), conf.get("models", "all"))
+        logger.info(f"Bundles: {', '.join(self.bundles)}")
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="gdla-bundles",
+            description="PVT-GDLA and related 2-D segmentation bundles; volumes are segmented slice by slice",
+            version="0.1.0",
+        )
+
+    def init_infers(self) -> dict[str, InferTask]:
+        tasks = {name: BundleSegmentation(bundle, self.conf) for name, bundle in self.bundles.items()}
+        return {name: task for name, task in tasks.items() if task.is_valid()}
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        tasks = {name: BundleTraining(bundle, self.conf) for name, bundle in self.bundles.items()}
+        return {name: task for name, task in tasks.items() if task.is_valid()}
