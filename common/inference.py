@@ -1,0 +1,386 @@
+"""Slice-wise inference of 2-D segmentation networks over 3-D volumes and 2-D images.
+
+One engine serves the ``segment`` command and every bundle's inference config, so both give identical masks.
+Default protocol (the authors' evaluation): every slice is resized to the network input with a cubic spline
+(``scipy.ndimage.zoom(order=3)``), the argmax is taken at network resolution and the uint8 label map is resized
+back with nearest neighbour (``zoom(order=0)``). Both resizes run on the network's device: the spline resize is
+scipy's own linear operator, built once per size as one matrix per axis and applied as two matrix products; the
+label resize is an index gather. Slices are streamed through the network in small batches and written into a
+preallocated output, so the resampled volume never exists whole.
+
+Layouts (MONAI channel-first): a volume is ``[C, X, Y, Z]`` with slices along the last axis, the 2-D slice
+``volume[:, :, :, z]`` being ``[C, X, Y]`` (rows X, columns Y); a 2-D image is ``[C, H, W]``. The network maps
+``[B, C, h, w]`` to logits ``[B, K, h, w]`` (or a list/tuple whose last element is the final output). Slices
+go to the network as stored: give the volume in the in-plane layout the network was trained on (for example
+through :func:`common.io.volumes.ras_axial_to_display`) and map the result back the same way.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import lru_cache, partial
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.inferers import Inferer, sliding_window_inference
+from scipy.ndimage import zoom
+from tqdm import tqdm
+
+Interpolation = Literal["spline", "bicubic", "bilinear"]
+OutputKind = Literal["labels", "probabilities", "logits"]
+Activation = Literal["softmax", "sigmoid"]
+AmpDtype = Literal["float16", "bfloat16"]
+BlendMode = Literal["constant", "gaussian"]
+Network = Callable[[torch.Tensor], torch.Tensor | Sequence[torch.Tensor]]
+DeviceLike = str | torch.device | None
+
+
+@dataclass(frozen=True)
+class SliceInferenceOptions:
+    """How slices are fed to the network and how its output is turned into the result.
+
+    Args:
+        roi_size: network input (h, w); every slice is resized to it (or tiled by it with ``sliding_window``).
+        batch_size: slices per forward pass (1-4 is fastest on a CPU; larger on a GPU).
+        interpolation: image resize into the network: ``"spline"`` (cubic B-spline, equal to the authors'
+            ``scipy.ndimage.zoom(order=3)`` to float precision), or torch's ``"bicubic"`` or ``"bilinear"``.
+        align_corners: ``True`` aligns the corner pixel centres, as ``scipy.ndimage.zoom`` does (required by
+            ``"spline"``); ``False`` is the half-pixel convention of ``torch`` and MONAI ``Resize``. The label,
+            probability and logit resizes back to the slice follow the same convention.
+        output: ``"labels"`` (uint8; ``[1, ...]`` label map with softmax, ``[K, ...]`` binary channels with
+            sigmoid), ``"probabilities"`` (float32 ``[K, ...]``, softmax or sigmoid resized bilinearly) or
+            ``"logits"`` (float32 ``[K, ...]``, resized bilinearly).
+        activation: ``"softmax"`` (one label per pixel, argmax) or ``"sigmoid"`` (independent, possibly
+            overlapping binary channels, e.g. UW-Madison GI tract).
+        threshold: sigmoid probability above which a channel is on (``"sigmoid"`` labels only).
+        sliding_window: tile each slice with ``roi_size`` windows at its own resolution instead of resizing it.
+        overlap: window overlap fraction (``sliding_window`` only).
+        blend_mode: how overlapping windows are averaged (``sliding_window`` only).
+        amp_dtype: autocast dtype on CUDA; ignored (with a warning) on other devices, which run fp32.
+        channels_last: run in channels-last memory format: batches are converted, and so is the network
+            (an ``nn.Module`` is converted in place). Same labels; usually faster, on CPUs too.
+    """
+
+    roi_size: tuple[int, int] = (224, 224)
+    batch_size: int = 4
+    interpolation: Interpolation = "spline"
+    align_corners: bool = True
+    output: OutputKind = "labels"
+    activation: Activation = "softmax"
+    threshold: float = 0.5
+    sliding_window: bool = False
+    overlap: float = 0.25
+    blend_mode: BlendMode = "constant"
+    amp_dtype: AmpDtype | None = None
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        roi = tuple(int(s) for s in self.roi_size)
+        if len(roi) != 2 or min(roi) < 1:
+            raise ValueError(f"roi_size must be two positive integers (h, w), got {self.roi_size!r}")
+        object.__setattr__(self, "roi_size", roi)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        _check_choice("interpolation", self.interpolation, ("spline", "bicubic", "bilinear"))
+        if self.interpolation == "spline" and not self.align_corners:
+            raise ValueError("interpolation='spline' resizes as scipy.ndimage.zoom does and needs align_corners=True")
+        _check_choice("output", self.output, ("labels", "probabilities", "logits"))
+        _check_choice("activation", self.activation, ("softmax", "sigmoid"))
+        _check_choice("blend_mode", self.blend_mode, ("constant", "gaussian"))
+        _check_choice("amp_dtype", self.amp_dtype, ("float16", "bfloat16", None))
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1, got {self.threshold}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must lie in [0, 1), got {self.overlap}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def final_output(prediction: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """The network's final map: the tensor itself, or the last element of a list/tuple (deep supervision)."""
+    return prediction[-1] if isinstance(prediction, (list, tuple)) else prediction
+
+
+def nearest_indices(in_size: int, out_size: int, align_corners: bool, device: torch.device) -> torch.Tensor:
+    """Source index of every output position for a nearest-neighbour resize along one axis, ``[out_size]``.
+
+    With ``align_corners`` this is ``scipy.ndimage.zoom(order=0)``'s choice, except where scipy's round-off puts
+    the last output position just outside the input and fills it with 0.
+    """
+    positions = torch.arange(out_size, device=device, dtype=torch.float64)
+    if align_corners:
+        scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        source = torch.floor(positions * scale + 0.5)
+    else:
+        source = torch.floor((positions + 0.5) * (in_size / out_size))
+    return source.clamp_(0, in_size - 1).long()
+
+
+def resize_nearest(labels: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """Nearest-neighbour resize of integer maps by index gathering, ``[B, K, h, w] -> [B, K, *size]``."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    rows = nearest_indices(labels.shape[-2], size[0], align_corners, labels.device)
+    cols = nearest_indices(labels.shape[-1], size[1], align_corners, labels.device)
+    return labels.index_select(-2, rows).index_select(-1, cols)
+
+
+@lru_cache(maxsize=32)
+def spline_zoom_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """``scipy.ndimage.zoom(order=3)`` along one axis as a matrix ``[out_size, in_size]`` (float64).
+
+    The zoom is linear and separable, so ``R_rows @ image @ R_cols.T`` equals ``zoom(image, order=3)``.
+    """
+    impulses = np.eye(in_size)
+    matrix = np.stack([zoom(impulse, out_size / in_size, order=3) for impulse in impulses], axis=1)
+    matrix.setflags(write=False)  # shared through the cache
+    return matrix
+
+
+def resize_spline(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Cubic B-spline resize equal to ``scipy.ndimage.zoom(order=3)``, on ``images``' device.
+
+    ``[B, C, h, w] -> [B, C, *size]``: one matrix product per axis.
+    """
+    rows, cols = (
+        torch.tensor(spline_zoom_matrix(n_in, n_out), dtype=images.dtype, device=images.device)
+        for n_in, n_out in zip(images.shape[-2:], size)
+    )
+    return torch.matmul(torch.matmul(rows, images), cols.T)
+
+
+def resize_image(images: torch.Tensor, size: tuple[int, int], mode: Interpolation, align_corners: bool) -> torch.Tensor:
+    """Resize float maps with ``mode`` (spline, bicubic or bilinear), ``[B, C, h, w] -> [B, C, *size]``."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    if mode == "spline":
+        return resize_spline(images, size)
+    return F.interpolate(images, size=size, mode=mode, align_corners=align_corners)
+
+
+def _compute_device(network: Network, device: DeviceLike, fallback: torch.device) -> torch.device:
+    """``device`` if given, else the device of the network's parameters, else ``fallback``."""
+    if device is not None:
+        return torch.device(device)
+    if isinstance(network, nn.Module):
+        parameter = next(network.parameters(), None)
+        if parameter is not None:
+            return parameter.device
+    return fallback
+
+
+def _prepare_network(network: Network, options: SliceInferenceOptions) -> None:
+    """Refuse a module in training mode; convert it to channels-last if asked."""
+    if not isinstance(network, nn.Module):
+        return
+    if network.training:
+        raise ValueError("the network is in training mode; call network.eval() before inference")
+    if options.channels_last:
+        network.to(memory_format=torch.channels_last)
+
+
+def _autocast(device: torch.device, amp_dtype: AmpDtype | None):
+    if amp_dtype is None or device.type != "cuda":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast("cuda", dtype=getattr(torch, amp_dtype))
+
+
+class _SliceBatchPredictor:
+    """Turns a batch of slices ``[b, C, H, W]`` into the requested output ``[b, K', H, W]`` on one device."""
+
+    def __init__(self, network: Network, options: SliceInferenceOptions, device: torch.device):
+        self.network, self.options, self.device = network, options, device
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw network output for network-sized inputs, float32 ``[b, K, h, w]``."""
+        if self.options.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with _autocast(self.device, self.options.amp_dtype):
+            logits = final_output(self.network(batch))
+        expected = (batch.shape[0], batch.shape[-2], batch.shape[-1])
+        if logits.ndim != 4 or (logits.shape[0], logits.shape[-2], logits.shape[-1]) != expected:
+            raise ValueError(
+                f"the network returned shape {tuple(logits.shape)} for input {tuple(batch.shape)}; "
+                f"expected logits [{expected[0]}, K, {expected[1]}, {expected[2]}]"
+            )
+        return logits.float()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        options = self.options
+        size = (batch.shape[-2], batch.shape[-1])
+        if options.sliding_window:
+            logits = sliding_window_inference(
+                batch, options.roi_size, options.batch_size, self.logits,
+                overlap=options.overlap, mode=options.blend_mode,
+            )
+        else:
+            resized = resize_image(batch, options.roi_size, options.interpolation, options.align_corners)
+            logits = self.logits(resized)
+        return self._finish(logits, size)
+
+    def _finish(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        options = self.options
+        if options.output == "labels":
+            if options.activation == "softmax":
+                if logits.shape[1] > 256:
+                    raise ValueError(f"{logits.shape[1]} classes do not fit a uint8 label map (at most 256)")
+                labels = logits.argmax(dim=1, keepdim=True)
+            else:
+                labels = torch.sigmoid(logits) > options.threshold
+            return resize_nearest(labels.to(torch.uint8), size, options.align_corners)
+        if options.output == "probabilities":
+            logits = torch.softmax(logits, dim=1) if options.activation == "softmax" else torch.sigmoid(logits)
+        return resize_image(logits, size, "bilinear", options.align_corners)
+
+
+def _as_tensor(volume: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(volume, MetaTensor):
+        return volume.as_tensor()
+    if isinstance(volume, torch.Tensor):
+        return volume
+    array = np.asarray(volume)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if any(stride < 0 for stride in array.strides):
+        array = array.copy()
+    return torch.from_numpy(array)
+
+
+def predict_slices(
+    network: Network,
+    stack: torch.Tensor,
+    options: SliceInferenceOptions,
+    device: DeviceLike = None,
+    output_device: DeviceLike = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Predict every slice of ``stack`` ``[C, X, Y, Z]``; returns ``[K', X, Y, Z]`` on ``output_device``.
+
+    ``K'`` is 1 for softmax labels and K otherwise. The network runs on ``device`` (default: where its
+    parameters are, else where ``stack`` is); the output defaults to ``stack``'s device.
+    """
+    if stack.ndim != 4:
+        raise ValueError(f"expected a slice stack [C, X, Y, Z], got shape {tuple(stack.shape)}")
+    _prepare_network(network, options)
+    device = _compute_device(network, device, stack.device)
+    output_device = torch.device(output_device) if output_device is not None else stack.device
+    if options.amp_dtype is not None and device.type != "cuda":
+        warnings.warn(f"amp_dtype={options.amp_dtype!r} is ignored on {device.type}: autocast runs on CUDA only")
+    predictor = _SliceBatchPredictor(network, options, device)
+    num_slices = stack.shape[-1]
+    output: torch.Tensor | None = None
+    starts = range(0, num_slices, options.batch_size)
+    for start in tqdm(starts, desc="slices", unit="batch", disable=not progress):
+        stop = min(start + options.batch_size, num_slices)
+        batch = stack[..., start:stop].permute(3, 0, 1, 2).to(device=device, dtype=torch.float32)
+        with torch.inference_mode():
+            result = predictor(batch.contiguous())
+        if output is None:
+            output = torch.empty(
+                (result.shape[1], *stack.shape[1:]), dtype=result.dtype, device=output_device
+            )
+        output[..., start:stop] = result.permute(1, 2, 3, 0)
+    if output is None:
+        raise ValueError(f"the input has no slices: shape {tuple(stack.shape)}")
+    return output
+
+
+def _restore_type(result: torch.Tensor, like: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    if isinstance(like, MetaTensor):
+        return MetaTensor(result).copy_meta_from(like)
+    if isinstance(like, torch.Tensor):
+        return result
+    return result.cpu().numpy()
+
+
+def predict_volume(
+    network: Network,
+    volume: np.ndarray | torch.Tensor,
+    options: SliceInferenceOptions | None = None,
+    *,
+    device: DeviceLike = None,
+    output_device: DeviceLike = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> np.ndarray | torch.Tensor:
+    """Segment a volume ``[C, X, Y, Z]`` slice by slice, or a 2-D image ``[C, H, W]``.
+
+    Args:
+        network: 2-D network in eval mode, ``[B, C, h, w] -> [B, K, h, w]``.
+        volume: numpy array or tensor (a MONAI ``MetaTensor`` keeps its metadata in the result).
+        options: a :class:`SliceInferenceOptions`; ``overrides`` (its field names) replace single fields.
+        device: where the network runs (default: where its parameters are).
+        output_device: where the result is assembled (default: the input's device; numpy results are on CPU).
+        progress: show a progress bar over slice batches.
+
+    Returns:
+        Same type as ``volume``, spatial shape unchanged, channels first: uint8 ``[1, ...]`` label map
+        (softmax labels), uint8 ``[K, ...]`` binary channels (sigmoid labels), or float32 ``[K, ...]``.
+    """
+    options = replace(options or SliceInferenceOptions(), **overrides)
+    tensor = _as_tensor(volume)
+    if tensor.ndim not in (3, 4):
+        raise ValueError(f"expected an image [C, H, W] or a volume [C, X, Y, Z], got shape {tuple(tensor.shape)}")
+    stack = tensor if tensor.ndim == 4 else tensor.unsqueeze(-1)
+    result = predict_slices(network, stack, options, device, output_device, progress)
+    return _restore_type(result if tensor.ndim == 4 else result[..., 0], volume)
+
+
+class SliceInferer2D(Inferer):
+    """MONAI ``Inferer`` running :func:`predict_volume` on each item of a batch.
+
+    For a bundle: ``"inferer": {"_target_": "common.inference.SliceInferer2D", "roi_size": [224, 224]}``.
+    ``inputs`` ``[B, C, X, Y, Z]`` (volumes, slices along the last axis) or ``[B, C, H, W]`` (2-D images, batched
+    together). Returns ``[B, K', ...]`` of the same spatial shape (a ``MetaTensor`` keeps the input's metadata):
+    with ``output="labels"`` (default) a uint8 label map ``[B, 1, ...]`` ready for ``SaveImaged`` (no
+    ``AsDiscreted(argmax=True)`` needed); with ``"probabilities"``/``"logits"`` float32 ``[B, K, ...]`` for
+    MONAI post-processing that expects per-class channels.
+
+    Args:
+        roi_size: network input (h, w).
+        sw_batch_size: slices per forward pass.
+        device: where the network runs (default: where its parameters are).
+        output_device: where the result is assembled (default: the input's device).
+        progress: show a progress bar over slice batches.
+        options: any other :class:`SliceInferenceOptions` field.
+    """
+
+    def __init__(
+        self,
+        roi_size: Sequence[int] = (224, 224),
+        sw_batch_size: int = 4,
+        device: DeviceLike = None,
+        output_device: DeviceLike = None,
+        progress: bool = False,
+        **options: Any,
+    ):
+        self.options = SliceInferenceOptions(roi_size=tuple(roi_size), batch_size=sw_batch_size, **options)
+        self.device, self.output_device, self.progress = device, output_device, progress
+
+    def __call__(self, inputs: torch.Tensor, network: Network, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``[B, C, X, Y, Z]`` or ``[B, C, H, W]`` -> ``[B, K', ...]``; ``args``/``kwargs`` go to ``network``."""
+        tensor = _as_tensor(inputs)
+        if tensor.ndim not in (4, 5):
+            raise ValueError(f"expected inputs [B, C, H, W] or [B, C, X, Y, Z], got shape {tuple(tensor.shape)}")
+        _prepare_network(network, self.options)
+        device = _compute_device(network, self.device, tensor.device)
+        if args or kwargs:
+            network = partial(network, *args, **kwargs)
+        run = partial(
+            predict_slices, network, options=self.options, device=device,
+            output_device=self.output_device, progress=self.progress,
+        )
+        if tensor.ndim == 4:  # 2-D images: the batch is the slice axis
+            result = run(tensor.permute(1, 2, 3, 0)).permute(3, 0, 1, 2).contiguous()
+        else:
+            result = torch.stack([run(item) for item in tensor])
+        return _restore_type(result, inputs)

@@ -1,0 +1,155 @@
+"""Write a label volume as a DICOM Segmentation (SEG) object that references its source series (highdicom).
+
+The labels are aligned with the source series as :func:`common.io.dicom_series.read_dicom_series` reads it:
+``labels[i, j, k]`` is column ``i``, row ``j`` of the ``k``-th source image in slice order. The SEG is a
+BINARY segmentation with one segment per label present, numbered 1..S in label order and named from
+``label_names``; its frames reference the source images (SourceImageSequence) and the series
+(ReferencedSeriesSequence), so a PACS or viewer shows it over the original series.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from common import __version__
+from common.io.writers import ArrayLike, as_label_array, atomic_path
+
+MANUFACTURER = "gdla-bundles"
+DEFAULT_SERIES_NUMBER = 1000
+
+
+def read_source_datasets(source: Sequence[Dataset | str | os.PathLike]) -> list[Dataset]:
+    """The source images as datasets (files are read without pixel data), in the given order."""
+    datasets = []
+    for item in source:
+        if isinstance(item, Dataset):
+            datasets.append(item)
+            continue
+        try:
+            datasets.append(pydicom.dcmread(item, stop_before_pixels=True))
+        except Exception as exc:
+            raise ValueError(f"{item}: cannot read this DICOM file ({type(exc).__name__}: {exc})") from exc
+    return datasets
+
+
+def property_type(name: str) -> Code:
+    """The SNOMED CT code pydicom knows under ``name`` in CamelCase (``"left ventricle"`` -> Left ventricle),
+    else the generic "Anatomical Structure"."""
+    keyword = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", name) if part)
+    try:
+        return getattr(codes.SCT, keyword)
+    except AttributeError:
+        return codes.SCT.AnatomicalStructure
+
+
+def segment_descriptions(
+    values: Sequence[int],
+    label_names: Mapping[int, str],
+    algorithm: hd.AlgorithmIdentificationSequence,
+    segment_codes: Mapping[int, tuple[Code, Code]] | None = None,
+) -> list[hd.seg.SegmentDescription]:
+    """One description per label value (segment numbers 1..S in the order of ``values``).
+
+    ``segment_codes`` maps a label to its (property category, property type) codes; by default the category
+    is "Anatomical Structure" and the type comes from :func:`property_type` of the label's name.
+    """
+    descriptions = []
+    for number, value in enumerate(values, start=1):
+        name = label_names.get(value, f"label_{value}")
+        category, kind = (segment_codes or {}).get(value, (codes.SCT.AnatomicalStructure, property_type(name)))
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=name,
+                segmented_property_category=category,
+                segmented_property_type=kind,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+            )
+        )
+    return descriptions
+
+
+def _check_alignment(datasets: Sequence[Dataset], labels: np.ndarray, where: str) -> None:
+    if labels.ndim != 3:
+        raise ValueError(f"{where}: expected labels [columns, rows, slices], found shape {labels.shape}")
+    if not datasets:
+        raise ValueError(f"{where}: no source images given")
+    series = {ds.SeriesInstanceUID for ds in datasets}
+    if len(series) != 1:
+        raise ValueError(f"{where}: the source images belong to {len(series)} series ({sorted(series)}); expected one")
+    sizes = {(int(ds.Columns), int(ds.Rows)) for ds in datasets}
+    expected = (*next(iter(sizes)), len(datasets))
+    if len(sizes) != 1 or labels.shape != expected:
+        raise ValueError(
+            f"{where}: labels of shape {labels.shape} do not match the series: {len(datasets)} images of "
+            f"(columns, rows) {sorted(sizes)}; expected labels (columns, rows, slices) = {expected}"
+        )
+
+
+def write_dicom_seg(
+    source: Sequence[Dataset | str | os.PathLike],
+    labels: ArrayLike,
+    path: str | os.PathLike,
+    label_names: Mapping[int, str],
+    *,
+    segment_codes: Mapping[int, tuple[Code, Code]] | None = None,
+    algorithm_name: str = "PVT-GDLA",
+    algorithm_version: str = __version__,
+    series_description: str = "Segmentation",
+    series_number: int = DEFAULT_SERIES_NUMBER,
+) -> Path:
+    """Write ``labels`` ``[columns, rows, slices]`` over the single-frame ``source`` series as a DICOM SEG file.
+
+    Args:
+        source: the series' images (datasets or file paths) in slice order, one per ``labels[:, :, k]``.
+        labels: uint8-compatible label volume; 0 is background.
+        path: output file.
+        label_names: segment label of each label value (unnamed labels become ``label_<value>``).
+        segment_codes: optional (category, type) codes per label value.
+        algorithm_name, algorithm_version: recorded in each segment's algorithm identification.
+        series_description, series_number: of the new SEG series.
+
+    Raises ``ValueError`` when the labels do not match the series or contain no foreground.
+    """
+    path = Path(path)
+    array = as_label_array(labels, str(path))
+    datasets = read_source_datasets(source)
+    _check_alignment(datasets, array, str(path))
+    present = [int(v) for v in np.unique(array) if v != 0]
+    if not present:
+        raise ValueError(f"{path}: the labels hold no foreground; a DICOM SEG needs at least one segment")
+    renumber = np.zeros(256, dtype=np.uint8)
+    renumber[present] = np.arange(1, len(present) + 1)
+    frames = renumber[array.transpose(2, 1, 0)]  # [slices, rows, columns], segment numbers 1..S
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
+    )
+    seg = hd.seg.Segmentation(
+        source_images=datasets,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segment_descriptions(present, label_names, algorithm, segment_codes),
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=algorithm_name,
+        software_versions=__version__,
+        device_serial_number="1",
+        series_description=series_description,
+    )
+    with atomic_path(path) as temporary:
+        seg.save_as(temporary)
+    return path

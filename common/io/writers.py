@@ -1,0 +1,244 @@
+"""Write segmentation results: NIfTI label volumes, PNG masks, overlay previews and per-structure volume tables.
+
+Every file is written atomically: to a temporary file in the destination folder, then moved into place with
+``os.replace``, so a reader never sees half a file and a failed write leaves no partial output.
+
+Layouts: label volumes ``[X, Y, Z]`` in voxel index order with a (4, 4) index-to-RAS affine (the nibabel
+convention of :mod:`common.io.volumes`); 2-D masks and images ``[H, W]`` (images may be ``[C, H, W]``) with
+row 0 at the top of the picture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Literal
+
+import matplotlib
+import nibabel as nib
+import numpy as np
+import torch
+from PIL import Image
+
+from common.io.volumes import Volume, ras_axial_to_display, reorient
+from common.metrics import write_csv
+
+PngValues = Literal["labels", "binary255"]
+ArrayLike = np.ndarray | torch.Tensor
+OVERLAY_ALPHA = 0.45
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same suffixes); it replaces ``path`` on success, is removed on error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def as_label_array(labels: ArrayLike, where: str, max_value: int = 255) -> np.ndarray:
+    """``labels`` (numpy or tensor, any device) as uint8, refusing non-integral or out-of-range values."""
+    array = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: labels must be numeric, found dtype {array.dtype}")
+    if array.size and (array.min() < 0 or array.max() > max_value or not np.array_equal(array, np.round(array))):
+        raise ValueError(
+            f"{where}: labels must be integers 0..{max_value}, found values in [{array.min()}, {array.max()}]"
+        )
+    return array.astype(np.uint8)
+
+
+def _check_affine(affine: ArrayLike, where: str) -> np.ndarray:
+    affine = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) == 0:
+        raise ValueError(f"{where}: expected a finite, invertible (4, 4) affine, found {affine.tolist()}")
+    return affine
+
+
+def write_nifti(labels: ArrayLike, affine: ArrayLike, path: str | os.PathLike) -> Path:
+    """Write a uint8 label volume ``[X, Y, Z]`` (or ``[X, Y, Z, K]`` binary channels) with ``affine`` to ``.nii(.gz)``.
+
+    The affine is stored as both qform and sform (code 1, scanner), so readers recover it exactly.
+    """
+    path = Path(path)
+    if not path.name.endswith((".nii", ".nii.gz")):
+        raise ValueError(f"{path}: a NIfTI file name must end with .nii or .nii.gz")
+    array = as_label_array(labels, str(path))
+    if array.ndim not in (3, 4):
+        raise ValueError(f"{path}: expected labels [X, Y, Z] or [X, Y, Z, K], found shape {array.shape}")
+    affine = _check_affine(affine, str(path))
+    image = nib.Nifti1Image(array, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    image.header.set_data_dtype(np.uint8)
+    image.header.set_xyzt_units("mm")
+    with atomic_path(path) as temporary:
+        nib.save(image, temporary)
+    return path
+
+
+def write_png_mask(mask: ArrayLike, path: str | os.PathLike, values: PngValues = "labels") -> Path:
+    """Write a 2-D mask ``[H, W]`` as an 8-bit grey PNG.
+
+    ``values="labels"`` stores the label values 0..K-1 as they are (what training data masks and the
+    metrics read back); ``"binary255"`` stores a 0/1 mask as 0/255, as BUSI and HAM10000 distribute masks.
+    """
+    path = Path(path)
+    array = as_label_array(mask, str(path))
+    if array.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D mask [H, W], found shape {array.shape}")
+    if values == "binary255":
+        if array.size and array.max() > 1:
+            raise ValueError(f"{path}: values='binary255' needs a 0/1 mask, found labels up to {array.max()}")
+        array = array * np.uint8(255)
+    elif values != "labels":
+        raise ValueError(f"{path}: values must be 'labels' or 'binary255', got {values!r}")
+    with atomic_path(path) as temporary:
+        Image.fromarray(array).save(temporary, format="PNG")
+    return path
+
+
+def label_colors(num_labels: int) -> np.ndarray:
+    """RGB colours ``[num_labels + 1, 3]`` (uint8) for labels 0..num_labels; row 0 (background) is unused."""
+    palette = matplotlib.colormaps["tab10" if num_labels <= 10 else "tab20"].colors
+    rows = [(0.0, 0.0, 0.0)] + [palette[(k - 1) % len(palette)] for k in range(1, num_labels + 1)]
+    return np.round(np.asarray(rows) * 255).astype(np.uint8)
+
+
+def intensity_window(image: np.ndarray) -> tuple[float, float]:
+    """The 0.5 and 99.5 percentiles of ``image``: the grey-level window of previews."""
+    low, high = np.percentile(image, (0.5, 99.5))
+    return float(low), float(high)
+
+
+def _to_rgb(image: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
+    """``[H, W]`` or ``[C, H, W]`` (C 1 or 3) to uint8 RGB ``[H, W, 3]``; uint8 colour is kept, the rest windowed.
+
+    ``window`` (low, high) defaults to :func:`intensity_window` of the image.
+    """
+    if image.ndim == 3 and image.shape[0] == 1:
+        image = image[0]
+    if image.ndim == 3:
+        image = np.moveaxis(image, 0, -1)
+        if image.dtype == np.uint8:
+            return image
+    low, high = window or intensity_window(image)
+    scaled = np.round(np.clip((image.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
+    return np.repeat(scaled[..., None], 3, axis=-1) if scaled.ndim == 2 else scaled
+
+
+def overlay(
+    image: np.ndarray,
+    labels: np.ndarray,
+    window: tuple[float, float] | None = None,
+    colors: np.ndarray | None = None,
+    alpha: float = OVERLAY_ALPHA,
+) -> np.ndarray:
+    """Blend label colours over an image: ``[H, W]``/``[C, H, W]`` + labels ``[H, W]`` -> RGB uint8 ``[H, W, 3]``.
+
+    ``window`` is the grey-level window (default: the image's own), ``colors`` the :func:`label_colors` table
+    (default: for the labels present).
+    """
+    rgb = _to_rgb(image, window)
+    if rgb.shape[:2] != labels.shape:
+        raise ValueError(f"image {rgb.shape[:2]} and labels {labels.shape} differ in size")
+    colors = label_colors(int(labels.max(initial=0))) if colors is None else colors
+    blended = np.where(labels[..., None] > 0, (1 - alpha) * rgb + alpha * colors[labels], rgb)
+    return np.round(blended).astype(np.uint8)
+
+
+def write_image_overlay(image: ArrayLike, labels: ArrayLike, path: str | os.PathLike) -> Path:
+    """Write a PNG preview of a 2-D image ``[H, W]`` or ``[C, H, W]`` with its labels ``[H, W]`` coloured in."""
+    path = Path(path)
+    image = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if image.ndim == 3 and image.shape[0] not in (1, 3):
+        raise ValueError(f"{path}: expected an image [H, W] or [C, H, W] with C 1 or 3, found shape {image.shape}")
+    with atomic_path(path) as temporary:
+        Image.fromarray(overlay(image, as_label_array(labels, str(path)))).save(temporary, format="PNG")
+    return path
+
+
+def preview_slices(labels: np.ndarray, count: int) -> list[int]:
+    """``count`` axial slice indices of ``labels`` ``[X, Y, Z]``, spread evenly over those with foreground (or all)."""
+    candidates = np.flatnonzero(labels.any(axis=(0, 1)))
+    if candidates.size == 0:
+        candidates = np.arange(labels.shape[2])
+    picks = np.linspace(0, candidates.size - 1, min(count, candidates.size)).round().astype(int)
+    return sorted(set(candidates[picks].tolist()))
+
+
+def write_volume_overlay(
+    volume: ArrayLike, labels: ArrayLike, affine: ArrayLike, path: str | os.PathLike, num_slices: int = 4
+) -> Path:
+    """Write a PNG of ``num_slices`` axial slices side by side, labels coloured in, in the radiological view.
+
+    ``volume`` and ``labels`` are ``[X, Y, Z]`` with index-to-RAS ``affine`` (any orientation: the preview is
+    reoriented to RAS, so rows run anterior to posterior and the patient's right is on the left).
+    """
+    path = Path(path)
+    volume = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+    labels = as_label_array(labels, str(path))
+    if volume.ndim != 3 or volume.shape != labels.shape:
+        raise ValueError(
+            f"{path}: expected volume and labels [X, Y, Z] of one shape, found {volume.shape} and {labels.shape}"
+        )
+    affine = _check_affine(affine, str(path))
+    ras_volume = reorient(Volume(volume, affine, path)).array
+    ras_labels = reorient(Volume(labels, affine, path)).array
+    picks = preview_slices(ras_labels, num_slices)
+    window = intensity_window(ras_volume[:, :, picks])
+    colors = label_colors(int(labels.max(initial=0)))  # one table and one window for every panel
+    panels = [
+        overlay(ras_axial_to_display(ras_volume[:, :, z]), ras_axial_to_display(ras_labels[:, :, z]), window, colors)
+        for z in picks
+    ]
+    with atomic_path(path) as temporary:
+        Image.fromarray(np.concatenate(panels, axis=1)).save(temporary, format="PNG")
+    return path
+
+
+def structure_volumes(
+    labels: ArrayLike, affine: ArrayLike, label_names: Mapping[int, str] | None = None
+) -> list[dict[str, object]]:
+    """Per-structure voxel counts and volumes in mL (voxel count x |det(affine[:3, :3])| / 1000).
+
+    One row per named label and per other label present (background 0 excluded), in label order:
+    ``{"label", "name", "voxels", "volume_ml"}``; a named label that is absent gets 0.
+    """
+    array = as_label_array(labels, "volume table")
+    affine = _check_affine(affine, "volume table")
+    voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
+    counts = np.bincount(array.ravel(), minlength=256)
+    names = dict(label_names or {})
+    if any(not 0 < int(value) < 256 for value in names):
+        raise ValueError(f"volume table: label names must be keyed by labels 1..255, found {sorted(names)}")
+    values = sorted((set(names) | set(np.flatnonzero(counts).tolist())) - {0})
+    return [
+        {
+            "label": value,
+            "name": names.get(value, f"label_{value}"),
+            "voxels": int(counts[value]),
+            "volume_ml": float(counts[value]) * voxel_ml,
+        }
+        for value in values
+    ]
+
+
+def write_volume_table(
+    labels: ArrayLike, affine: ArrayLike, path: str | os.PathLike, label_names: Mapping[int, str] | None = None
+) -> Path:
+    """Write :func:`structure_volumes` as CSV (columns label, name, voxels, volume_ml)."""
+    return write_csv(path, structure_volumes(labels, affine, label_names))

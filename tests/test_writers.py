@@ -1,0 +1,185 @@
+"""Segmentation writers: NIfTI, PNG masks, overlay previews, volume tables and DICOM SEG."""
+
+from __future__ import annotations
+
+import copy
+import csv
+
+import highdicom as hd
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import torch
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from common.io import writers
+from common.io.dicom_series import read_dicom_series
+from common.io.dicom_seg import write_dicom_seg
+from common.io.writers import (
+    label_colors,
+    preview_slices,
+    structure_volumes,
+    write_image_overlay,
+    write_nifti,
+    write_png_mask,
+    write_volume_overlay,
+    write_volume_table,
+)
+
+
+def oblique_affine() -> np.ndarray:
+    """Anisotropic voxels (0.7, 0.9, 2.5 mm) rotated 30 degrees about z, with an offset."""
+    angle = np.deg2rad(30)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([0.7, 0.9, 2.5])
+    affine[:3, 3] = (-90.0, 12.5, 40.0)
+    return affine
+
+
+def test_nifti_round_trip_keeps_labels_and_affine(tmp_path):
+    labels = np.random.default_rng(0).integers(0, 9, size=(12, 10, 6)).astype(np.int64)
+    path = write_nifti(torch.from_numpy(labels), oblique_affine(), tmp_path / "out" / "case.nii.gz")
+    image = nib.load(path)
+    assert image.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(image.affine, oblique_affine(), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(image.dataobj), labels)
+    assert [p.name for p in path.parent.iterdir()] == ["case.nii.gz"]  # no temporary left behind
+
+
+def test_nifti_refuses_bad_labels_and_names(tmp_path):
+    with pytest.raises(ValueError, match="integers 0..255"):
+        write_nifti(np.full((2, 2, 2), 0.5), np.eye(4), tmp_path / "a.nii.gz")
+    with pytest.raises(ValueError, match="integers 0..255"):
+        write_nifti(np.full((2, 2, 2), 300), np.eye(4), tmp_path / "a.nii.gz")
+    with pytest.raises(ValueError, match="must end with .nii"):
+        write_nifti(np.zeros((2, 2, 2)), np.eye(4), tmp_path / "a.png")
+    with pytest.raises(ValueError, match="invertible"):
+        write_nifti(np.zeros((2, 2, 2)), np.zeros((4, 4)), tmp_path / "a.nii")
+    assert not list(tmp_path.iterdir())
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = write_nifti(np.ones((3, 3, 3)), np.eye(4), tmp_path / "case.nii.gz")
+    before = path.read_bytes()
+
+    def broken_save(image, filename):
+        with open(filename, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writers.nib, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        write_nifti(np.zeros((3, 3, 3)), np.eye(4), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["case.nii.gz"]
+
+
+def test_png_masks_store_labels_or_binary_255(tmp_path):
+    labels = np.array([[0, 1, 2], [3, 0, 1]], np.uint8)
+    np.testing.assert_array_equal(np.asarray(Image.open(write_png_mask(labels, tmp_path / "l.png"))), labels)
+    binary = labels == 1
+    stored = np.asarray(Image.open(write_png_mask(binary, tmp_path / "b.png", values="binary255")))
+    np.testing.assert_array_equal(stored, binary * 255)
+    with pytest.raises(ValueError, match="needs a 0/1 mask"):
+        write_png_mask(labels, tmp_path / "x.png", values="binary255")
+    with pytest.raises(ValueError, match=r"expected a 2-D mask \[H, W\]"):
+        write_png_mask(labels[None], tmp_path / "x.png")
+
+
+def test_image_overlay_colours_only_the_mask(tmp_path):
+    image = np.tile(np.linspace(0, 1000, 40, dtype=np.float32), (30, 1))  # [H, W] grey ramp
+    labels = np.zeros((30, 40), np.uint8)
+    labels[5:10, 5:15] = 1
+    labels[20:25, 25:35] = 2
+    preview = np.asarray(Image.open(write_image_overlay(image, labels, tmp_path / "overlay.png")))
+    assert preview.shape == (30, 40, 3)
+    background = preview[labels == 0]
+    assert (background[:, 0] == background[:, 1]).all() and (background[:, 1] == background[:, 2]).all()
+    for value in (1, 2):  # grey plus a share of the label colour: the colour's strongest channel leads
+        pixels = preview[labels == value]
+        assert (pixels.argmax(axis=1) == label_colors(2)[value].argmax()).all()
+    assert label_colors(2)[1].argmax() != label_colors(2)[2].argmax()
+
+
+def test_volume_overlay_shows_patient_right_on_the_left(tmp_path):
+    volume = np.random.default_rng(1).uniform(0, 1, size=(32, 24, 10)).astype(np.float32)
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[2:8, 16:22, 3:7] = 1  # low i (patient's right), high j (posterior)
+    dicom_like = np.diag([-1.0, -1.0, 1.0, 1.0])  # as DICOM axial: i towards the patient's left, j posterior
+    path = write_volume_overlay(volume, labels, dicom_like, tmp_path / "p.png", num_slices=3)
+    preview = np.asarray(Image.open(path))
+    assert preview.shape == (24, 3 * 32, 3)  # display rows follow Y, columns follow X
+    rows, columns = np.nonzero((preview.max(-1).astype(int) - preview.min(-1)) > 0)
+    assert set(columns % 32) == set(range(2, 8))  # patient's right on the viewer's left, as in DICOM
+    assert set(rows) == set(range(16, 22))  # posterior at the bottom
+    assert preview_slices(labels, 3) == [3, 5, 6]
+
+
+def test_volume_table_in_millilitres(tmp_path):
+    labels = np.zeros((20, 20, 10), np.uint8)
+    labels[:10, :10, :10] = 1  # 1000 voxels
+    labels[15:, 15:, :4] = 3  # 100 voxels
+    affine = oblique_affine()  # voxel volume 0.7 * 0.9 * 2.5 mm^3
+    path = write_volume_table(labels, affine, tmp_path / "volumes.csv", {1: "liver", 2: "spleen"})
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["label"], r["name"], r["voxels"]) for r in rows] == [
+        ("1", "liver", "1000"), ("2", "spleen", "0"), ("3", "label_3", "100")
+    ]
+    assert float(rows[0]["volume_ml"]) == pytest.approx(1000 * 0.7 * 0.9 * 2.5 / 1000)
+    assert float(rows[2]["volume_ml"]) == pytest.approx(100 * 1.575 / 1000)
+    assert structure_volumes(labels, np.diag([2.0, 2.0, 2.0, 1.0]))[0]["volume_ml"] == pytest.approx(8.0)
+
+
+def synthetic_ct_series(folder, slices: int = 5) -> list:
+    """A CT series built from pydicom's CT_small (128 x 128): new UIDs, positions 5 mm apart; file paths."""
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    series_uid, paths = generate_uid(), []
+    folder.mkdir(exist_ok=True)
+    for index in range(slices):
+        ds = copy.deepcopy(base)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = index + 1
+        x, y, z = (float(v) for v in base.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y, z + 5.0 * index]
+        paths.append(folder / f"slice {index}.dcm")
+        ds.save_as(paths[-1])
+    return paths
+
+
+def test_dicom_seg_round_trip(tmp_path):
+    sources = synthetic_ct_series(tmp_path / "series")
+    series = read_dicom_series(tmp_path / "series")  # the reader's layout is the writer's layout
+    labels = np.zeros(series.array.shape, np.uint8)  # (columns, rows, slices)
+    labels[10:40, 20:60, 1:4] = 2
+    labels[70:100, 5:30, 2:5] = 5
+    assert list(series.files) == sources
+    path = write_dicom_seg(series.files, labels, tmp_path / "seg.dcm", {2: "liver", 5: "left ventricle"})
+    source_datasets = [pydicom.dcmread(p) for p in sources]
+    source_uids = [ds.SOPInstanceUID for ds in source_datasets]
+    raw = pydicom.dcmread(path)
+    assert raw.Modality == "SEG"
+    referenced = raw.ReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == source_datasets[0].SeriesInstanceUID
+    referenced_uids = [item.ReferencedSOPInstanceUID for item in referenced.ReferencedInstanceSequence]
+    assert sorted(referenced_uids) == sorted(source_uids)
+    assert [s.SegmentLabel for s in raw.SegmentSequence] == ["liver", "left ventricle"]
+    assert raw.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"  # SNOMED liver
+    segmentation = hd.seg.segread(path)
+    decoded = segmentation.get_pixels_by_source_instance(source_uids, combine_segments=True)  # [slices, rows, cols]
+    label_of_segment = np.array([0, 2, 5])
+    np.testing.assert_array_equal(label_of_segment[decoded].transpose(2, 1, 0), labels)
+
+
+def test_dicom_seg_refuses_misaligned_or_empty_labels(tmp_path):
+    sources = synthetic_ct_series(tmp_path, slices=2)
+    with pytest.raises(ValueError, match=r"expected labels \(columns, rows, slices\) = \(128, 128, 2\)"):
+        write_dicom_seg(sources, np.ones((128, 128, 3), np.uint8), tmp_path / "seg.dcm", {1: "liver"})
+    with pytest.raises(ValueError, match="no foreground"):
+        write_dicom_seg(sources, np.zeros((128, 128, 2), np.uint8), tmp_path / "seg.dcm", {1: "liver"})
+    assert not (tmp_path / "seg.dcm").exists()
