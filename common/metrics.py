@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import ndimage
+
+from .data.synapse import SYNAPSE_LABEL_NAMES
+from .io.atomic import atomic_path
 
 MEAN_ROW = "mean"
 TEXT_COLUMNS = ("case", "class")
@@ -225,16 +227,10 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, object]]) -> 
     columns: dict[str, None] = {}
     for row in rows:
         columns.update((key, None) for key in row)
-    handle = tempfile.NamedTemporaryFile("w", newline="", dir=path.parent, prefix=f".{path.name}.", delete=False)
-    try:
-        with handle:
-            writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(handle.name, path)
-    except BaseException:
-        os.unlink(handle.name)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")
+        writer.writeheader()
+        writer.writerows(rows)
     return path
 
 
@@ -275,9 +271,7 @@ class PublishedRow:
     class_dice: Mapping[str, float] = field(default_factory=dict)
 
 
-SYNAPSE_PUBLISHED_CLASSES = (
-    "spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach", "aorta", "pancreas"
-)
+SYNAPSE_PUBLISHED_CLASSES = SYNAPSE_LABEL_NAMES[1:]  # the paper's table order is the label order
 
 
 def _synapse_row(class_dice: Sequence[float], mean_dice: float, hd95: float) -> PublishedRow:

@@ -160,7 +160,7 @@ class SaveForResume:
 
 def atomic_torch_save(obj, path: str | Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: readers never see a partial file."""
-    from .io.writers import atomic_path
+    from .io.atomic import atomic_path
 
     with atomic_path(path) as temporary:
         torch.save(obj, temporary)

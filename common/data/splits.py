@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from common.io.atomic import atomic_path
 
 SPLIT_NAMES = ("train", "validation", "test")
 DEFAULT_SEED = 42
@@ -48,11 +49,8 @@ def write_splits(path: str | os.PathLike, splits: Splits, *, dataset: str, seed:
     path = Path(path)
     _validate(splits, path)
     document = {"dataset": dataset, "seed": seed, "splits": {name: list(splits[name]) for name in SPLIT_NAMES}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
-        json.dump(document, f, indent=1)
-        f.write("\n")
-    os.replace(f.name, path)
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(document, indent=1) + "\n")
     return path
 
 

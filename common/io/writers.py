@@ -10,10 +10,8 @@ row 0 at the top of the picture.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -24,27 +22,12 @@ import torch
 from PIL import Image
 
 from common.io.volumes import Volume, ras_axial_to_display, reorient
+from common.io.atomic import atomic_path
 from common.metrics import write_csv
 
 PngValues = Literal["labels", "binary255"]
 ArrayLike = np.ndarray | torch.Tensor
 OVERLAY_ALPHA = 0.45
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same suffixes); it replaces ``path`` on success, is removed on error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="".join(path.suffixes))
-    os.close(handle)
-    try:
-        yield Path(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
 
 
 def as_label_array(labels: ArrayLike, where: str, max_value: int = 255) -> np.ndarray:

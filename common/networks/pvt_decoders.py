@@ -124,37 +124,38 @@ class GatedDifferentialLinearAttention(nn.Module):
         return y
 
 
-class LinearAttention(nn.Module):
+class _MultiHeadAttention(nn.Module):
+    """qkv projection -> heads ``[B, H, N, D]`` -> :meth:`attend` -> output projection, ``[B, N, C] -> [B, N, C]``."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Heads ``[B, H, N, D]`` of queries, keys and values -> ``[B, H, N, D]``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # [B, H, N, D]
+        return self.out_proj(self.attend(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+
+class LinearAttention(_MultiHeadAttention):
     """Multi-head kernel linear attention (phi = ELU + 1), ``[B, N, C] -> [B, N, C]``; no positional encoding."""
 
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out_proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # [B, H, N, D]
-        y = linear_attention(elu_feature_map(q), elu_feature_map(k), v, LINEAR_ATTENTION_EPS)
-        return self.out_proj(y.transpose(1, 2).reshape(b, n, c))
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return linear_attention(elu_feature_map(q), elu_feature_map(k), v, LINEAR_ATTENTION_EPS)
 
 
-class RotarySelfAttention(nn.Module):
+class RotarySelfAttention(_MultiHeadAttention):
     """Softmax attention with 1-D rotary embedding over the flattened token index, ``[B, N, C] -> [B, N, C]``."""
 
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out_proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)  # [B, H, N, D]
-        cos, sin = rotary_tables(n, q.shape[-1], device=x.device, dtype=x.dtype)
-        y = F.scaled_dot_product_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
-        return self.out_proj(y.transpose(1, 2).reshape(b, n, c))
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        cos, sin = rotary_tables(q.shape[-2], q.shape[-1], device=q.device, dtype=q.dtype)
+        return F.scaled_dot_product_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
 
 
 class DifferentialAttention(nn.Module):
