@@ -5,12 +5,15 @@ the network size, a forward pass of one slice under ``torch.no_grad``, softmax a
 (order 0) back. The engine is :func:`common.inference.predict_volume` (the same spline resize as matrix
 products on the device, batches of slices, argmax at network resolution, nearest-neighbour gather back).
 
-Every measurement runs in a fresh process (interleaved, same seed, hence the same random weights and
-volume) after one warm-up batch. Peak memory is the growth of the process's peak resident set size
-(``VmHWM``, reset through ``/proc/self/clear_refs`` after setup and warm-up) during one volume, so it counts
+Timing: one process, the same random weights for both methods, one warm-up batch each; the volume is cut into
+chunks of a few slices and the two methods alternate chunk by chunk (who goes first alternates too), so a
+shared, noisy machine slows both alike. Wall, CPU (all threads of the process) and forward seconds (timed
+inside a wrapper around the network; "other" is the rest) are summed over the chunks of a volume.
+
+Peak memory: each method predicts ``--memory-slices`` slices once more in a fresh process; the figure is the
+growth of the process's peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs`` once the
+network and the volume are built) during that run: activations, resize buffers and the output. It counts
 torch's and numpy's allocations alike, unlike ``tracemalloc``, which does not see torch's allocator.
-Forward seconds are timed inside a wrapper around the network; "other" is the rest of the volume time; CPU
-seconds (all threads of the process) are given because the machine may be shared.
 
 Usage: ``python benchmarks/volume_inference.py --slices 100 --size 512 --batch-size 4 --threads 2``.
 """
@@ -18,10 +21,12 @@ Usage: ``python benchmarks/volume_inference.py --slices 100 --size 512 --batch-s
 from __future__ import annotations
 
 import argparse
+import copy
 import multiprocessing
 import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import torch
@@ -34,18 +39,7 @@ from common.networks import create_network
 
 NUM_CLASSES = 9
 ROI = 224
-
-
-@dataclass
-class Measurement:
-    """One timed volume: wall, CPU and forward seconds, peak RSS growth in MiB, and the mask ``[X, Y, Z]``."""
-
-    method: str
-    seconds: float
-    cpu_seconds: float
-    forward_seconds: float
-    peak_mib: float
-    mask: np.ndarray
+METHODS = ("naive", "engine")
 
 
 class TimedNetwork(nn.Module):
@@ -91,11 +85,44 @@ def naive_loop(network: nn.Module, volume: np.ndarray) -> np.ndarray:
     return prediction
 
 
-def _peak_rss_reset() -> int:
-    """Reset the peak RSS to the current RSS; returns the current RSS in kB."""
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-    return _status_kb("VmRSS")
+def build_methods(args: argparse.Namespace) -> dict[str, tuple[TimedNetwork, Callable[[np.ndarray], np.ndarray]]]:
+    """Both methods with their own timed copy of one seeded network: ``{name: (timed network, run)}``."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    network = create_network("pvt_gdla", in_channels=1, num_classes=NUM_CLASSES, encoder_weights="random").eval()
+    naive = TimedNetwork(network).eval()
+    engine = TimedNetwork(copy.deepcopy(network)).eval()
+
+    def run_engine(volume: np.ndarray) -> np.ndarray:
+        options = dict(batch_size=args.batch_size, interpolation=args.interpolation, channels_last=args.channels_last)
+        return predict_volume(engine, volume[None], **options)[0]
+
+    return {"naive": (naive, lambda volume: naive_loop(naive, volume)), "engine": (engine, run_engine)}
+
+
+def time_methods(args: argparse.Namespace, volume: np.ndarray) -> tuple[dict[str, list[dict]], dict[str, np.ndarray]]:
+    """Per repeat and method: wall, CPU and forward seconds of one volume; and each method's last mask."""
+    methods = build_methods(args)
+    for _, run in methods.values():
+        run(volume[..., : args.batch_size])
+    chunk = -(-max(args.batch_size, 4) // args.batch_size) * args.batch_size
+    results: dict[str, list[dict]] = {name: [] for name in METHODS}
+    masks = {name: np.zeros(volume.shape, np.uint8) for name in METHODS}
+    for _ in range(args.repeats):
+        totals = {name: {"wall": 0.0, "cpu": 0.0, "forward": 0.0} for name in METHODS}
+        for number, start in enumerate(range(0, volume.shape[-1], chunk)):
+            part = slice(start, start + chunk)
+            for name in METHODS[:: 1 if number % 2 == 0 else -1]:
+                timed, run = methods[name]
+                timed.seconds = 0.0
+                wall, cpu = time.perf_counter(), time.process_time()
+                masks[name][..., part] = run(volume[..., part])
+                totals[name]["wall"] += time.perf_counter() - wall
+                totals[name]["cpu"] += time.process_time() - cpu
+                totals[name]["forward"] += timed.seconds
+        for name in METHODS:
+            results[name].append(totals[name])
+    return results, masks
 
 
 def _status_kb(field: str) -> int:
@@ -106,32 +133,15 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def measure(method: str, args: argparse.Namespace) -> Measurement:
-    """Build the network and volume, warm up, then time one volume with ``method`` (runs in a child process)."""
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    network = create_network("pvt_gdla", in_channels=1, num_classes=NUM_CLASSES, encoder_weights="random").eval()
-    if args.channels_last and method == "engine":
-        network = network.to(memory_format=torch.channels_last)
-    timed = TimedNetwork(network).eval()
-    volume = phantom_volume(args.size, args.slices, args.seed)
-
-    def run(data: np.ndarray) -> np.ndarray:
-        if method == "naive":
-            return naive_loop(timed, data)
-        return predict_volume(
-            timed, data[None], batch_size=args.batch_size, interpolation=args.interpolation,
-            channels_last=args.channels_last,
-        )[0]
-
-    run(volume[..., : args.batch_size])
-    timed.seconds = 0.0
-    baseline_kb = _peak_rss_reset()
-    start, cpu_start = time.perf_counter(), time.process_time()
-    mask = run(volume)
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    peak_mib = (_status_kb("VmHWM") - baseline_kb) / 1024
-    return Measurement(method, seconds, cpu_seconds, timed.seconds, peak_mib, mask)
+def peak_memory_mib(method: str, args: argparse.Namespace) -> float:
+    """Peak RSS growth (MiB) while ``method`` predicts ``--memory-slices`` slices; meant for a fresh process."""
+    volume = phantom_volume(args.size, args.memory_slices, args.seed)
+    _, run = build_methods(args)[method]
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # resets VmHWM to the current RSS
+    baseline = _status_kb("VmRSS")
+    run(volume)
+    return (_status_kb("VmHWM") - baseline) / 1024
 
 
 def mean_dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -146,39 +156,38 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=512, help="slice width and height (default 512)")
     parser.add_argument("--batch-size", type=int, default=4, help="engine slices per forward (default 4)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--repeats", type=int, default=1, help="volumes per method, interleaved (default 1)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed volumes per method (default 1)")
     parser.add_argument("--interpolation", choices=("spline", "bicubic", "bilinear"), default="spline",
                         help="engine image resize (default spline, as the authors' zoom order 3)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last network and batches (engine)")
+    parser.add_argument("--memory-slices", type=int, default=8, help="slices of the memory runs (default 8)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    context = multiprocessing.get_context("spawn")
-    results: dict[str, list[Measurement]] = {"naive": [], "engine": []}
-    with context.Pool(1, maxtasksperchild=1) as pool:
-        for _ in range(args.repeats):
-            for method in results:
-                results[method].append(pool.apply(measure, (method, args)))
-    print(f"PVT-GDLA, {args.size} x {args.size} x {args.slices} volume, network input {ROI}, "
-          f"{args.threads} threads, medians of {args.repeats} run(s) in fresh processes")
-    print(f"{'method':<26} {'s/volume':>9} {'slices/s':>9} {'CPU s':>7} {'forward s':>10} {'other s':>8} "
+    volume = phantom_volume(args.size, args.slices, args.seed)
+    results, masks = time_methods(args, volume)
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn, max_tasks_per_child=1) as pool:
+        peaks = {name: pool.submit(peak_memory_mib, name, args).result() for name in METHODS}
+    print(f"PVT-GDLA, {args.size} x {args.size} x {args.slices} volume, network input {ROI}, {args.threads} threads, "
+          f"medians of {args.repeats} volume(s); peak RSS growth over {args.memory_slices} slices")
+    print(f"{'method':<28} {'s/volume':>9} {'slices/s':>9} {'CPU s':>7} {'forward s':>10} {'other s':>8} "
           f"{'peak RSS +MiB':>14}")
-    for method, runs in results.items():
-        label = "naive (authors' loop, b=1)" if method == "naive" else f"engine (b={args.batch_size})"
-        seconds = statistics.median(r.seconds for r in runs)
-        cpu = statistics.median(r.cpu_seconds for r in runs)
-        forward = statistics.median(r.forward_seconds for r in runs)
-        peak = statistics.median(r.peak_mib for r in runs)
-        print(f"{label:<26} {seconds:9.2f} {args.slices / seconds:9.2f} {cpu:7.1f} {forward:10.2f} "
-              f"{seconds - forward:8.2f} {peak:14.0f}")
-    naive, engine = results["naive"][-1].mask, results["engine"][-1].mask
-    speedup = statistics.median(r.seconds for r in results["naive"]) / statistics.median(
-        r.seconds for r in results["engine"])
-    print(f"speed-up {speedup:.2f}x; mask agreement: mean Dice {mean_dice(engine, naive):.4f}, "
-          f"voxels equal {np.mean(engine == naive):.4f}")
+    seconds = {}
+    for name in METHODS:
+        label = "naive (authors' loop, b=1)" if name == "naive" else (
+            f"engine (b={args.batch_size}{', channels-last' if args.channels_last else ''})")
+        seconds[name] = statistics.median(r["wall"] for r in results[name])
+        cpu = statistics.median(r["cpu"] for r in results[name])
+        forward = statistics.median(r["forward"] for r in results[name])
+        print(f"{label:<28} {seconds[name]:9.2f} {args.slices / seconds[name]:9.2f} {cpu:7.1f} {forward:10.2f} "
+              f"{seconds[name] - forward:8.2f} {peaks[name]:14.0f}")
+    agreement = mean_dice(masks["engine"], masks["naive"]), np.mean(masks["engine"] == masks["naive"])
+    print(f"speed-up {seconds['naive'] / seconds['engine']:.2f}x; mask agreement: mean Dice {agreement[0]:.4f}, "
+          f"voxels equal {agreement[1]:.4f}")
 
 
 if __name__ == "__main__":
