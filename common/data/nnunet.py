@@ -90,7 +90,6 @@ class NnUNetRaw(DatasetReader):
     title = "nnU-Net raw dataset"
     expected_layout = "dataset.json, imagesTr/case_0000.nii.gz ..., labelsTr/case.nii.gz ... (optional imagesTs/)"
     augmentation = "transunet"
-    image_channels = None
 
     def __init__(
         self, root: str | os.PathLike | None = None, seed: int = DEFAULT_SEED, validation_fraction: float = 0.2
@@ -116,6 +115,11 @@ class NnUNetRaw(DatasetReader):
     @property
     def label_values(self) -> dict[int, str]:
         return self.description().labels
+
+    @property
+    def image_channels(self) -> int:
+        """Input channels: one per ``channel_names`` entry of ``dataset.json``."""
+        return len(self.description().channel_names)
 
     @property
     def spatial_dims(self) -> int:
