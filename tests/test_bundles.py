@@ -217,3 +217,18 @@ def test_inference_feeds_slices_in_the_training_layout(tmp_path):
     assert len(trained) == inferred.shape[-1]
     for k, item in enumerate(trained):
         torch.testing.assert_close(torch.as_tensor(inferred[..., k]), item["image"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_synapse_bundle_trains_on_raw_btcv_volumes(tmp_path):
+    """The Synapse bundles read the raw BTCV NIfTI layout too (labels mapped to the 8 organs, CT windowed)."""
+    from miniature_layouts import write_synapse_raw
+
+    spec = find_bundle("pvt_gdla_synapse_segmentation")
+    bundle, data = copy_bundle(spec, tmp_path), write_synapse_raw(tmp_path / "raw", n_train_cases=2, n_test_cases=1)
+    small = small_overrides(spec)
+    run_config(bundle, "train", dataset_dir=str(data), dataset_name="synapse_raw", epochs=1, warmup_epochs=0,
+               batch_size=2, **small)
+    run_config(bundle, "evaluate", dataset_dir=str(data), dataset_name="synapse_raw", **small)
+    with open(bundle / "eval" / "summary.csv") as f:
+        assert {row["class"] for row in csv.DictReader(f)} == set(class_names(spec)[1:]) | {"mean"}
