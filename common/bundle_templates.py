@@ -7,9 +7,7 @@ kept by hand: ``python -m common bundles render`` writes them all from :data:`BU
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .data import get_dataset
 from .io.volumes import DISPLAY_AXCODES
