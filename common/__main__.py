@@ -14,7 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("common.data.cli", "inspect a dataset folder before training (data check)"),
     "bundles": ("common.bundle_render", "write the bundles from their templates, or check they are current"),
     "segment": ("common.segment", "segment volumes, DICOM series or 2-D pictures with a bundle"),
-    "demo": ("common.demo", "train, evaluate and apply a small PVT-GDLA bundle on the MNI152 brain template"),
+    "demo": ("common.demo", "train, evaluate and apply a PVT-GDLA bundle on the MNI152 brain template (CPU)"),
 }
 
 

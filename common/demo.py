@@ -38,7 +38,6 @@ TISSUES = ("background", "CSF", "grey matter", "white matter")
 DATASET_FOLDER = "Dataset900_MNI152Tissue"
 HELD_OUT_SLICES = (40, 56)  # axial slices [start, stop) of the 2 mm template: ventricles and basal ganglia
 VALIDATION_SLICES = (64, 72)  # upper brain, away from the held-out slab
-SEED = 42
 MNI152_CARD = DatasetCard(
     title="MNI152 T1 template (ICBM 2009a, 2 mm) with tissue labels, as shipped by nilearn",
     folder="",  # set to the dataset the demo writes
@@ -140,8 +139,11 @@ def mni152_tissue(resolution: int = 2) -> tuple[nib.Nifti1Image, np.ndarray]:
     return nib.Nifti1Image(template.get_fdata().astype(np.float32), template.affine), labels
 
 
-def slab_bounds(depth: int, held_out: tuple[int, int], validation: tuple[int, int]) -> dict[str, list[tuple[int, int]]]:
-    """Axial slabs ``[start, stop)`` per split: the held-out and validation slabs, and training slabs between them."""
+Slab = tuple[int, int]  # axial slices [start, stop)
+
+
+def slab_bounds(depth: int, held_out: Slab, validation: Slab) -> dict[str, list[Slab]]:
+    """Slabs of ``depth`` slices per split: the held-out and validation slabs, and training slabs between them."""
     cuts = sorted({0, depth, *held_out, *validation})
     slabs = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
     return {
@@ -151,7 +153,7 @@ def slab_bounds(depth: int, held_out: tuple[int, int], validation: tuple[int, in
     }
 
 
-def slab_name(bounds: tuple[int, int]) -> str:
+def slab_name(bounds: Slab) -> str:
     return f"mni152_z{bounds[0]:03d}-{bounds[1] - 1:03d}"
 
 
@@ -174,7 +176,6 @@ def write_slab_dataset(root: Path, image: nib.Nifti1Image, labels: np.ndarray) -
             name = slab_name((start, stop))
             for path, data in ((folder / f"images{subset}" / f"{name}_0000.nii.gz", array[:, :, start:stop]),
                                (folder / f"labels{subset}" / f"{name}.nii.gz", labels[:, :, start:stop])):
-                path.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_path(path) as temporary:
                     nib.save(nib.Nifti1Image(np.ascontiguousarray(data), affine), temporary)
     description = {
@@ -333,8 +334,8 @@ def run_demo(output: Path, settings: DemoSettings = DemoSettings()) -> DemoResul
     image, labels = mni152_tissue()
     dataset, split_file = write_slab_dataset(folders["dataset"], image, labels)
     volume_path = folders["input"] / "mni152_t1.nii.gz"
-    volume_path.parent.mkdir(parents=True)
-    nib.save(image, volume_path)
+    with atomic_path(volume_path) as temporary:
+        nib.save(image, temporary)
 
     spec = demo_bundle_spec(dataset, settings)
     bundle = write_bundle(spec, folders["bundle"] / spec.name, split_file, settings)
@@ -387,7 +388,7 @@ def format_result(result: DemoResult) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Train, evaluate and apply a small PVT-GDLA bundle on the MNI152 brain template (CPU)."
+    parser.description = "Train, evaluate and apply a PVT-GDLA bundle on nilearn's MNI152 brain template (CPU)."
     parser.add_argument("--output", type=Path, default=Path("demo_output"), help="where everything is written")
     parser.add_argument("--quick", action="store_true",
                         help=f"a smoke run: {QUICK.epochs} epochs, {QUICK.encoder} encoder at {QUICK.spatial_size} x "

@@ -274,7 +274,8 @@ def test_segment_equals_the_bundles_inference_config(tmp_path, mr_bundle, mni):
     nib.save(nib.Nifti1Image(*flip_axes(volume, affine, (0,))), tmp_path / "in" / "brain.nii.gz")
     run_bundle(
         config_file=str(mr_bundle / "configs" / "inference.json"),
-        meta_file=str(mr_bundle / "configs" / "metadata.json"), bundle_root=str(mr_bundle), input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "bundle_out"),
+        meta_file=str(mr_bundle / "configs" / "metadata.json"),
+        bundle_root=str(mr_bundle), input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "bundle_out"),
         device="$torch.device('cpu')",
     )
     assert main(["segment", "--bundle", str(mr_bundle), "--input", str(tmp_path / "in" / "brain.nii.gz"),

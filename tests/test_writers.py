@@ -183,3 +183,16 @@ def test_dicom_seg_refuses_misaligned_or_empty_labels(tmp_path):
     with pytest.raises(ValueError, match="no foreground"):
         write_dicom_seg(sources, np.zeros((128, 128, 2), np.uint8), tmp_path / "seg.dcm", {1: "liver"})
     assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_atomic_writes_get_a_normal_file_mode(tmp_path):
+    import os
+    import stat
+
+    from common.io.atomic import atomic_path
+
+    with atomic_path(tmp_path / "out.txt") as temporary:
+        temporary.write_text("x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o666 & ~mask
