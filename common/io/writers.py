@@ -155,11 +155,13 @@ def write_image_overlay(image: ArrayLike, labels: ArrayLike, path: str | os.Path
 
 
 def preview_slices(labels: np.ndarray, count: int) -> list[int]:
-    """``count`` axial slice indices of ``labels`` ``[X, Y, Z]``, spread evenly over those with foreground (or all)."""
+    """``count`` axial slice indices of ``labels`` ``[X, Y, Z]``: the middles of ``count`` equal runs of the slices
+    with foreground (or of all slices), so the first and last panels avoid the barely-covered end slices."""
     candidates = np.flatnonzero(labels.any(axis=(0, 1)))
     if candidates.size == 0:
         candidates = np.arange(labels.shape[2])
-    picks = np.linspace(0, candidates.size - 1, min(count, candidates.size)).round().astype(int)
+    k = min(count, candidates.size)
+    picks = ((np.arange(k) + 0.5) * candidates.size / k).astype(int)
     return sorted(set(candidates[picks].tolist()))
 
 
