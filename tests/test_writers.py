@@ -196,3 +196,21 @@ def test_atomic_writes_get_a_normal_file_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o666 & ~mask
+
+
+def test_dicom_seg_for_a_series_without_optional_patient_fields(tmp_path):
+    """Anonymised/converted series often lack type 2 attributes (PatientBirthDate, ...); the SEG is still written."""
+    import pydicom
+
+    from common.io.dicom_series import read_dicom_series
+    from miniature_layouts import write_dicom_series
+
+    values = np.random.default_rng(0).integers(0, 500, (12, 10, 3)).astype(np.int16)
+    write_dicom_series(tmp_path / "series", values, np.diag([0.9, 0.9, 2.5, 1.0]))
+    series = read_dicom_series(tmp_path / "series")
+    assert "PatientBirthDate" not in pydicom.dcmread(series.files[0], stop_before_pixels=True)
+    labels = np.zeros(series.array.shape, np.uint8)
+    labels[2:6, 3:7, 1] = 1
+    path = write_dicom_seg(series.files, labels, tmp_path / "seg.dcm", {1: "liver"})
+    seg = pydicom.dcmread(path)
+    assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid

@@ -9,6 +9,8 @@ BINARY segmentation with one segment per label present, numbered 1..S in label o
 
 from __future__ import annotations
 
+import copy
+
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -28,17 +30,30 @@ MANUFACTURER = "gdla-bundles"
 DEFAULT_SERIES_NUMBER = 1000
 
 
+#: Type 2 attributes a SEG copies from its source: present (possibly empty) in every valid image, but often
+#: missing from anonymised or converted series, which would stop the SEG from being written.
+PATIENT_STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                       "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
 def read_source_datasets(source: Sequence[Dataset | str | os.PathLike]) -> list[Dataset]:
-    """The source images as datasets (files are read without pixel data), in the given order."""
+    """The source images as datasets (files are read without pixel data), in the given order.
+
+    Missing type 2 patient/study attributes are added empty (on copies of given datasets), as DICOM allows.
+    """
     datasets = []
     for item in source:
         if isinstance(item, Dataset):
-            datasets.append(item)
-            continue
-        try:
-            datasets.append(pydicom.dcmread(item, stop_before_pixels=True))
-        except Exception as exc:
-            raise ValueError(f"{item}: cannot read this DICOM file ({type(exc).__name__}: {exc})") from exc
+            dataset = copy.copy(item)
+        else:
+            try:
+                dataset = pydicom.dcmread(item, stop_before_pixels=True)
+            except Exception as exc:
+                raise ValueError(f"{item}: cannot read this DICOM file ({type(exc).__name__}: {exc})") from exc
+        for keyword in PATIENT_STUDY_TYPE2:
+            if keyword not in dataset:
+                setattr(dataset, keyword, "")
+        datasets.append(dataset)
     return datasets
 
 
