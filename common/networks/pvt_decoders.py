@@ -323,25 +323,46 @@ class PVTDecoderNet(nn.Module):
         size = (x.shape[-2], x.shape[-1])
         return tokens_to_grid(block(grid_to_tokens(x), size), size)
 
-    def _forward(self, x: torch.Tensor, auxiliary: bool) -> list[torch.Tensor]:
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Checked input ``[B, in, H, W]`` -> the four encoder stage outputs ``[x1, x2, x3, x4]``."""
         height, width = x.shape[-2:]
         if x.ndim != 4 or x.shape[1] != self.in_channels or height % 32 or width % 32:
             raise ValueError(
                 f"expected input [B, {self.in_channels}, H, W] with H and W divisible by 32, got {tuple(x.shape)}"
             )
-        residual = self.resblk(x)
-        x1, x2, x3, x4 = pvt_v2_features(self.backbone, x.expand(-1, 3, -1, -1) if self.in_channels == 1 else x)
-        d3 = self._decode(self.de1, self.up1(x4) + x3)
-        d2 = self._decode(self.de2, self.up2(d3) + x2)
-        d1 = self._decode(self.de3, self.up3(d2) + x1)
-        d1 = F.interpolate(d1, size=(height, width), mode="bilinear", align_corners=False) + residual
-        out1 = self.head1(d1)
+        return pvt_v2_features(self.backbone, x.expand(-1, 3, -1, -1) if self.in_channels == 1 else x)
+
+    def fuse(self, stage: int, previous: torch.Tensor, features: list[torch.Tensor], skip: bool = True) -> torch.Tensor:
+        """Decoder stage ``stage`` (0: 1/16, 1: 1/8, 2: 1/4) input: ``up(previous)`` plus the encoder skip."""
+        up = (self.up1, self.up2, self.up3)[stage](previous)
+        return up + features[-2 - stage] if skip else up
+
+    def refine(self, stage: int, h: torch.Tensor) -> torch.Tensor:
+        """Decoder block ``stage`` on its fused input ``[B, C, h, w]``."""
+        return self._decode((self.de1, self.de2, self.de3)[stage], h)
+
+    def predict(
+        self, x: torch.Tensor, features: list[torch.Tensor], decoded: list[torch.Tensor], auxiliary: bool
+    ) -> list[torch.Tensor]:
+        """Heads on the decoded maps ``[d3, d2, d1]`` (plus the residual branch on ``x``), at the input size."""
+        size = x.shape[-2:]
+
+        def full_size(t: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+        out1 = self.head1(full_size(decoded[-1]) + self.resblk(x))
         if not auxiliary:
             return [out1]
-        aux = [head(f) for head, f in ((self.head4, x4), (self.head3, d3), (self.head2, d2))]
-        aux = [F.interpolate(a, size=(height, width), mode="bilinear", align_corners=False) for a in aux]
-        return [*aux, out1]
+        aux = ((self.head4, features[-1]), (self.head3, decoded[0]), (self.head2, decoded[1]))
+        return [*(full_size(head(f)) for head, f in aux), out1]
 
+    def _forward(self, x: torch.Tensor, auxiliary: bool) -> list[torch.Tensor]:
+        features = self.encode(x)
+        decoded, h = [], features[-1]
+        for stage in range(3):
+            h = self.refine(stage, self.fuse(stage, h, features))
+            decoded.append(h)
+        return self.predict(x, features, decoded, auxiliary)
 
 @register_network
 def pvt_gdla(

@@ -39,8 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .emcad import EMCADNet, check_image_batch
-from .encoders import pvt_v2_features
+from .emcad import EMCADNet
 from .pvt_decoders import PVTDecoderNet, pvt_gdla
 from .registry import register_network
 
@@ -113,34 +112,21 @@ class PVTDecoderStages:
         return self.network.deep_supervision
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        net = self.network
-        check_image_batch(x, net.in_channels)
-        return pvt_v2_features(net.backbone, x.expand(-1, 3, -1, -1) if net.in_channels == 1 else x)
+        return self.network.encode(x)
 
     def bottleneck(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         return []
 
     def fuse(self, stage: int, previous: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
-        up = (self.network.up1, self.network.up2, self.network.up3)[stage](previous)
-        return up + features[-2 - stage] if self.skip_connections else up
+        return self.network.fuse(stage, previous, features, self.skip_connections)
 
     def refine(self, stage: int, h: torch.Tensor) -> torch.Tensor:
-        net = self.network
-        return net._decode((net.de1, net.de2, net.de3)[stage], h)
+        return self.network.refine(stage, h)
 
     def predict(
         self, x: torch.Tensor, features: list[torch.Tensor], decoded: list[torch.Tensor], auxiliary: bool
     ) -> list[torch.Tensor]:
-        net, size = self.network, x.shape[-2:]
-
-        def full_size(t: torch.Tensor) -> torch.Tensor:
-            return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
-
-        out1 = net.head1(full_size(decoded[-1]) + net.resblk(x))
-        if not auxiliary:
-            return [out1]
-        aux = ((net.head4, features[-1]), (net.head3, decoded[0]), (net.head2, decoded[1]))
-        return [*(full_size(head(f)) for head, f in aux), out1]
+        return self.network.predict(x, features, decoded, auxiliary)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], downsample: Downsample) -> torch.Tensor:
