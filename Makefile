@@ -30,6 +30,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/complexity.py
 	$(PY) benchmarks/mixer_scaling.py
+	$(PY) benchmarks/volume_inference.py --slices 100 --repeats 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache

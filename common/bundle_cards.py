@@ -162,6 +162,10 @@ A killed training run started again with the same command resumes from its last 
 (`models/last_checkpoint_*.pt`). Evaluation writes `eval/cases.csv` and `eval/summary.csv` and prints our row
 beside the published one.{REFERENCE_NOTE if spec.network in REFERENCE_NETWORKS else ""}
 
+Evaluation runs the network in float32, as the authors did (`"precision": "float32"` in `evaluate.json`).
+Inference runs `"precision": "auto"`: float16 autocast on CUDA, bfloat16 on CPUs with native bfloat16
+(AVX512-BF16, AMX), float32 elsewhere; add `--inferer#precision float32` for the authors' arithmetic.
+
 ## Limitations
 
 - 2-D model: volumes are segmented slice by slice with no 3-D context.

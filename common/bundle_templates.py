@@ -205,9 +205,14 @@ def published_metrics(spec: BundleSpec) -> dict:
     return metrics
 
 
-def _inferer(spec: BundleSpec) -> dict:
-    """Slice-wise inferer; CT/MR follow the authors' protocol (cubic spline in, nearest out)."""
-    inferer = {"_target_": "common.inference.SliceInferer2D", "roi_size": "@spatial_size", "sw_batch_size": 4}
+def _inferer(spec: BundleSpec, precision: str) -> dict:
+    """Slice-wise inferer; CT/MR follow the authors' protocol (cubic spline in, nearest out).
+
+    Validation and evaluation run ``precision="float32"``, the authors' arithmetic, so that reproduced metrics
+    are theirs; inference runs ``"auto"`` (float16 on CUDA, bfloat16 on CPUs with native bfloat16).
+    """
+    inferer = {"_target_": "common.inference.SliceInferer2D", "roi_size": "@spatial_size", "sw_batch_size": 4,
+               "precision": precision}
     reader = dataset_reader(spec)
     if reader.augmentation == "photo":
         inferer.update(interpolation="bilinear", align_corners=False)
@@ -268,7 +273,7 @@ def _evaluation_section(spec: BundleSpec, split: str, handlers: list) -> dict:
                     "transform": f"@{_section(split)}#preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": f"@{_section(split)}#dataset", "batch_size": 1,
                        "shuffle": False, "num_workers": "@num_workers"},
-        "inferer": _inferer(spec),
+        "inferer": _inferer(spec, "float32"),
         "postprocessing": {"_target_": "Compose", "transforms": postprocessing},
         "key_metric": {
             "val_mean_dice": {
@@ -456,7 +461,7 @@ def inference_config(spec: BundleSpec) -> dict:
         "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
                        "num_workers": "@num_workers"},
-        "inferer": _inferer(spec),
+        "inferer": _inferer(spec, "auto"),
         "postprocessing": {"_target_": "Compose", "transforms": [*postprocessing, save]},
         "handlers": [
             {"_target_": "CheckpointLoader", "load_path": "$@ckpt_dir + '/model.pt'",

@@ -9,7 +9,9 @@ Our softmax baselines use fused ``scaled_dot_product_attention`` (no N x N map i
 authors' code built the map and called ``F.softmax`` on it, and apply rotary embedding in place of the
 authors' elementwise products. :data:`PAPER_EXTRA_MACS` adds what ptflops charged the authors for those
 operations (one per softmax-map element, two per rotated query/key element), so the paper's figures come
-out for all four models. :func:`true_flops` counts every matrix product and convolution, attention included.
+out for all four models. The final full-resolution head is counted as written (``fast_eval_head`` switched
+off while counting), as the authors' code ran it. :func:`true_flops` counts every matrix product and
+convolution, attention included.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
 
-from .networks.pvt_decoders import DifferentialAttention, RotarySelfAttention
+from .networks.pvt_decoders import DifferentialAttention, PVTDecoderNet, RotarySelfAttention
 
 PAPER_PTFLOPS_VERSION = "0.7.4"
 
@@ -79,14 +81,19 @@ def paper_macs(model: nn.Module, input_size: tuple[int, int, int] = (1, 224, 224
         extra[0] += PAPER_EXTRA_MACS[type(module)](module, inputs[0])
 
     handles = [m.register_forward_hook(add_extra) for m in model.modules() if type(m) in PAPER_EXTRA_MACS]
+    decoders = [m for m in model.modules() if isinstance(m, PVTDecoderNet)]
     was_training = model.training
     model.eval()
+    for decoder in decoders:
+        decoder.fast_eval_head = False
     try:
         macs, _ = ptflops.get_model_complexity_info(
             _AllOutputs(model), input_size, as_strings=False, print_per_layer_stat=False, verbose=False
         )
     finally:
         model.train(was_training)
+        for decoder in decoders:
+            decoder.fast_eval_head = True
         for handle in handles:
             handle.remove()
     return int(macs) + extra[0]

@@ -3,7 +3,9 @@
 One engine serves the ``segment`` command and every bundle's inference config, so both give identical masks.
 Default protocol (the authors' evaluation): every slice is resized to the network input with a cubic spline
 (``scipy.ndimage.zoom(order=3)``), the argmax is taken at network resolution and the uint8 label map is resized
-back with nearest neighbour (``zoom(order=0)``). Both resizes run on the network's device: the spline resize is
+back with nearest neighbour (``zoom(order=0)``). The network runs channels-last under autocast where the
+hardware has a fast low-precision path (``precision="auto"``: float16 on CUDA, bfloat16 on CPUs with native
+bfloat16 instructions, float32 elsewhere); ``precision="float32"`` runs the authors' arithmetic. Both resizes run on the network's device: the spline resize is
 scipy's own linear operator, built once per size as one matrix per axis and applied as two matrix products; the
 label resize is an index gather. Slices are streamed through the network in small batches and written into a
 preallocated output, so the resampled volume never exists whole.
@@ -17,8 +19,10 @@ through :func:`common.io.volumes.ras_axial_to_display`) and map the result back 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from typing import Any, Literal
@@ -35,7 +39,7 @@ from tqdm import tqdm
 Interpolation = Literal["spline", "bicubic", "bilinear"]
 OutputKind = Literal["labels", "probabilities", "logits"]
 Activation = Literal["softmax", "sigmoid"]
-AmpDtype = Literal["float16", "bfloat16"]
+Precision = Literal["auto", "float32", "float16", "bfloat16"]
 BlendMode = Literal["constant", "gaussian"]
 Network = Callable[[torch.Tensor], torch.Tensor | Sequence[torch.Tensor]]
 DeviceLike = str | torch.device | None
@@ -62,9 +66,16 @@ class SliceInferenceOptions:
         sliding_window: tile each slice with ``roi_size`` windows at its own resolution instead of resizing it.
         overlap: window overlap fraction (``sliding_window`` only).
         blend_mode: how overlapping windows are averaged (``sliding_window`` only).
-        amp_dtype: autocast dtype on CUDA; ignored (with a warning) on other devices, which run fp32.
+        precision: arithmetic of the network's forward pass (see :func:`autocast_dtype`): ``"auto"`` (float16
+            autocast on CUDA, bfloat16 on CPUs with native bfloat16, else float32), ``"float32"`` (no autocast),
+            or ``"float16"`` / ``"bfloat16"`` autocast, which fall back to float32 with a warning where the
+            device has no fast path for them. Resizing, softmax and argmax always run in float32.
         channels_last: run in channels-last memory format: batches are converted, and so is the network
-            (an ``nn.Module`` is converted in place). Same labels; usually faster, on CPUs too.
+            (an ``nn.Module`` is converted in place). Same labels; faster on CPUs and GPUs.
+        concurrent_batches: on a CPU, batches in flight at once, each on its own thread with an equal share of
+            torch's intra-op threads (two one-thread passes keep two cores busier than one two-thread pass).
+            ``None``: 2 when torch has at least 2 threads, else 1; always 1 on other devices. torch's thread
+            count is lowered for the duration of the call, so do not run other torch work beside it.
     """
 
     roi_size: tuple[int, int] = (224, 224)
@@ -77,8 +88,9 @@ class SliceInferenceOptions:
     sliding_window: bool = False
     overlap: float = 0.25
     blend_mode: BlendMode = "constant"
-    amp_dtype: AmpDtype | None = None
-    channels_last: bool = False
+    precision: Precision = "auto"
+    channels_last: bool = True
+    concurrent_batches: int | None = None
 
     def __post_init__(self) -> None:
         roi = tuple(int(s) for s in self.roi_size)
@@ -87,13 +99,15 @@ class SliceInferenceOptions:
         object.__setattr__(self, "roi_size", roi)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.concurrent_batches is not None and self.concurrent_batches < 1:
+            raise ValueError(f"concurrent_batches must be at least 1 (or None), got {self.concurrent_batches}")
         _check_choice("interpolation", self.interpolation, ("spline", "bicubic", "bilinear"))
         if self.interpolation == "spline" and not self.align_corners:
             raise ValueError("interpolation='spline' resizes as scipy.ndimage.zoom does and needs align_corners=True")
         _check_choice("output", self.output, ("labels", "probabilities", "logits"))
         _check_choice("activation", self.activation, ("softmax", "sigmoid"))
         _check_choice("blend_mode", self.blend_mode, ("constant", "gaussian"))
-        _check_choice("amp_dtype", self.amp_dtype, ("float16", "bfloat16", None))
+        _check_choice("precision", self.precision, ("auto", "float32", "float16", "bfloat16"))
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {self.threshold}")
         if not 0.0 <= self.overlap < 1.0:
@@ -188,10 +202,34 @@ def _prepare_network(network: Network, options: SliceInferenceOptions) -> None:
         network.to(memory_format=torch.channels_last)
 
 
-def _autocast(device: torch.device, amp_dtype: AmpDtype | None):
-    if amp_dtype is None or device.type != "cuda":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast("cuda", dtype=getattr(torch, amp_dtype))
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), so bfloat16 autocast is fast.
+
+    Without it PyTorch emulates bfloat16 on the CPU, about 30 times slower than float32.
+    """
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``, or ``None`` for float32 (no autocast).
+
+    ``"auto"`` picks float16 on CUDA, bfloat16 on CPUs with native bfloat16 and float32 elsewhere. An explicit
+    ``"float16"`` or ``"bfloat16"`` that the device cannot run fast falls back to float32 with a warning.
+    """
+    fast = {"cuda": ("float16", "bfloat16"), "cpu": ("bfloat16",) if cpu_has_native_bfloat16() else ()}
+    supported = fast.get(device.type, ())
+    if precision == "auto":
+        return getattr(torch, supported[0]) if supported else None
+    if precision == "float32":
+        return None
+    if precision not in supported:
+        warnings.warn(f"precision={precision!r} has no fast path on this {device.type} device; running float32")
+        return None
+    return getattr(torch, precision)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 class _SliceBatchPredictor:
@@ -199,12 +237,13 @@ class _SliceBatchPredictor:
 
     def __init__(self, network: Network, options: SliceInferenceOptions, device: torch.device):
         self.network, self.options, self.device = network, options, device
+        self.dtype = autocast_dtype(options.precision, device)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw network output for network-sized inputs, float32 ``[b, K, h, w]``."""
         if self.options.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with _autocast(self.device, self.options.amp_dtype):
+        with _autocast(self.device, self.dtype):
             logits = final_output(self.network(batch))
         expected = (batch.shape[0], batch.shape[-2], batch.shape[-1])
         if logits.ndim != 4 or (logits.shape[0], logits.shape[-2], logits.shape[-1]) != expected:
@@ -255,6 +294,31 @@ def _as_tensor(volume: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(array)
 
 
+def concurrent_lanes(options: SliceInferenceOptions, device: torch.device) -> int:
+    """How many slice batches run at once: ``options.concurrent_batches`` on a CPU (auto: 2 with 2+ threads)."""
+    if device.type != "cpu":
+        return 1
+    if options.concurrent_batches is not None:
+        return options.concurrent_batches
+    return 2 if torch.get_num_threads() >= 2 else 1
+
+
+@contextlib.contextmanager
+def _batch_map(lanes: int) -> Iterator[Callable]:
+    """``map`` for slice batches: the built-in one for one lane (the calling thread, all of torch's threads);
+    else a pool of ``lanes`` threads, torch's intra-op threads shared out among them while it is open."""
+    if lanes == 1:
+        yield map
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // lanes))  # threads started from now on take this count
+    try:
+        with ThreadPoolExecutor(lanes, thread_name_prefix="slice-batch") as pool:
+            yield pool.map
+    finally:
+        torch.set_num_threads(threads)
+
+
 def predict_slices(
     network: Network,
     stack: torch.Tensor,
@@ -266,31 +330,38 @@ def predict_slices(
     """Predict every slice of ``stack`` ``[C, X, Y, Z]``; returns ``[K', X, Y, Z]`` on ``output_device``.
 
     ``K'`` is 1 for softmax labels and K otherwise. The network runs on ``device`` (default: where its
-    parameters are, else where ``stack`` is); the output defaults to ``stack``'s device.
+    parameters are, else where ``stack`` is); the output defaults to ``stack``'s device. The first batch
+    runs alone and sizes the output; the others run :func:`concurrent_lanes` at a time, each writing its own
+    slices of the output.
     """
     if stack.ndim != 4:
         raise ValueError(f"expected a slice stack [C, X, Y, Z], got shape {tuple(stack.shape)}")
+    num_slices = stack.shape[-1]
+    if num_slices == 0:
+        raise ValueError(f"the input has no slices: shape {tuple(stack.shape)}")
     _prepare_network(network, options)
     device = _compute_device(network, device, stack.device)
     output_device = torch.device(output_device) if output_device is not None else stack.device
-    if options.amp_dtype is not None and device.type != "cuda":
-        warnings.warn(f"amp_dtype={options.amp_dtype!r} is ignored on {device.type}: autocast runs on CUDA only")
     predictor = _SliceBatchPredictor(network, options, device)
-    num_slices = stack.shape[-1]
-    output: torch.Tensor | None = None
     starts = range(0, num_slices, options.batch_size)
-    for start in tqdm(starts, desc="slices", unit="batch", disable=not progress):
-        stop = min(start + options.batch_size, num_slices)
-        batch = stack[..., start:stop].permute(3, 0, 1, 2).to(device=device, dtype=torch.float32)
+
+    def predict(start: int) -> torch.Tensor:
+        """Output ``[b, K', X, Y]`` of the batch of slices from ``start``."""
+        batch = stack[..., start : start + options.batch_size].permute(3, 0, 1, 2)
         with torch.inference_mode():
-            result = predictor(batch.contiguous())
-        if output is None:
-            output = torch.empty(
-                (result.shape[1], *stack.shape[1:]), dtype=result.dtype, device=output_device
-            )
-        output[..., start:stop] = result.permute(1, 2, 3, 0)
-    if output is None:
-        raise ValueError(f"the input has no slices: shape {tuple(stack.shape)}")
+            return predictor(batch.to(device=device, dtype=torch.float32).contiguous())
+
+    first = predict(0)
+    output = torch.empty((first.shape[1], *stack.shape[1:]), dtype=first.dtype, device=output_device)
+
+    def write(start: int, result: torch.Tensor) -> None:
+        output[..., start : start + result.shape[0]] = result.permute(1, 2, 3, 0)
+
+    write(0, first)
+    bar = tqdm(total=len(starts), desc="slices", unit="batch", disable=not progress, initial=1)
+    with bar, _batch_map(concurrent_lanes(options, device)) as batch_map:
+        for _ in batch_map(lambda start: write(start, predict(start)), starts[1:]):
+            bar.update()
     return output
 
 

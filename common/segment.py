@@ -1,7 +1,7 @@
 """``python -m common segment``: segment volumes, DICOM series and 2-D images with a bundle, in their own geometry.
 
     python -m common segment --bundle BUNDLE_DIR --input PATH --output DIR [--weights FILE] [--device cuda]
-                             [--batch-size N] [--amp]
+                             [--batch-size N] [--precision auto|float32|float16|bfloat16]
 
 ``PATH`` is a NIfTI, NRRD or MetaImage file, a DICOM series folder, a 2-D picture (PNG, JPEG, BMP; 2-D bundles),
 or a folder of such cases (files, and sub-folders read as DICOM series). The bundle's own ``inference.json``
@@ -161,7 +161,7 @@ def load_bundle(
     weights: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
-    amp: bool = False,
+    precision: str | None = None,
     network: nn.Module | None = None,
     progress: bool = False,
 ) -> BundleSegmenter:
@@ -169,7 +169,7 @@ def load_bundle(
 
     ``weights`` replaces ``models/model.pt`` (a state dict, read with ``weights_only=True``); ``network`` replaces
     the bundle's network altogether (weights are then not read). ``batch_size`` (slices per forward pass) and
-    ``amp`` (float16 autocast on CUDA) override the config's inferer; ``progress`` shows a bar over slices.
+    ``precision`` (see :class:`common.inference.SliceInferenceOptions`) override the config's inferer; ``progress`` shows a bar over slices.
     """
     root = Path(bundle)
     config_file, meta_file = root / "configs" / "inference.json", root / "configs" / "metadata.json"
@@ -198,8 +198,8 @@ def load_bundle(
     parser["inferer#progress"] = progress
     if batch_size is not None:
         parser["inferer#sw_batch_size"] = batch_size
-    if amp:
-        parser["inferer#amp_dtype"] = "float16"
+    if precision is not None:
+        parser["inferer#precision"] = precision
     try:
         pipeline = parser.get_parsed_content("preprocessing")
         inferer = parser.get_parsed_content("inferer")
@@ -395,7 +395,7 @@ def segment_cases(
     weights: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
-    amp: bool = False,
+    precision: str | None = None,
     network: nn.Module | None = None,
     progress: bool = True,
 ) -> list[CaseResult]:
@@ -405,7 +405,7 @@ def segment_cases(
     a failing case is recorded in its :class:`CaseResult` and the others go on. See :func:`load_bundle` for
     the options.
     """
-    segmenter = load_bundle(bundle, weights=weights, device=device, batch_size=batch_size, amp=amp,
+    segmenter = load_bundle(bundle, weights=weights, device=device, batch_size=batch_size, precision=precision,
                             network=network, progress=progress)
     cases = find_cases(inputs)
     output_dir = Path(output_dir)
@@ -456,13 +456,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, help="state dict to use instead of BUNDLE/models/model.pt")
     parser.add_argument("--device", help="where the network runs (default: cuda if available, else cpu)")
     parser.add_argument("--batch-size", type=int, help="slices per forward pass (default: the bundle's)")
-    parser.add_argument("--amp", action="store_true", help="float16 autocast on CUDA (ignored on CPU)")
+    parser.add_argument("--precision", choices=("auto", "float32", "float16", "bfloat16"),
+                        help="network arithmetic (default: the bundle's, 'auto': float16 autocast on CUDA, bfloat16 "
+                             "on CPUs with native bfloat16, else float32; 'float32' is the authors' arithmetic)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         results = segment_cases(args.bundle, args.input, args.output, weights=args.weights, device=args.device,
-                                batch_size=args.batch_size, amp=args.amp)
+                                batch_size=args.batch_size, precision=args.precision)
     except (BundleError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -27,6 +27,13 @@ def test_paper_counts_reproduce_the_published_table(name):
     assert model.training, "counting must not leave the model in eval mode"
 
 
+def test_the_fast_eval_head_is_counted_as_the_authors_wrote_it():
+    """6,850,475,821 MACs: ptflops 0.7.4 on the module-by-module final head (6.85 G truncated, barely)."""
+    model = create_network("pvt_gdla", in_channels=1, num_classes=9, encoder_weights="random")
+    assert paper_macs(model) == 6_850_475_821
+    assert model.fast_eval_head, "counting must switch the fast head back on"
+
+
 def test_truncation_is_not_rounding():
     assert truncate(5.4099) == 5.40 and truncate(28.258) == 28.25
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -11,9 +13,11 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from scipy.ndimage import zoom
 
+from common import inference
 from common.inference import (
     SliceInferenceOptions,
     SliceInferer2D,
+    autocast_dtype,
     nearest_indices,
     predict_volume,
     resize_spline,
@@ -192,19 +196,98 @@ def test_tensor_and_flipped_inputs():
     assert isinstance(as_tensor, torch.Tensor) and np.array_equal(as_tensor.numpy(), expected)
     flipped = predict_volume(IntensityBands().eval(), volume[:, ::-1], roi_size=(32, 32))
     np.testing.assert_array_equal(flipped[:, ::-1], expected)
-    with pytest.warns(UserWarning, match="autocast runs on CUDA only"):
-        cpu_amp = predict_volume(IntensityBands().eval(), volume, roi_size=(32, 32), amp_dtype="bfloat16")
-    np.testing.assert_array_equal(cpu_amp, expected)
 
 
 def test_channels_last_gives_the_same_labels():
     torch.manual_seed(0)
-    network = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1)).eval()
+    network = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)).eval()
     volume = smooth_volume((40, 30, 4), seed=9)
-    expected = predict_volume(network, volume, roi_size=(32, 32))
-    result = predict_volume(network, volume, roi_size=(32, 32), channels_last=True)
-    assert network[0].weight.is_contiguous(memory_format=torch.channels_last)
+    expected = predict_volume(network, volume, roi_size=(32, 32), channels_last=False, precision="float32")
+    assert not network[2].weight.is_contiguous(memory_format=torch.channels_last)
+    result = predict_volume(network, volume, roi_size=(32, 32), channels_last=True, precision="float32")
+    assert network[2].weight.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_array_equal(result, expected)
+
+
+class DtypeRecorder(nn.Module):
+    """A small conv network that records the dtype of its convolution's output on every call."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
+        self.dtypes: list[torch.dtype] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        self.dtypes.append(out.dtype)
+        return out
+
+
+def test_precision_choices(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype("auto", cuda) is torch.float16 and autocast_dtype("bfloat16", cuda) is torch.bfloat16
+    assert autocast_dtype("float32", cuda) is None and autocast_dtype("float32", cpu) is None
+    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: True)
+    assert autocast_dtype("auto", cpu) is torch.bfloat16 and autocast_dtype("bfloat16", cpu) is torch.bfloat16
+    with pytest.warns(UserWarning, match="precision='float16' has no fast path on this cpu device; running float32"):
+        assert autocast_dtype("float16", cpu) is None
+    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: False)
+    assert autocast_dtype("auto", cpu) is None
+    with pytest.warns(UserWarning, match="precision='bfloat16' has no fast path"):
+        assert autocast_dtype("bfloat16", cpu) is None
+    with pytest.raises(ValueError, match="precision must be one of"):
+        SliceInferenceOptions(precision="half")
+
+
+def test_bfloat16_autocast_on_cpu_keeps_the_labels(monkeypatch):
+    """With native bfloat16 (forced here, emulated if absent) 'auto' runs the network in bfloat16."""
+    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: True)
+    volume = smooth_volume((40, 30, 6), seed=4)
+    network = DtypeRecorder().eval()
+    exact = predict_volume(network, volume, roi_size=(32, 32), precision="float32")
+    assert set(network.dtypes) == {torch.float32}
+    network.dtypes.clear()
+    fast = predict_volume(network, volume, roi_size=(32, 32), output="probabilities")
+    assert set(network.dtypes) == {torch.bfloat16} and fast.dtype == np.float32
+    assert np.mean(fast.argmax(0) == exact[0]) > 0.98
+
+
+class ThreadRecorder(IntensityBands):
+    """:class:`IntensityBands` that notes the thread and torch's thread count of every call."""
+
+    def __init__(self, fail_on_call: int | None = None):
+        super().__init__()
+        self.calls: list[tuple[str, int]] = []
+        self.fail_on_call = fail_on_call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((threading.current_thread().name, torch.get_num_threads()))
+        if len(self.calls) == self.fail_on_call:
+            raise RuntimeError("broken batch")
+        return super().forward(x)
+
+
+def test_concurrent_batches_share_the_threads_and_give_the_same_labels():
+    volume = smooth_volume((40, 30, 9), seed=6)
+    expected = predict_volume(IntensityBands().eval(), volume, roi_size=(32, 32), batch_size=1, concurrent_batches=1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        network = ThreadRecorder().eval()
+        labels = predict_volume(network, volume, roi_size=(32, 32), batch_size=1, concurrent_batches=2)
+        assert torch.get_num_threads() == 2
+        np.testing.assert_array_equal(labels, expected)
+        assert network.calls[0] == (threading.main_thread().name, 2)  # the first batch sizes the output
+        workers = {name for name, threads in network.calls[1:] if threads == 1}
+        assert len(network.calls) == 9 and len(workers) == 2
+        with pytest.raises(RuntimeError, match="broken batch"):
+            predict_volume(ThreadRecorder(fail_on_call=5).eval(), volume, roi_size=(32, 32), batch_size=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    with pytest.raises(ValueError, match="concurrent_batches must be at least 1"):
+        SliceInferenceOptions(concurrent_batches=0)
 
 
 def test_clear_refusals():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from common.networks import create_network, list_networks
 from common.networks import pvt_decoders
 from common.networks.attention import elu_feature_map, linear_attention, linear_attention_explicit
-from common.networks.layers import grid_to_tokens, tokens_to_grid
+from common.networks.layers import ResBlock, grid_to_tokens, tokens_to_grid
 
 NAMES = ["pvt_gdla", "pvt_linearattn", "pvt_selfattn", "pvt_diffattn"]
 DECODER_WIDTHS = (320, 128, 64)  # de1, de2, de3 of a PVT-v2-b2 encoder
@@ -245,3 +245,56 @@ def test_stochastic_depth_rate_reaches_the_encoder():
     rates = [m.drop_prob for m in build(drop_path_rate=0.3).backbone.modules() if hasattr(m, "drop_prob")]
     assert max(rates) == pytest.approx(0.3, abs=1e-6) and rates == sorted(rates)  # timm's linear ramp
     assert all(m.drop_prob == 0.0 for m in build(drop_path_rate=0.0).backbone.modules() if hasattr(m, "drop_prob"))
+
+
+def test_feature_map_is_elu_plus_one_in_every_precision():
+    x = torch.cat([torch.linspace(-30, 30, 2001), torch.tensor([0.0, -1e-8, 1e-8])])
+    torch.testing.assert_close(elu_feature_map(x), F.elu(x) + 1, rtol=1e-6, atol=1e-7)
+    for dtype in (torch.bfloat16, torch.float16):
+        low = x.to(dtype)
+        torch.testing.assert_close(elu_feature_map(low).float(), F.elu(low.float()) + 1, rtol=1e-2, atol=1e-2)
+    assert (elu_feature_map(x) > 0).all()
+
+
+def _randomise_batch_norms(module: torch.nn.Module) -> None:
+    for norm in module.modules():
+        if isinstance(norm, torch.nn.BatchNorm2d):
+            norm.running_mean.uniform_(-1, 1)
+            norm.running_var.uniform_(0.5, 2)
+            norm.weight.data.uniform_(0.5, 2)
+            norm.bias.data.uniform_(-1, 1)
+
+
+@pytest.mark.parametrize("in_channels, out_channels", [(1, 16), (3, 8), (8, 8)])
+def test_folded_residual_branch_equals_the_module(in_channels, out_channels):
+    torch.manual_seed(0)
+    block = ResBlock(in_channels, out_channels).eval()
+    _randomise_batch_norms(block)
+    x = torch.randn(2, in_channels, 20, 24)
+    folded = block.folded(x)
+    assert folded.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(folded, block(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_eval_head_equals_the_published_formula(channels_last):
+    """Eval mode reorders out1 = head1(bilinear(d1) + resblk(x)); the map must not change."""
+    torch.manual_seed(0)
+    model = create_network("pvt_gdla", in_channels=1, num_classes=4, encoder="pvt_v2_b0", encoder_weights="random")
+    _randomise_batch_norms(model.eval())
+    x = torch.randn(2, 1, 64, 96)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fast = model(x)
+        model.fast_eval_head = False
+        written = model(x)
+        features = model.encode(x)
+        h, decoded = features[-1], []
+        for stage in range(3):
+            h = model.refine(stage, model.fuse(stage, h, features))
+            decoded.append(h)
+        upsampled = F.interpolate(decoded[-1], size=(64, 96), mode="bilinear", align_corners=False)
+        formula = model.head1(upsampled + model.resblk(x))
+    torch.testing.assert_close(written, formula)
+    torch.testing.assert_close(fast, formula, rtol=1e-4, atol=1e-5)

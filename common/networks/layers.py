@@ -62,6 +62,15 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + self.eps) * self.weight
 
 
+def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight ``[O, I, k, k]`` and bias ``[O]`` of one convolution equal to ``norm(conv(x))`` with running statistics."""
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    bias = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale[:, None, None, None], bias
+
+
 class ResBlock(nn.Module):
     """Full-resolution residual branch: ``[B, in, H, W] -> [B, out, H, W]``.
 
@@ -85,8 +94,34 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.relu(self.norm1(self.conv1(x)))
         y = self.norm2(self.conv2(y))
-        shortcut = x if self.conv3 is None else self.norm3(self.conv3(x))
+        shortcut = x if self.conv3 is None or self.norm3 is None else self.norm3(self.conv3(x))
         return self.relu(y + shortcut)
+
+    def folded(self, x: torch.Tensor) -> torch.Tensor:
+        """The eval-mode map (running statistics) in two convolutions, channels-last ``[B, out, H, W]``.
+
+        The batch norms are folded into the convolutions and the shortcut joins the second convolution as its
+        centre tap on the concatenated input ``[y, x]``: no full-resolution norm or sum pass.
+        """
+        weight, bias = fold_batch_norm(self.conv1, self.norm1)
+        y = F.relu(F.conv2d(x, weight, bias, padding=1))
+        weight, bias = fold_batch_norm(self.conv2, self.norm2)
+        if self.conv3 is None or self.norm3 is None:
+            return F.relu(F.conv2d(y, weight, bias, padding=1) + x).contiguous(memory_format=torch.channels_last)
+        shortcut_weight, shortcut_bias = fold_batch_norm(self.conv3, self.norm3)
+        weight = torch.cat((weight, F.pad(shortcut_weight, (1, 1, 1, 1))), dim=1)  # 1x1 -> centre of 3x3
+        joined = torch.cat((y, x), dim=1).contiguous(memory_format=torch.channels_last)
+        weight = weight.contiguous(memory_format=torch.channels_last)
+        return F.relu(F.conv2d(joined, weight, bias + shortcut_bias, padding=1), inplace=True)
+
+
+def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1x1 convolution (``weight [O, C, 1, 1]``) as one matrix product: ``[B, C, H, W] -> [B, O, H, W]``.
+
+    Much faster than the convolution kernel for few output channels at high resolution when ``x`` is
+    channels-last (the token view is then free); the result is channels-last.
+    """
+    return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)
 
 
 class MLP(nn.Module):

@@ -20,7 +20,17 @@ import torch.nn.functional as F
 
 from .attention import elu_feature_map, linear_attention
 from .encoders import create_pvt_v2, load_encoder_weights, pvt_v2_features
-from .layers import FFNKind, ResBlock, RMSNorm, apply_rotary, build_ffn, grid_to_tokens, rotary_tables, tokens_to_grid
+from .layers import (
+    FFNKind,
+    ResBlock,
+    RMSNorm,
+    apply_rotary,
+    build_ffn,
+    grid_to_tokens,
+    pointwise,
+    rotary_tables,
+    tokens_to_grid,
+)
 from .registry import register_network
 
 MixerKind = Literal["gdla", "linear", "softmax", "differential"]
@@ -262,6 +272,12 @@ class PVTDecoderNet(nn.Module):
     ``out1 = head1(bilinear_x4(d1) + resblk(x))``. Deep supervision adds ``head4(x4)``, ``head3(d3)``,
     ``head2(d2)``, bilinearly upsampled to the input size.
 
+    In eval mode, with ``fast_eval_head`` (default), ``out1`` is computed as the same map in a cheaper order:
+    ``bilinear(W d1) + W resblk(x) + b`` (``W, b``: head1's weight and bias; bilinear weights sum to one) with the
+    residual branch's batch norms folded (:meth:`ResBlock.folded`) and head1 as a matrix product on channels-last
+    tokens. Only one C1-channel map exists at full resolution, and no norm or sum pass runs over it. Training,
+    and counting the paper's MACs module by module (:func:`common.complexity.paper_macs`), use the formula as written.
+
     Args:
         mixer: token mixer of every decoder block.
         in_channels: image channels; 1 is repeated to 3 for the encoder, the residual branch sees it raw.
@@ -305,6 +321,7 @@ class PVTDecoderNet(nn.Module):
         self.up3, self.de3 = UpConv(c2, c1, up_kernel_size), block(c1, 1)
         self.resblk = ResBlock(in_channels, c1)
         self.head1 = nn.Conv2d(c1, num_classes, 1)
+        self.fast_eval_head = True
         if deep_supervision:
             self.head2 = nn.Conv2d(c2, num_classes, 1)
             self.head3 = nn.Conv2d(c3, num_classes, 1)
@@ -350,7 +367,11 @@ class PVTDecoderNet(nn.Module):
         def full_size(t: torch.Tensor) -> torch.Tensor:
             return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
 
-        out1 = self.head1(full_size(decoded[-1]) + self.resblk(x))
+        if self.training or not self.fast_eval_head:
+            out1 = self.head1(full_size(decoded[-1]) + self.resblk(x))
+        else:
+            weight, bias = self.head1.weight, self.head1.bias
+            out1 = full_size(pointwise(decoded[-1], weight)) + pointwise(self.resblk.folded(x), weight, bias)
         if not auxiliary:
             return [out1]
         aux = ((self.head4, features[-1]), (self.head3, decoded[0]), (self.head2, decoded[1]))
