@@ -18,6 +18,7 @@ from common.inference import (
     SliceInferenceOptions,
     SliceInferer2D,
     autocast_dtype,
+    concurrent_lanes,
     nearest_indices,
     predict_volume,
     resize_spline,
@@ -284,6 +285,12 @@ def test_concurrent_batches_share_the_threads_and_give_the_same_labels():
         with pytest.raises(RuntimeError, match="broken batch"):
             predict_volume(ThreadRecorder(fail_on_call=5).eval(), volume, roi_size=(32, 32), batch_size=1)
         assert torch.get_num_threads() == 2
+        auto, cpu = SliceInferenceOptions(), torch.device("cpu")
+        assert concurrent_lanes(auto, cpu) == 2 and concurrent_lanes(auto, torch.device("cuda")) == 1
+        for threads in (1, 4):
+            torch.set_num_threads(threads)
+            assert concurrent_lanes(auto, cpu) == 1  # one lane on the calling thread with all threads
+        assert concurrent_lanes(SliceInferenceOptions(concurrent_batches=3), cpu) == 3
     finally:
         torch.set_num_threads(previous)
     with pytest.raises(ValueError, match="concurrent_batches must be at least 1"):
