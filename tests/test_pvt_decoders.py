@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from common.networks import create_network, list_networks
 from common.networks import pvt_decoders
 from common.networks.attention import elu_feature_map, linear_attention, linear_attention_explicit
-from common.networks.layers import ResBlock, grid_to_tokens, tokens_to_grid
+from common.networks.layers import ResBlock, RMSNorm, grid_to_tokens, tokens_to_grid
 
 NAMES = ["pvt_gdla", "pvt_linearattn", "pvt_selfattn", "pvt_diffattn"]
 DECODER_WIDTHS = (320, 128, 64)  # de1, de2, de3 of a PVT-v2-b2 encoder
@@ -298,3 +298,11 @@ def test_fast_eval_head_equals_the_published_formula(channels_last):
         formula = model.head1(upsampled + model.resblk(x))
     torch.testing.assert_close(written, formula)
     torch.testing.assert_close(fast, formula, rtol=1e-4, atol=1e-5)
+
+
+def test_rms_norm_of_large_half_precision_activations_stays_finite():
+    norm = RMSNorm(32)
+    x = torch.full((4, 32), 1000.0)  # squares exceed float16's 65504
+    out = norm(x.half())
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    torch.testing.assert_close(out, norm(x))

@@ -48,9 +48,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm over the last axis with a learnable weight: ``[..., D] -> [..., D]``.
+    """Root-mean-square norm over the last axis with a learnable weight: ``[..., D] -> [..., D]`` (float32 or wider).
 
-    Written out with elementary operations (not ``torch.rms_norm``) so ONNX and TorchScript exports carry it.
+    Computed in float32 whatever the input dtype: squares of float16 activations above 256 overflow. Written out
+    with elementary operations (not ``torch.rms_norm``) so ONNX and TorchScript exports carry it.
     """
 
     def __init__(self, dim: int, eps: float = 1e-5):
@@ -59,6 +60,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
         return x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + self.eps) * self.weight
 
 
