@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bundles": ("common.bundle_render", "write the bundles from their templates, or check they are current"),
     "segment": ("common.segment", "segment volumes, DICOM series or 2-D pictures with a bundle"),
     "demo": ("common.demo", "train, evaluate and apply a PVT-GDLA bundle on the MNI152 brain template (CPU)"),
+    "release": ("common.release", "pack a trained bundle into a checksummed archive; download and verify one"),
 }
 
 

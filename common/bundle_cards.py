@@ -197,7 +197,7 @@ Model weights trained on third-party data are subject to that data's licence as 
 def large_files() -> str:
     """large_files.yml: the weights are not in git; releases fill in the address and checksum."""
     return (
-        "# Weights are not kept in git. `python -m common release` fills url and hash_val for a release.\n"
+        "# Weights are not kept in git. `python -m common release pack` fills url and hash_val in a release archive.\n"
         "large_files:\n"
         '  - path: "models/model.pt"\n'
         '    url: ""\n'
