@@ -217,7 +217,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=100, help="slices in the volume (default 100)")
     parser.add_argument("--size", type=int, default=512, help="slice width and height (default 512)")
-    parser.add_argument("--batch-size", type=int, default=4, help="engine slices per forward (default 4, the bundles')")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="engine slices per forward (default 4, as the bundles)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--repeats", type=int, default=1, help="timed volumes per method (default 1)")
     parser.add_argument("--chunk", type=int, default=0, help="slices per turn of a method (default 0: the volume)")
@@ -249,9 +250,11 @@ def main() -> None:
         ratios = [naive / wall for naive, wall in zip(naive_walls, walls)]
         cpu = statistics.median(r["cpu"] for r in results[name])
         forward = statistics.median(r["forward"] for r in results[name])
-        print(f"{name:<16} {seconds:9.2f} {args.slices / seconds:9.2f} {statistics.median(naive_walls) / seconds:8.2f}x "
+        speed_up = statistics.median(naive_walls) / seconds
+        agreement, accuracy = mean_dice(masks[name], masks["naive"]), mean_dice(masks[name], labels)
+        print(f"{name:<16} {seconds:9.2f} {args.slices / seconds:9.2f} {speed_up:8.2f}x "
               f"{min(ratios):5.2f}-{max(ratios):4.2f}x {cpu:7.1f} {forward:10.2f} {seconds - forward:8.2f} "
-              f"{peaks[name]:10.0f} {mean_dice(masks[name], masks['naive']):14.4f} {mean_dice(masks[name], labels):14.4f}")
+              f"{peaks[name]:10.0f} {agreement:14.4f} {accuracy:14.4f}")
 
 
 if __name__ == "__main__":

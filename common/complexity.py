@@ -81,10 +81,10 @@ def paper_macs(model: nn.Module, input_size: tuple[int, int, int] = (1, 224, 224
         extra[0] += PAPER_EXTRA_MACS[type(module)](module, inputs[0])
 
     handles = [m.register_forward_hook(add_extra) for m in model.modules() if type(m) in PAPER_EXTRA_MACS]
-    decoders = [m for m in model.modules() if isinstance(m, PVTDecoderNet)]
+    fast_heads = {m: m.fast_eval_head for m in model.modules() if isinstance(m, PVTDecoderNet)}
     was_training = model.training
     model.eval()
-    for decoder in decoders:
+    for decoder in fast_heads:
         decoder.fast_eval_head = False
     try:
         macs, _ = ptflops.get_model_complexity_info(
@@ -92,8 +92,8 @@ def paper_macs(model: nn.Module, input_size: tuple[int, int, int] = (1, 224, 224
         )
     finally:
         model.train(was_training)
-        for decoder in decoders:
-            decoder.fast_eval_head = True
+        for decoder, fast in fast_heads.items():
+            decoder.fast_eval_head = fast
         for handle in handles:
             handle.remove()
     return int(macs) + extra[0]

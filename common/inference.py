@@ -5,10 +5,10 @@ Default protocol (the authors' evaluation): every slice is resized to the networ
 (``scipy.ndimage.zoom(order=3)``), the argmax is taken at network resolution and the uint8 label map is resized
 back with nearest neighbour (``zoom(order=0)``). The network runs channels-last under autocast where the
 hardware has a fast low-precision path (``precision="auto"``: float16 on CUDA, bfloat16 on CPUs with native
-bfloat16 instructions, float32 elsewhere); ``precision="float32"`` runs the authors' arithmetic. Both resizes run on the network's device: the spline resize is
-scipy's own linear operator, built once per size as one matrix per axis and applied as two matrix products; the
-label resize is an index gather. Slices are streamed through the network in small batches and written into a
-preallocated output, so the resampled volume never exists whole.
+bfloat16 instructions, float32 elsewhere); ``precision="float32"`` runs the authors' arithmetic. Both resizes
+run on the network's device: the spline resize is scipy's own linear operator, built once per size as one matrix
+per axis and applied as two matrix products; the label resize is an index gather. Slices are streamed through
+the network in small batches and written into a preallocated output, so the resampled volume never exists whole.
 
 Layouts (MONAI channel-first): a volume is ``[C, X, Y, Z]`` with slices along the last axis, the 2-D slice
 ``volume[:, :, :, z]`` being ``[C, X, Y]`` (rows X, columns Y); a 2-D image is ``[C, H, W]``. The network maps
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -102,13 +102,13 @@ class SliceInferenceOptions:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.concurrent_batches is not None and self.concurrent_batches < 1:
             raise ValueError(f"concurrent_batches must be at least 1 (or None), got {self.concurrent_batches}")
-        _check_choice("interpolation", self.interpolation, ("spline", "bicubic", "bilinear"))
+        _check_choice("interpolation", self.interpolation, get_args(Interpolation))
         if self.interpolation == "spline" and not self.align_corners:
             raise ValueError("interpolation='spline' resizes as scipy.ndimage.zoom does and needs align_corners=True")
-        _check_choice("output", self.output, ("labels", "probabilities", "logits"))
-        _check_choice("activation", self.activation, ("softmax", "sigmoid"))
-        _check_choice("blend_mode", self.blend_mode, ("constant", "gaussian"))
-        _check_choice("precision", self.precision, ("auto", "float32", "float16", "bfloat16"))
+        _check_choice("output", self.output, get_args(OutputKind))
+        _check_choice("activation", self.activation, get_args(Activation))
+        _check_choice("blend_mode", self.blend_mode, get_args(BlendMode))
+        _check_choice("precision", self.precision, get_args(Precision))
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {self.threshold}")
         if not 0.0 <= self.overlap < 1.0:

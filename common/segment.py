@@ -29,6 +29,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pydicom
@@ -38,7 +39,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged
 
-from common.inference import SliceInferer2D
+from common.inference import Precision, SliceInferer2D
 from common.io.dicom_seg import write_dicom_seg
 from common.io.dicom_series import DicomSeries, read_dicom_series
 from common.io.images import read_image_2d
@@ -161,7 +162,7 @@ def load_bundle(
     weights: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
-    precision: str | None = None,
+    precision: Precision | None = None,
     network: nn.Module | None = None,
     progress: bool = False,
 ) -> BundleSegmenter:
@@ -169,7 +170,8 @@ def load_bundle(
 
     ``weights`` replaces ``models/model.pt`` (a state dict, read with ``weights_only=True``); ``network`` replaces
     the bundle's network altogether (weights are then not read). ``batch_size`` (slices per forward pass) and
-    ``precision`` (see :class:`common.inference.SliceInferenceOptions`) override the config's inferer; ``progress`` shows a bar over slices.
+    ``precision`` (see :class:`common.inference.SliceInferenceOptions`) override the config's inferer;
+    ``progress`` shows a bar over slices.
     """
     root = Path(bundle)
     config_file, meta_file = root / "configs" / "inference.json", root / "configs" / "metadata.json"
@@ -395,7 +397,7 @@ def segment_cases(
     weights: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     batch_size: int | None = None,
-    precision: str | None = None,
+    precision: Precision | None = None,
     network: nn.Module | None = None,
     progress: bool = True,
 ) -> list[CaseResult]:
@@ -456,7 +458,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, help="state dict to use instead of BUNDLE/models/model.pt")
     parser.add_argument("--device", help="where the network runs (default: cuda if available, else cpu)")
     parser.add_argument("--batch-size", type=int, help="slices per forward pass (default: the bundle's)")
-    parser.add_argument("--precision", choices=("auto", "float32", "float16", "bfloat16"),
+    parser.add_argument("--precision", choices=get_args(Precision),
                         help="network arithmetic (default: the bundle's, 'auto': float16 autocast on CUDA, bfloat16 "
                              "on CPUs with native bfloat16, else float32; 'float32' is the authors' arithmetic)")
 

@@ -32,6 +32,9 @@ def test_the_fast_eval_head_is_counted_as_the_authors_wrote_it():
     model = create_network("pvt_gdla", in_channels=1, num_classes=9, encoder_weights="random")
     assert paper_macs(model) == 6_850_475_821
     assert model.fast_eval_head, "counting must switch the fast head back on"
+    model.fast_eval_head = False
+    assert paper_macs(model) == 6_850_475_821
+    assert not model.fast_eval_head, "counting must leave a switched-off fast head off"
 
 
 def test_truncation_is_not_rounding():

@@ -1,4 +1,4 @@
-"""Release archives: pack a bundle with checksums, verify, download over HTTP on loopback, refuse what does not match."""
+"""Release archives: pack with checksums, verify, download over HTTP on loopback, refuse what does not match."""
 
 from __future__ import annotations
 

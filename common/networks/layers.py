@@ -48,7 +48,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm over the last axis with a learnable weight: ``[..., D] -> [..., D]`` (float32 or wider).
+    """Root-mean-square norm over the last axis with a learnable weight: ``[..., D] -> [..., D]``, float32 or wider.
 
     Computed in float32 whatever the input dtype: squares of float16 activations above 256 overflow. Written out
     with elementary operations (not ``torch.rms_norm``) so ONNX and TorchScript exports carry it.
@@ -65,7 +65,7 @@ class RMSNorm(nn.Module):
 
 
 def fold_batch_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight ``[O, I, k, k]`` and bias ``[O]`` of one convolution equal to ``norm(conv(x))`` with running statistics."""
+    """Weight ``[O, I, k, k]`` and bias ``[O]`` of one convolution equal to ``norm(conv(x))`` (running statistics)."""
     scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
     bias = norm.bias - norm.running_mean * scale
     if conv.bias is not None:
