@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from .bundle_templates import (
     GDLA_CITATION,
     INPUT_SIZE,
@@ -194,13 +196,13 @@ Model weights trained on third-party data are subject to that data's licence as 
 """
 
 
-def large_files() -> str:
-    """large_files.yml: the weights are not in git; releases fill in the address and checksum."""
+def large_files(url: str = "", hash_val: str = "") -> str:
+    """large_files.yml: the weights are not in git; a release archive's copy has their address and SHA-256."""
     return (
         "# Weights are not kept in git. `python -m common release pack` fills url and hash_val in a release archive.\n"
         "large_files:\n"
         '  - path: "models/model.pt"\n'
-        '    url: ""\n'
-        '    hash_val: ""\n'
+        f"    url: {json.dumps(url)}\n"
+        f"    hash_val: {json.dumps(hash_val)}\n"
         '    hash_type: "sha256"\n'
     )

@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from .bundle_cards import large_files
 from .io.atomic import atomic_path
 
 SUMS_FILE = "SHA256SUMS"
@@ -62,11 +63,6 @@ def _bundle_identity(bundle: Path) -> tuple[str, str]:
     return bundle.resolve().name, str(version)
 
 
-def _large_files(sha: str, url: str) -> str:
-    return yaml.safe_dump({"large_files": [{"path": WEIGHTS, "url": url, "hash_val": sha, "hash_type": "sha256"}]},
-                          sort_keys=False)
-
-
 def pack(bundle: Path, weights: Path, output: Path, url_base: str = "") -> list[Path]:
     """Write the archive, the weights file and ``SHA256SUMS`` for ``bundle`` with ``weights``; returns their paths."""
     from .segment import BundleError, load_bundle
@@ -86,7 +82,7 @@ def pack(bundle: Path, weights: Path, output: Path, url_base: str = "") -> list[
             files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
             for path in files:
                 zipped.write(path, f"{name}/{path.relative_to(bundle).as_posix()}")
-        zipped.writestr(f"{name}/large_files.yml", _large_files(weights_sha, url))
+        zipped.writestr(f"{name}/large_files.yml", large_files(url, weights_sha))
         zipped.write(weights, f"{name}/{WEIGHTS}")
     with atomic_path(weights_copy) as temporary:
         shutil.copyfile(weights, temporary)
