@@ -9,10 +9,11 @@ from .bundle_templates import (
     INPUT_SIZE,
     PVT_CITATION,
     BundleSpec,
-    dataset_reader,
-    uses_pvt_encoder,
+    checkpoint_selection,
     class_names,
+    dataset_reader,
     published_metrics,
+    uses_pvt_encoder,
 )
 
 ARCHITECTURES = {
@@ -109,6 +110,12 @@ def _results_table(spec: BundleSpec) -> str:
     return "\n".join(rows)
 
 
+def _held_out_note(spec: BundleSpec) -> str:
+    if spec.dataset != "synapse":
+        return ""
+    return ("; `--validation held_out` selects it on 4 of the 18 training cases instead (14 left for training)")
+
+
 def model_card(spec: BundleSpec) -> str:
     """docs/README.md: what the model is, the data and its licence, the recipe, results, how to reproduce."""
     reader, card = dataset_reader(spec), spec.dataset_card
@@ -144,7 +151,9 @@ Point `dataset_dir` at the folder exactly as downloaded; check it first with
 
 ## Published results
 
-Evaluation protocol: {protocol}.
+Evaluation protocol: {protocol}. {checkpoint_selection(spec).capitalize()}{_held_out_note(spec)}.
+Evaluation prints two metric modes: `paper` (the rules of the code behind the table) and `clinical`
+(HD95 in mm from the real geometry, NaN where undefined); see `docs/reproducing.md`.
 
 {_results_table(spec)}
 

@@ -239,6 +239,22 @@ def _network_def(spec: BundleSpec, weights: str) -> dict:
     return {**definition, **spec.network_args}
 
 
+def _reader(spec: BundleSpec) -> dict:
+    """The dataset reader; Synapse's ``validation`` switch picks the checkpoint-selection set."""
+    if spec.dataset != "synapse":
+        return {"reader": "$common.data.get_dataset(@dataset_name, root=@dataset_dir)"}
+    return {"validation": "test_set",
+            "reader": "$common.data.get_dataset(@dataset_name, root=@dataset_dir, "
+                      "validation_cases=common.data.synapse.validation_cases_for(@validation))"}
+
+
+def checkpoint_selection(spec: BundleSpec) -> str:
+    """How the bundle's training selects its checkpoint, in words (Synapse: the authors' protocol by default)."""
+    from .data.synapse import SELECTION_TEXT
+
+    return SELECTION_TEXT["test_set"] if spec.dataset == "synapse" else "checkpoint selected on the validation split"
+
+
 def _shared(spec: BundleSpec, encoder_weights: str | None) -> dict:
     card = spec.dataset_card
     return {
@@ -248,7 +264,7 @@ def _shared(spec: BundleSpec, encoder_weights: str | None) -> dict:
         "dataset_dir": card.folder,
         "dataset_name": spec.dataset,
         "split_file": None,
-        "reader": "$common.data.get_dataset(@dataset_name, root=@dataset_dir)",
+        **_reader(spec),
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "spatial_size": list(INPUT_SIZE),
         "num_workers": 4,
@@ -410,6 +426,9 @@ def evaluate_config(spec: BundleSpec) -> dict:
         "mode": mode,
         "published": "@published",
         "title": "ours",
+        "paper_rule": "transunet" if spec.dataset == "synapse" else "per_class",
+        "selection": ("$common.data.synapse.SELECTION_TEXT[@validation]" if spec.dataset == "synapse"
+                      else checkpoint_selection(spec)),
     }
     evaluate = _evaluation_section(spec, "test", [
         {"_target_": "CheckpointLoader", "load_path": "$@ckpt_dir + '/model.pt'", "load_dict": {"model": "@network"},
@@ -548,6 +567,7 @@ def metadata(spec: BundleSpec) -> dict:
         "label_classes": ", ".join(f"{i} {n}" for i, n in enumerate(names)),
         "pred_classes": f"{reader.num_classes} channels, argmax gives the label map",
         "eval_metrics": published_metrics(spec),
+        "checkpoint_selection": checkpoint_selection(spec),
         "intended_use": "Research use only: not for clinical diagnosis or treatment decisions.",
         "references": citations(spec),
         "network_data_format": {

@@ -56,8 +56,21 @@ def describe_mismatch(model_state: Mapping[str, torch.Tensor], state: Mapping[st
     return lines
 
 
+def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    """``state`` as it is when its keys are the model's, else renamed from the authors' names when that fits."""
+    own = model.state_dict()
+    if set(state) == set(own):
+        return state
+    converted = convert_reference_state_dict(state)
+    return converted if not describe_mismatch(own, converted) else state
+
+
 def load_reference_checkpoint(model: nn.Module, path_or_state_dict: str | Path | Mapping[str, torch.Tensor]) -> None:
     """Load an authors' checkpoint (file or state dict) into ``model`` strictly.
+
+    A file may be a bare state dict or the authors' ``.ckpt``: ``{"model_state_dict": ...}``, training files also
+    holding the optimizer and scheduler states, ``epoch`` and ``best_dice`` (a numpy scalar). It is read with
+    ``weights_only=True``; a file holding any other Python object is refused.
 
     Raises :class:`CheckpointMismatchError` listing every missing, unexpected or mis-shaped key.
     """

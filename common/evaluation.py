@@ -1,9 +1,10 @@
 """Evaluation handler for the bundles: per-case metric rows, CSV files, and the published row side by side.
 
-Attached to a MONAI ``SupervisedEvaluator`` whose inferer returns label maps. Each item is scored with the
-paper's protocol (:mod:`common.metrics`): volumes in 3-D per class (Dice, HD95 in mm and in voxels), 2-D
-images by foreground Dice, multi-label images per channel. One unreadable or mis-shaped case is reported and
-skipped; it does not stop the others.
+Attached to a MONAI ``SupervisedEvaluator`` whose inferer returns label maps. Each item is scored in both
+metric modes of :mod:`common.metrics` (``paper`` and ``clinical``): volumes in 3-D per class, 2-D images by
+foreground Dice, multi-label images per channel. One unreadable or mis-shaped case is reported and does not
+stop the others, but the run then ends with an error (non-zero exit): a row with a case left out is not the
+paper's row.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 
+from .io.volumes import HDF5_SUFFIXES
 from .metrics import (
     PublishedRow,
+    excluded_pairs,
     format_comparison,
     image_foreground_scores,
     multilabel_scores,
@@ -53,9 +56,12 @@ def _case_name(item: Mapping, index: int) -> str:
 def _spacing(label: torch.Tensor) -> list[float] | None:
     """Voxel size per spatial axis in mm from a label's affine, or ``None`` without geometry.
 
-    The TransUNet ``.h5`` volumes keep no spacing and load with an identity affine: their "mm" are voxels.
+    The TransUNet ``.h5`` volumes keep no spacing and load with an identity affine: they have no geometry, and
+    their HD95 in mm is NaN rather than voxels under a mm label.
     """
     if not isinstance(label, MetaTensor) or "affine" not in label.meta:
+        return None
+    if str(label.meta.get("filename_or_obj", "")).lower().endswith(HDF5_SUFFIXES):
         return None
     affine = torch.as_tensor(label.affine, dtype=torch.float64)
     spatial = label.ndim - 1
@@ -71,6 +77,8 @@ class CaseMetricsWriter:
         mode: ``"volume"`` (3-D per-class Dice/HD95), ``"image"`` (2-D foreground Dice) or ``"multilabel"``.
         published: the metadata's ``eval_metrics`` (the paper's row) to print beside ours.
         title: heading of the printed comparison.
+        paper_rule: the paper mode's rule for volumes, ``"transunet"`` (Synapse) or ``"per_class"``.
+        selection: how the evaluated checkpoint was selected; printed and written to ``summary.csv``.
     """
 
     def __init__(
@@ -80,11 +88,14 @@ class CaseMetricsWriter:
         mode: str = "volume",
         published: Mapping | None = None,
         title: str = "ours",
+        paper_rule: str = "per_class",
+        selection: str = "",
     ):
         if mode not in ("volume", "image", "multilabel"):
             raise ValueError(f"unknown mode {mode!r}; expected 'volume', 'image' or 'multilabel'")
         self.output_dir, self.class_names, self.mode = Path(output_dir), list(class_names), mode
         self.published, self.title = published_row(published), title
+        self.paper_rule, self.selection = paper_rule, selection
         self.rows: list[dict] = []
         self.failures: list[str] = []
 
@@ -115,17 +126,34 @@ class CaseMetricsWriter:
         pred, ref = (a.argmax(0) if a.shape[0] > 1 else a[0].round().astype(np.int64) for a in (pred, ref))
         if self.mode == "image":
             return image_foreground_scores(case, pred > 0, ref > 0)
-        return volume_scores(case, pred, ref, self.class_names, _spacing(label))
+        return volume_scores(case, pred, ref, self.class_names, _spacing(label), paper_rule=self.paper_rule)
 
     def _finish(self, engine: Engine) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_csv(self.output_dir / "cases.csv", self.rows)
         summary = summarize(self.rows)
+        if self.selection:
+            summary = [{**row, "checkpoint_selection": self.selection} for row in summary]
         write_csv(self.output_dir / "summary.csv", summary)
+        print(self.report(summary), flush=True)
+        engine.state.metrics["case_failures"] = len(self.failures)
+        if self.failures:
+            raise CaseScoringError(
+                f"{len(self.failures)} case(s) could not be scored, so the means above leave them out: "
+                + "; ".join(self.failures)
+            )
+
+    def report(self, summary: Sequence[Mapping]) -> str:
+        """The printout: cases scored, how the checkpoint was selected, the comparison, the failures."""
         report = [f"evaluated {len({r['case'] for r in self.rows})} case(s); metrics in {self.output_dir}"]
+        if self.selection:
+            report.append(self.selection)
         if self.published is not None:
-            report.append(format_comparison(summary, self.published, label=self.title))
+            report.append(format_comparison(summary, self.published, self.title, excluded_pairs(self.rows)))
         if self.failures:
             report.append(f"{len(self.failures)} case(s) could not be scored:\n  " + "\n  ".join(self.failures))
-        print("\n".join(report), flush=True)
-        engine.state.metrics["case_failures"] = len(self.failures)
+        return "\n".join(report)
+
+
+class CaseScoringError(RuntimeError):
+    """Some evaluated cases could not be scored; the message names each and why."""

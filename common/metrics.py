@@ -1,17 +1,24 @@
-"""Evaluation metrics: per-case Dice / HD95 / Jaccard rows, per-class summaries, CSV tables, paper comparison.
+"""Evaluation metrics in two named modes: per-case rows, per-class summaries, CSV tables, paper comparison.
 
-Conventions (the spec's evaluation protocol):
-- Volumes (Synapse, ACDC): :func:`volume_scores` scores every foreground class of one predicted label map
-  against its ground truth in 3-D. A class absent from the ground truth of that volume is skipped: all its
-  metrics are NaN. A class present in the ground truth but absent from the prediction scores Dice 0 and
-  HD95 NaN (a distance to nothing is undefined; the authors' TransUNet-style script returned 0, which
-  would reward the miss), so such misses lower the mean Dice and leave the mean HD95 alone.
-- HD95 follows medpy's ``hd95`` (what the authors' script calls): surfaces are the mask voxels removed by
-  one erosion with the face-connected structure (zero outside the image); the distances from each
-  surface to the other are pooled and their 95th percentile (linear interpolation) is taken. It is
-  reported in millimetres using the voxel spacing and in voxels (spacing 1), as the authors did.
+Two modes, kept apart in column names so that nobody confuses them:
+
+- ``paper`` (columns ``paper_dice``, ``paper_hd95_vox``): exactly the rules of the code behind the published
+  table. Synapse (rule ``"transunet"``): TransUNet's per-case rule (``calculate_metric_percase``) in voxels,
+  a pair with prediction and truth both non-empty scores its Dice and HD95, a prediction where the truth is
+  empty scores (1, 0), anything else (a missed organ, a class absent from both) scores (0, 0); every case
+  counts in the means. Other datasets (rule ``"per_class"``): the authors' MONAI ``DiceMetric`` usage
+  (``include_background=False``, ``reduction="mean_batch"``, empty truth ignored): Dice per class, NaN where
+  the truth is empty, averaged per class over the cases first, then over the classes; no HD95 was published.
+- ``clinical`` (columns ``dice``, ``hd95_mm``, ``hd95_vox``): :func:`volume_scores` scores every foreground
+  class in 3-D. A class absent from the ground truth is skipped (all NaN). A class present in the truth but
+  missed by the prediction scores Dice 0 and HD95 NaN (a distance to nothing is undefined). HD95 is in
+  millimetres from the volume's real geometry, NaN for a volume without geometry (the TransUNet ``.h5``
+  release), never voxels under a mm label. The summaries count the pairs each metric excluded.
+- HD95 follows medpy's ``hd95``: surfaces are the mask voxels removed by one erosion with the
+  face-connected structure (zero outside the image); the distances from each surface to the other are
+  pooled and their 95th percentile (linear interpolation) is taken.
 - 2-D datasets: :func:`image_foreground_scores` gives the foreground Dice of one image (label > 0),
-  NaN when the ground-truth mask is empty, so only images with a non-empty mask count.
+  NaN when the ground-truth mask is empty, so only images with a non-empty mask count (both modes).
 - Multi-label channels (UW-Madison): :func:`multilabel_scores` gives Dice and Jaccard per channel with
   the same skip rule.
 
@@ -36,7 +43,8 @@ from .data.synapse import SYNAPSE_LABEL_NAMES
 from .io.atomic import atomic_path
 
 MEAN_ROW = "mean"
-TEXT_COLUMNS = ("case", "class")
+TEXT_COLUMNS = ("case", "class", "checkpoint_selection")
+PAPER_RULES = ("transunet", "per_class")
 Row = dict[str, object]
 
 
@@ -92,13 +100,18 @@ def volume_scores(
     label: np.ndarray | torch.Tensor,
     class_names: Sequence[str],
     spacing: Sequence[float] | None = None,
+    paper_rule: str = "per_class",
 ) -> list[Row]:
-    """Rows ``{"case", "class", "dice", "hd95_mm", "hd95_vox"}`` for classes ``1 .. len(class_names)``.
+    """Rows ``{"case", "class", "paper_dice", ["paper_hd95_vox",] "dice", "hd95_mm", "hd95_vox"}`` for classes
+    ``1 .. len(class_names)``.
 
     ``prediction`` and ``label`` are integer label maps of the same shape (e.g. ``[D, H, W]``) with values
-    in ``0 .. len(class_names)``; ``spacing`` is the voxel size per array axis in mm (``None``: ``hd95_mm``
-    is NaN). See the module docstring for the skip and empty-prediction rules.
+    in ``0 .. len(class_names)``; ``spacing`` is the voxel size per array axis in mm (``None``: no geometry,
+    ``hd95_mm`` is NaN). ``paper_rule`` (``"transunet"`` or ``"per_class"``) picks the paper mode's rule; see
+    the module docstring for both modes.
     """
+    if paper_rule not in PAPER_RULES:
+        raise ValueError(f"unknown paper rule {paper_rule!r}; expected one of {PAPER_RULES}")
     prediction, label = _to_numpy(prediction), _to_numpy(label)
     num_labels = len(class_names) + 1
     if prediction.shape != label.shape:
@@ -123,8 +136,23 @@ def volume_scores(
             row["hd95_vox"] = hd95(predicted_mask, reference_mask)
             if spacing is not None:
                 row["hd95_mm"] = hd95(predicted_mask, reference_mask, spacing)
-        rows.append(row)
+        if paper_rule == "transunet":
+            paper = _transunet_rule(row, reference_size > 0, predicted_size > 0)
+        else:
+            paper = {"paper_dice": row["dice"]}
+        clinical = {key: value for key, value in row.items() if key not in TEXT_COLUMNS}
+        rows.append({"case": case, "class": name, **paper, **clinical})
     return rows
+
+
+def _transunet_rule(clinical: Row, in_truth: bool, in_prediction: bool) -> Row:
+    """TransUNet's ``calculate_metric_percase`` from a clinical row: both present -> (Dice, HD95 in voxels),
+    predicted where the truth is empty -> (1, 0), anything else -> (0, 0)."""
+    if in_truth and in_prediction:
+        return {"paper_dice": clinical["dice"], "paper_hd95_vox": clinical["hd95_vox"]}
+    if in_prediction:
+        return {"paper_dice": 1.0, "paper_hd95_vox": 0.0}
+    return {"paper_dice": 0.0, "paper_hd95_vox": 0.0}
 
 
 def _label_map(case: str, name: str, array: np.ndarray, num_labels: int) -> np.ndarray:
@@ -148,11 +176,13 @@ def _union_box(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
 def image_foreground_scores(
     case: str, prediction: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor
 ) -> list[Row]:
-    """One row ``{"case", "class": "foreground", "dice"}`` for a 2-D image (foreground ``> 0``; NaN if no label)."""
+    """One row ``{"case", "class": "foreground", "paper_dice", "dice"}`` for a 2-D image (foreground ``> 0``; NaN
+    if no label). Both modes agree here: MONAI's ``DiceMetric`` also ignores an empty truth."""
     prediction, label = _to_numpy(prediction), _to_numpy(label)
     if prediction.shape != label.shape:
         raise ValueError(f"case {case}: prediction {prediction.shape} and label {label.shape} differ in shape")
-    return [{"case": case, "class": "foreground", "dice": dice(prediction > 0, label > 0)}]
+    score = dice(prediction > 0, label > 0)
+    return [{"case": case, "class": "foreground", "paper_dice": score, "dice": score}]
 
 
 def multilabel_scores(
@@ -301,12 +331,27 @@ PUBLISHED_RESULTS: dict[str, dict[str, PublishedRow]] = {
 """The paper's table rows (spec "Published results"), by dataset then model."""
 
 
-def format_comparison(summary: Sequence[Mapping[str, object]], published: PublishedRow, label: str = "ours") -> str:
-    """Aligned text table: our Dice (percent) and HD95 beside the published row, with the differences.
+def excluded_pairs(rows: Sequence[Mapping[str, object]]) -> dict[str, int]:
+    """For each metric column of the per-case ``rows``, how many (case, class) pairs it left out (NaN)."""
+    return {metric: sum(1 for row in rows if _missing(row, metric)) for metric in _metric_columns(rows)}
 
-    ``summary`` is the output of :func:`summarize`. Classes come in the published order, then any others
-    of ours; the published HD95 is compared with our HD95 in voxels, and our HD95 in mm is shown alone.
-    A value missing on either side prints as ``-``.
+
+SELECTION_TEST_SET = "checkpoint selected on the test set (authors' protocol)"
+SELECTION_HELD_OUT = "checkpoint selected on a validation set held out of the training cases"
+
+
+def format_comparison(
+    summary: Sequence[Mapping[str, object]],
+    published: PublishedRow,
+    label: str = "ours",
+    excluded: Mapping[str, int] | None = None,
+) -> str:
+    """Aligned text table: our paper-mode row beside the published one (with their difference), and our
+    clinical-mode numbers beside it, not compared (they follow other rules).
+
+    ``summary`` is the output of :func:`summarize` over rows of both modes; ``excluded`` is
+    :func:`excluded_pairs` of those rows, printed below the table. Dice is in percent; the published HD95 is
+    compared with the paper-mode HD95 in voxels only. A value missing prints as ``-``.
     """
     ours = {str(row["class"]): row for row in summary}
     mean = ours.pop(MEAN_ROW, {})
@@ -315,21 +360,30 @@ def format_comparison(summary: Sequence[Mapping[str, object]], published: Publis
     def value(row: Mapping[str, object], key: str, scale: float = 1.0) -> float | None:
         return None if _missing(row, key) else scale * float(row[key])
 
-    lines = [(name, value(ours.get(name, {}), "dice", 100.0), published.class_dice.get(name)) for name in names]
-    lines.append(("mean Dice", value(mean, "dice", 100.0), published.mean_dice))
-    lines.append(("HD95 (voxels)", value(mean, "hd95_vox"), published.hd95))
-    lines.append(("HD95 (mm)", value(mean, "hd95_mm"), None))
-    width = max(len(name) for name, _, _ in lines)
-    cell = max(8, len(label))
+    lines = [
+        (f"{name} Dice", value(ours.get(name, {}), "paper_dice", 100.0), published.class_dice.get(name),
+         value(ours.get(name, {}), "dice", 100.0))
+        for name in names
+    ]
+    lines.append(("mean Dice", value(mean, "paper_dice", 100.0), published.mean_dice, value(mean, "dice", 100.0)))
+    lines.append(("HD95 (voxels)", value(mean, "paper_hd95_vox"), published.hd95, value(mean, "hd95_vox")))
+    lines.append(("HD95 (mm)", None, None, value(mean, "hd95_mm")))
+    headers = (f"{label} paper-mode", "published", "paper-mode - published", f"{label} clinical")
+    width = max(len(name) for name, *_ in lines)
+    cells = [max(8, len(header)) for header in headers]
 
-    def number(value: float | None, signed: bool = False) -> str:
+    def number(value: float | None, size: int, signed: bool = False) -> str:
         if value is None:
-            return "-".rjust(cell)
-        return f"{value:+{cell}.2f}" if signed else f"{value:{cell}.2f}"
+            return "-".rjust(size)
+        return f"{value:+{size}.2f}" if signed else f"{value:{size}.2f}"
 
-    text = [f"{'class'.ljust(width)}  {label.rjust(cell)}  {'paper'.rjust(cell)}  {'diff'.rjust(cell)}"]
-    for name, ours_value, reference in lines:
-        difference = None if ours_value is None or reference is None else ours_value - reference
-        cells = (number(ours_value), number(reference), number(difference, signed=True))
-        text.append("  ".join((name.ljust(width),) + cells))
+    text = ["  ".join(["".ljust(width)] + [h.rjust(c) for h, c in zip(headers, cells)])]
+    for name, paper_mode, reference, clinical in lines:
+        difference = None if paper_mode is None or reference is None else paper_mode - reference
+        values = (number(paper_mode, cells[0]), number(reference, cells[1]),
+                  number(difference, cells[2], signed=True), number(clinical, cells[3]))
+        text.append("  ".join((name.ljust(width),) + values))
+    if excluded is not None:
+        shown = ", ".join(f"{metric} {count}" for metric, count in excluded.items() if metric != "jaccard")
+        text.append(f"(case, class) pairs excluded from the means: {shown}")
     return "\n".join(text)

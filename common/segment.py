@@ -52,6 +52,7 @@ from common.io.writers import (
     write_volume_overlay,
 )
 from common.metrics import write_csv
+from common.convert import fit_state_dict
 from common.networks.encoders import read_state_dict
 from common.transforms import LoadImage2Dd, LoadVolumed
 
@@ -237,7 +238,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _network_with_weights(parser: ConfigParser, weights: Path) -> nn.Module:
-    """The config's ``network_def`` with the state dict in ``weights``."""
+    """The config's ``network_def`` with the state dict in ``weights`` (ours, or an authors' checkpoint)."""
     if not weights.is_file():
         raise BundleError(
             f"{weights}: model weights not found; train the bundle (configs/train.json) or pass --weights"
@@ -248,7 +249,7 @@ def _network_with_weights(parser: ConfigParser, weights: Path) -> nn.Module:
         raise BundleError(str(exc)) from exc
     network = parser.get_parsed_content("network_def")
     try:
-        network.load_state_dict(state)
+        network.load_state_dict(fit_state_dict(network, state))
     except RuntimeError as exc:
         detail = str(exc).strip().splitlines()
         raise BundleError(f"{weights}: these weights do not fit the bundle's network_def ({detail[0]} ...)") from exc

@@ -1,4 +1,5 @@
-"""BUSI: names with spaces and parentheses, extra masks united, empty normal masks, bad files named."""
+"""BUSI: names with spaces and parentheses, `<case>_mask.png` only (the authors') or extra masks united,
+empty normal masks, bad files named."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ def test_cases_classes_and_extra_masks(tmp_path):
     reader = get_dataset("busi")
     cases = reader.scan(root).cases
     assert len(cases) == 10 and "benign (6)" in cases and cases["normal (1)"][0]["class"] == "normal"
-    entry = cases["benign (3)"][0]
+    assert [p.rsplit("/", 1)[1] for p in cases["benign (3)"][0]["label"]] == ["benign (3)_mask.png"]
+    assert any("1 extra mask file(s)" in note for note in reader.scan(root).notes)
+    entry = get_dataset("busi", unite_masks=True).scan(root).cases["benign (3)"][0]
     assert [p.rsplit("/", 1)[1] for p in entry["label"]] == ["benign (3)_mask.png", "benign (3)_mask_1.png"]
     union = read_binary_mask(entry["label"])[0]
     first, extra = (np.array(Image.open(p)) > 0 for p in entry["label"])
@@ -31,11 +34,13 @@ def test_cases_classes_and_extra_masks(tmp_path):
 
 def test_eval_pipeline_on_an_image_with_two_masks(tmp_path):
     root = write_busi(tmp_path, counts={"malignant": 3})
-    entry = get_dataset("busi").scan(root).cases["malignant (3)"][0]
-    out = eval_transforms("busi", spatial_size=(64, 48))(entry)
-    assert out["image"].shape == (3, 64, 48) and out["image"].max() == 1.0
-    label = out["label"][0].numpy()
-    assert label[int(0.75 * 64), int(0.75 * 48)] == 1 and label[int(0.3 * 64), int(0.3 * 48)] == 1  # both masks
+    for unite in (False, True):
+        entry = get_dataset("busi", unite_masks=unite).scan(root).cases["malignant (3)"][0]
+        out = eval_transforms("busi", spatial_size=(64, 48))(entry)
+        assert out["image"].shape == (3, 64, 48) and out["image"].max() == 1.0
+        label = out["label"][0].numpy()
+        assert label[int(0.3 * 64), int(0.3 * 48)] == 1  # <case>_mask.png
+        assert label[int(0.75 * 64), int(0.75 * 48)] == int(unite)  # <case>_mask_1.png only when united
 
 
 def test_bad_files_are_named_and_others_still_checked(tmp_path):

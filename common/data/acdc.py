@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data.base import Cases, DatasetReader, Entry, Scan, describe_folder, find_folder, layout_error
-from common.data.splits import Splits, fraction_split
+from common.data.splits import SEEDED_SPLIT, Splits, fraction_split
 from common.io.volumes import load_volume, volume_shape
 
 ACDC_LABEL_NAMES = ("background", "right ventricle", "myocardium", "left ventricle")
@@ -88,6 +88,10 @@ class ACDC(DatasetReader):
 
     def default_splits(self, cases: Cases) -> Splits:
         return fraction_split(list(cases), ACDC_FRACTIONS, self.seed)
+
+    def split_origin(self) -> str:
+        return (f"{SEEDED_SPLIT} (seed {self.seed}): 70/10/20 of the training patients, by patient (ED and ES "
+                "together); the authors did not publish theirs")
 
     def image_shape(self, entry: Entry) -> tuple[int, ...]:
         return volume_shape(entry["image"])

@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from common.data.splits import DEFAULT_SEED, SPLIT_NAMES, SplitFileError, Splits, read_splits
+from common.data.splits import DEFAULT_SEED, SEEDED_SPLIT, SPLIT_NAMES, SplitFileError, Splits, read_splits
 from common.io.images import read_image_2d
 from common.io.volumes import load_volume, volume_suffix
 
@@ -89,6 +89,7 @@ class CheckReport:
     sample_unit: str
     splits: Splits
     split_counts: dict[str, tuple[int, int]]
+    split_origin: str
     label_values: dict[int, str]
     value_counts: Counter
     files_read: int
@@ -101,7 +102,8 @@ class CheckReport:
         return not self.problems
 
     def format(self) -> str:
-        lines = [f"{self.title} ({self.dataset}) at {self.folder}", f"{'split':<12}{'cases':>8}{self.sample_unit:>10}"]
+        lines = [f"{self.title} ({self.dataset}) at {self.folder}", f"split: {self.split_origin}",
+                 f"{'split':<12}{'cases':>8}{self.sample_unit:>10}"]
         lines += [f"{name:<12}{cases:>8}{samples:>10}" for name, (cases, samples) in self.split_counts.items()]
         sampled = (
             f"{self.files_read} of {self.files_total} label files, a random sample (--all reads every file)"
@@ -121,6 +123,10 @@ class CheckReport:
         else:
             lines.append("problems: none")
         return "\n".join(lines)
+
+
+def _split_source(splits: Splits | str | os.PathLike) -> str:
+    return f"split file {splits}" if isinstance(splits, (str, os.PathLike)) else "case ids passed in"
 
 
 class DatasetReader(ABC):
@@ -160,6 +166,10 @@ class DatasetReader(ABC):
     @abstractmethod
     def default_splits(self, cases: Cases) -> Splits:
         """The published split of the cases found (case ids per split)."""
+
+    def split_origin(self) -> str:
+        """Where :meth:`default_splits` comes from: the authors' list, TransUNet's list or our seeded split."""
+        return f"{SEEDED_SPLIT} (seed {self.seed})"
 
     @abstractmethod
     def image_shape(self, entry: Entry) -> tuple[int, ...]:
@@ -237,6 +247,7 @@ class DatasetReader(ABC):
             sample_unit=self.sample_unit,
             splits=chosen,
             split_counts={name: (len(chosen[name]), len(lists[name])) for name in SPLIT_NAMES},
+            split_origin=self.split_origin() if splits is None else f"given ({_split_source(splits)})",
             label_values=self.label_values,
             value_counts=value_counts,
             files_read=len(to_read),

@@ -3,17 +3,22 @@
 Layout: ``HAM10000_images_part_1/ISIC_0024306.jpg`` (and ``part_2``) with
 ``HAM10000_segmentations_lesion_tschandl/ISIC_0024306_segmentation.png``. Folder names are matched
 without regard to case (some downloads hold both ``HAM10000_images_part_1`` and a lower-case copy;
-an image found twice is used once). Split 70/10/20 of the images (seeded).
+an image found twice is used once). Split: the test set is the authors' published list of 1,015 images
+(``common/resources/splits/ham10000/test.txt``); the other images are split 8:1 into train and validation
+(seeded), the authors' train/validation lists not being published.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
 from pathlib import Path
 
-from common.data.base import Scan, describe_folder, layout_error
+
+from common.data.base import Cases, Scan, describe_folder, layout_error
 from common.data.masks import BinaryMaskDataset
+from common.data.splits import AUTHORS_LIST, Splits, published_list
 
 _IMAGE_FOLDER = re.compile(r"^ham10000_images_part_[12]$", re.IGNORECASE)
 _MASK_FOLDER = re.compile(r"^ham10000_segmentations_lesion_tschandl$", re.IGNORECASE)
@@ -39,7 +44,19 @@ class HAM10000(BinaryMaskDataset):
     )
     label_names = ("background", "lesion")
     label_values = {0: "background", 255: "lesion"}
-    fractions = (0.7, 0.1, 0.2)
+    validation_share = 1 / 9  # of the images outside the authors' test list: 9,000 -> 8,000 train, 1,000 validation
+
+    def default_splits(self, cases: Cases) -> Splits:
+        test_ids = {f"ISIC_{number}" for number in published_list("ham10000", "test")}
+        test = sorted(c for c in cases if c in test_ids)
+        rest = sorted(c for c in cases if c not in test_ids)
+        random.Random(self.seed).shuffle(rest)
+        n_validation = int(len(rest) * self.validation_share + 0.5)
+        return {"train": sorted(rest[n_validation:]), "validation": sorted(rest[:n_validation]), "test": test}
+
+    def split_origin(self) -> str:
+        return (f"test = {AUTHORS_LIST} (1,015 images); train/validation = 8:1 of the others, "
+                f"seeded ({self.seed})")
 
     def scan(self, root: str | os.PathLike | None = None) -> Scan:
         root = self._root(root)

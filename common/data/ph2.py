@@ -1,8 +1,9 @@
 """PH2 dermoscopy (Mendonca et al. 2013).
 
 Layout: ``PH2Dataset/PH2 Dataset images/IMD002/IMD002_Dermoscopic_Image/IMD002.bmp`` with
-``IMD002_lesion/IMD002_lesion.bmp`` (the ``IMD002_roi/`` folders are ignored). Split: 80 train,
-20 validation, 100 test of the 200 images (seeded).
+``IMD002_lesion/IMD002_lesion.bmp`` (the ``IMD002_roi/`` folders are ignored). Split: the authors' published
+lists (80 train, 20 validation, 100 test; ``common/resources/splits/ph2``). They equal our former seeded split
+(seed 42, 40/10/50), which ``PH2(seeded=True)`` still gives.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import os
 import re
 
-from common.data.base import Scan, describe_folder, find_folder, layout_error
+from common.data.base import Cases, Scan, describe_folder, find_folder, layout_error
 from common.data.masks import BinaryMaskDataset
+from common.data.splits import AUTHORS_LIST, DEFAULT_SEED, Splits, published_list
 
 _CASE = re.compile(r"^IMD\d{3}$")
 
@@ -28,6 +30,19 @@ class PH2(BinaryMaskDataset):
     label_names = ("background", "lesion")
     label_values = {0: "background", 255: "lesion"}
     fractions = (0.4, 0.1, 0.5)
+
+    def __init__(self, root: str | os.PathLike | None = None, seed: int = DEFAULT_SEED, seeded: bool = False):
+        super().__init__(root, seed)
+        self.seeded = seeded
+
+    def default_splits(self, cases: Cases) -> Splits:
+        if self.seeded:
+            return super().default_splits(cases)
+        lists = {"train": "train", "validation": "val", "test": "test"}
+        return {name: sorted(c for c in published_list("ph2", file) if c in cases) for name, file in lists.items()}
+
+    def split_origin(self) -> str:
+        return super().split_origin() if self.seeded else f"{AUTHORS_LIST} (80 / 20 / 100)"
 
     def scan(self, root: str | os.PathLike | None = None) -> Scan:
         root = self._root(root)

@@ -16,6 +16,8 @@ from pathlib import Path
 from common.io.atomic import atomic_path
 
 SPLIT_NAMES = ("train", "validation", "test")
+#: Where a dataset's default split comes from, as ``data check`` reports it.
+AUTHORS_LIST, TRANSUNET_LIST, SEEDED_SPLIT = "the authors' published list", "TransUNet's list", "our seeded split"
 DEFAULT_SEED = 42
 
 Splits = dict[str, list[str]]
@@ -79,3 +81,12 @@ def _validate(splits: Splits, path: Path) -> None:
     for name, ids in splits.items():
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise SplitFileError(f"{path}: split '{name}' must be a list of case identifiers (strings)")
+
+
+def published_list(dataset: str, name: str) -> list[str]:
+    """A case-ID list the PVT-GDLA authors published (``splits/<dataset>/<name>.txt`` of their repository),
+    shipped in ``common/resources/splits``; one ID per line, in the authors' spelling."""
+    from importlib.resources import files
+
+    text = (files("common") / "resources" / "splits" / dataset / f"{name}.txt").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip()]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data.base import Cases, DatasetReader, Entry, SampleError, Scan, describe_folder, find_folder, layout_error
-from common.data.splits import DEFAULT_SEED, Splits
+from common.data.splits import DEFAULT_SEED, TRANSUNET_LIST, Splits
 from common.io.images import read_image_2d
 from common.io.volumes import load_volume, volume_shape
 
@@ -55,6 +55,23 @@ TRANSUNET_TRAIN_CASES = tuple(
 )
 TRANSUNET_TRAIN_SLICES = 2211
 
+#: ``validation`` choices: the authors' protocol (select on the 12 test cases) or a held-out set of training cases.
+VALIDATION_CHOICES = ("test_set", "held_out")
+HELD_OUT_VALIDATION_CASES = 4  # of the 18 training cases, seeded; 14 remain for training
+SELECTION_TEXT = {
+    "test_set": "checkpoint selected on the test set (authors' protocol)",
+    "held_out": f"checkpoint selected on {HELD_OUT_VALIDATION_CASES} validation cases held out of the 18 training "
+                "cases (not the authors' protocol)",
+}
+
+
+def validation_cases_for(validation: str) -> int:
+    """``validation_cases`` for a ``validation`` choice: 0 (validate on the test cases) or the held-out count."""
+    if validation not in VALIDATION_CHOICES:
+        raise ValueError(f"validation {validation!r}: expected one of {VALIDATION_CHOICES}")
+    return 0 if validation == "test_set" else HELD_OUT_VALIDATION_CASES
+
+
 _NPZ_NAME = re.compile(r"^(case\d{4})_slice(\d{3,4})\.npz$")
 _H5_NAME = re.compile(r"^(case\d{4})\.npy\.h5$")
 _BTCV_IMAGE = re.compile(r"^img(\d{4})\.nii(\.gz)?$")
@@ -81,6 +98,11 @@ class _TransUNetSplit(DatasetReader):
             return {"train": train, "validation": list(test), "test": test}
         held_out = sorted(random.Random(self.seed).sample(train, min(self.validation_cases, len(train))))
         return {"train": [c for c in train if c not in held_out], "validation": held_out, "test": test}
+
+    def split_origin(self) -> str:
+        validation = (f"validation = {self.validation_cases} training cases held out (seed {self.seed})"
+                      if self.validation_cases else "validation = the test cases (authors' protocol)")
+        return f"{TRANSUNET_LIST} (18 train / 12 test); {validation}"
 
     def _split_notes(self, cases: Cases) -> list[str]:
         notes = []

@@ -7,9 +7,12 @@ or in timm's (``patch_embed.proj.weight``, ``stages.0.blocks.0.attn.q.weight``).
 
 from __future__ import annotations
 
+import pickle
+import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 import torch.nn as nn
@@ -49,20 +52,59 @@ def remap_pvt_v2_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return checkpoint_filter_fn(state_dict, None)
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a tensor dict from ``path`` safely (``weights_only``), unwrapping ``state_dict`` / ``model`` nesting."""
+def _numpy_scalar_globals() -> list:
+    """The numpy objects a pickled numpy scalar (e.g. the authors' ``best_dice``, a ``float32``) refers to.
+
+    Only the scalar reconstructor, ``numpy.dtype`` and the plain numeric dtype classes: a file naming any other
+    global is still refused. Files written under numpy 1 name the reconstructor ``numpy.core.multiarray.scalar``.
+    """
+    core = np._core if hasattr(np, "_core") else np.core
+    scalar = core.multiarray.scalar
+    allowed: list = [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype]
+    names = ("Float16DType", "Float32DType", "Float64DType", "Int32DType", "Int64DType", "BoolDType")
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
+    allowed += [getattr(dtypes, name) for name in names if dtypes is not None and hasattr(dtypes, name)]
+    return allowed
+
+
+NUMPY_SCALAR_GLOBALS = _numpy_scalar_globals()
+
+#: Keys under which checkpoints nest the network's tensors (the authors' ``.ckpt``: ``model_state_dict``).
+STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "network")
+
+
+def load_checkpoint_file(path: str | Path) -> object:
+    """``torch.load`` with ``weights_only=True`` and only the numpy scalar types allowed besides tensors.
+
+    Raises ``ValueError`` naming the file and, when the file holds some other Python object, what was found.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(NUMPY_SCALAR_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        what = f"it refers to {found[1]}" if found else str(err).splitlines()[-1]
+        raise ValueError(
+            f"{path}: refused; expected tensors, numbers and numpy scalars only (weights_only=True), but {what}"
+        ) from err
     except Exception as err:  # a truncated or non-torch file
         raise ValueError(f"{path}: not a readable PyTorch weights file ({err})") from err
-    for key in ("state_dict", "model", "network"):
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a tensor dict from ``path`` safely (``weights_only``), unwrapping ``model_state_dict`` / ``state_dict``
+    / ``model`` nesting (the authors' ``.ckpt`` files, ours, Lightning's)."""
+    obj = load_checkpoint_file(path)
+    for key in STATE_DICT_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
+            break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+        keys = f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else ""
+        raise ValueError(f"{path}: expected a dict of tensors, found {type(obj).__name__}{keys}")
     return obj
 
 
