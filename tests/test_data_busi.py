@@ -18,7 +18,7 @@ def test_cases_classes_and_extra_masks(tmp_path):
     cases = reader.scan(root).cases
     assert len(cases) == 10 and "benign (6)" in cases and cases["normal (1)"][0]["class"] == "normal"
     assert [p.rsplit("/", 1)[1] for p in cases["benign (3)"][0]["label"]] == ["benign (3)_mask.png"]
-    assert any("1 extra mask file(s)" in note for note in reader.scan(root).notes)
+    assert any("3 extra mask file(s)" in note for note in reader.scan(root).notes)  # one per 3rd image
     entry = get_dataset("busi", unite_masks=True).scan(root).cases["benign (3)"][0]
     assert [p.rsplit("/", 1)[1] for p in entry["label"]] == ["benign (3)_mask.png", "benign (3)_mask_1.png"]
     union = read_binary_mask(entry["label"])[0]
