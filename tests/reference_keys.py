@@ -36,3 +36,24 @@ def random_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
         else:
             state[key] = torch.randn(shape, generator=generator)
     return state
+
+
+def write_authors_checkpoint(path: Path, state: dict[str, torch.Tensor], training: bool = False) -> Path:
+    """A ``.ckpt`` in the authors' exact format: ``torch.save({"model_state_dict": ...})``; a training file also
+    holds the optimizer and timm scheduler states, ``epoch`` and ``best_dice`` (a numpy float32, as their
+    ``np.mean`` over the per-class meter gives)."""
+    import numpy as np
+    from timm.scheduler import CosineLRScheduler
+
+    document: dict = {"model_state_dict": state}
+    if training:
+        parameters = [torch.nn.Parameter(v.clone().float()) for v in list(state.values())[:3]]
+        optimizer = torch.optim.AdamW(parameters, lr=5e-4, weight_decay=0.01)
+        sum(p.sum() for p in parameters).backward()
+        optimizer.step()
+        scheduler = CosineLRScheduler(optimizer, t_initial=100, lr_min=5e-6, warmup_t=2, warmup_lr_init=1e-7,
+                                      warmup_prefix=False)
+        document.update(optimizer_state_dict=optimizer.state_dict(), lr_scheduler_state_dict=scheduler.state_dict(),
+                        epoch=57, best_dice=np.float32(0.8532))
+    torch.save(document, path)
+    return path

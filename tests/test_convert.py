@@ -7,7 +7,7 @@ import torch
 
 from common.convert import CheckpointMismatchError, load_reference_checkpoint
 from common.networks import create_network
-from reference_keys import REFERENCE_LAYOUTS, random_state_dict
+from reference_keys import REFERENCE_LAYOUTS, random_state_dict, write_authors_checkpoint
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_LAYOUTS))
@@ -28,6 +28,30 @@ def test_reference_layout_loads_strictly_and_every_tensor_lands(name, tmp_path):
     assert torch.equal(ours["backbone.stages.3.norm.weight"], state["backbone.norm4.weight"])
     fingerprint = lambda t: (tuple(t.shape), round(float(t.double().sum()), 6))  # noqa: E731
     assert sorted(map(fingerprint, ours.values())) == sorted(map(fingerprint, state.values()))  # every value placed
+
+@pytest.mark.parametrize("training", [False, True], ids=["released", "training"])
+def test_the_authors_ckpt_files_load_with_weights_only(training, tmp_path):
+    """Their ``.ckpt``: ``{"model_state_dict": ...}``, training files with optimizer/scheduler states and a numpy
+    float32 ``best_dice``; read with ``weights_only=True`` and only the numpy scalar types allowed."""
+    model = create_network("pvt_gdla", encoder_weights="random")
+    state = random_state_dict("pvt_gdla", seed=3)
+    path = write_authors_checkpoint(tmp_path / "best.ckpt", state, training=training)
+    load_reference_checkpoint(model, path)
+    assert torch.equal(model.state_dict()["backbone.stages.3.norm.weight"], state["backbone.norm4.weight"])
+
+
+def test_a_checkpoint_holding_other_objects_is_refused_naming_them(tmp_path):
+    import numpy as np
+
+    model = create_network("pvt_gdla", encoder_weights="random")
+    path = tmp_path / "odd.ckpt"
+    torch.save({"model_state_dict": random_state_dict("pvt_gdla"), "confusion": np.zeros((2, 2))}, path)
+    with pytest.raises(ValueError, match=r"odd.ckpt: refused; .* it refers to numpy\._core\.multiarray\._reconstruct"):
+        load_reference_checkpoint(model, path)
+    torch.save({"epoch": 3, "best_dice": 0.5}, path)
+    with pytest.raises(ValueError, match=r"odd.ckpt: expected a dict of tensors, found dict with keys \['best_dice', "):
+        load_reference_checkpoint(model, path)
+
 
 def test_data_parallel_prefix_is_accepted():
     model = create_network("pvt_linearattn", encoder_weights="random")
