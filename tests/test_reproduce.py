@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import h5py
@@ -17,6 +18,7 @@ from common.networks import create_network
 from reference_keys import random_state_dict, write_authors_checkpoint
 
 
+@pytest.mark.slow
 def test_reproduce_a_synapse_row_from_an_authors_training_checkpoint(tmp_path, capsys):
     """Their ``.ckpt`` (with optimizer, scheduler, epoch, numpy best_dice) through the bundle's evaluation: both
     metric modes beside the published row, excluded pairs, the selection protocol, exit 0."""
@@ -50,6 +52,7 @@ def test_reproduce_a_synapse_row_from_an_authors_training_checkpoint(tmp_path, c
     assert {r["case"] for r in read_csv(tmp_path / "out" / "eval" / "cases.csv")} == {"case0001.npy.h5"}
 
 
+@pytest.mark.slow
 def test_reproduce_with_our_weights_on_ph2(tmp_path, capsys):
     """``--weights`` (our names, wrapped as the authors wrap theirs) on PH2's published test list."""
     data = layouts.write_ph2(tmp_path / "data", n_images=10)
@@ -71,3 +74,19 @@ def test_reproduce_refuses_a_bundle_without_a_published_row(tmp_path, capsys):
     code = main(["reproduce", "--bundle", "pvt_gdla_xattnres_synapse_segmentation", "--dataset_dir", str(tmp_path),
                  "--weights", str(tmp_path / "x.pt")])
     assert code == 2 and "publishes no row" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_reproduce_trains_seeds_and_reports_mean_and_sd(tmp_path, capsys):
+    data = layouts.write_ph2(tmp_path / "data", n_images=12)  # IMD024 is on the authors' validation list
+    small = {**SMALL, "network_def#encoder": "pvt_v2_b0", "epochs": 1, "warmup_epochs": 0, "batch_size": 2,
+             "iterations_per_epoch": 1}
+    code = main(["reproduce", "--bundle", "pvt_gdla_ph2_segmentation", "--dataset_dir", str(data), "--train",
+                 "--seeds", "2", "--encoder_weights", "random", "--output", str(tmp_path / "out"),
+                 *[f"--set={k}={json.dumps(v)}" for k, v in small.items()]])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert (tmp_path / "out" / "seed42" / "models" / "model.pt").is_file()
+    assert (tmp_path / "out" / "seed43" / "eval" / "cases.csv").is_file()
+    assert "2 seed(s), mean +- sd:" in printed
+    assert re.search(r"^mean Dice\s+\d+\.\d\d \+- \d+\.\d\d\s+95\.59", printed, re.MULTILINE), printed
