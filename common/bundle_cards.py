@@ -91,8 +91,9 @@ def _recipe_text(spec: BundleSpec) -> str:
         encoder = "The network starts from random weights."
     return (
         f"Source: {recipe.source}. AdamW (lr {recipe.learning_rate}, betas 0.9/0.999, weight decay "
-        f"{recipe.weight_decay}, none on biases and 1-D parameters), gradient clipping at 1.0, cosine schedule per "
-        f"iteration after {recipe.warmup_epochs} warm-up epochs (from 1e-6, to 1e-6), {recipe.epochs} epochs, "
+        f"{recipe.weight_decay}, none on biases and 1-D parameters), gradient clipping at 1.0, per-iteration cosine "
+        f"schedule over the whole run with a linear warm-up over its first {recipe.warmup_epochs} epochs (from 1e-6, "
+        f"to 1e-6; timm's CosineLRScheduler as the authors use it), {recipe.epochs} epochs, "
         f"batch {recipe.batch_size}, fp32, seed 42, {loss}; best checkpoint by mean validation Dice. {encoder}"
     )
 

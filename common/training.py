@@ -35,12 +35,28 @@ def decay_param_groups(network: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def warmup_cosine_lr(
-    step: int, base_lr: float, warmup_steps: int, total_steps: int, start_lr: float = 1e-6, min_lr: float = 1e-6
+    step: int,
+    base_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    start_lr: float = 1e-6,
+    min_lr: float = 1e-6,
+    warmup_prefix: bool = False,
 ) -> float:
-    """Learning rate at iteration ``step``: linear ``start_lr -> base_lr`` over ``warmup_steps``, then cosine to ``min_lr``."""
+    """Learning rate at iteration ``step``: linear ``start_lr -> base_lr`` over ``warmup_steps``, cosine to ``min_lr``.
+
+    By default the cosine runs over all ``total_steps`` counted from step 0 and the warm-up overrides its start,
+    as timm's ``CosineLRScheduler(warmup_prefix=False, cycle_limit=1, t_in_epochs=False)`` in the authors' code.
+    ``warmup_prefix=True`` starts the cosine after the warm-up instead (over ``total_steps - warmup_steps``).
+    """
     if step < warmup_steps:
         return start_lr + (base_lr - start_lr) * step / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if warmup_prefix:
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    else:
+        progress = step / max(1, total_steps)
+    if progress >= 1.0:
+        return min_lr
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
@@ -54,9 +70,12 @@ class WarmupCosineLR(LambdaLR):
         total_steps: int,
         start_lr: float = 1e-6,
         min_lr: float = 1e-6,
+        warmup_prefix: bool = False,
     ):
         def factor(base_lr: float):
-            return lambda step: warmup_cosine_lr(step, base_lr, warmup_steps, total_steps, start_lr, min_lr) / base_lr
+            return lambda step: warmup_cosine_lr(
+                step, base_lr, warmup_steps, total_steps, start_lr, min_lr, warmup_prefix
+            ) / base_lr
 
         super().__init__(optimizer, [factor(group["lr"]) for group in optimizer.param_groups])
 

@@ -32,9 +32,32 @@ def test_warmup_then_cosine_values():
     lr = lambda step: warmup_cosine_lr(step, 5e-4, warmup_steps=10, total_steps=110)  # noqa: E731
     assert lr(0) == pytest.approx(1e-6)
     assert lr(5) == pytest.approx(1e-6 + (5e-4 - 1e-6) * 0.5)
-    assert lr(10) == pytest.approx(5e-4)
-    assert lr(60) == pytest.approx(1e-6 + 0.5 * (5e-4 - 1e-6) * (1 + math.cos(math.pi * 0.5)))
+    assert lr(10) == pytest.approx(1e-6 + 0.5 * (5e-4 - 1e-6) * (1 + math.cos(math.pi * 10 / 110)))  # no restart
+    assert lr(55) == pytest.approx(1e-6 + 0.5 * (5e-4 - 1e-6))
     assert lr(110) == pytest.approx(1e-6) and lr(500) == pytest.approx(1e-6)
+    prefixed = lambda step: warmup_cosine_lr(step, 5e-4, 10, 110, warmup_prefix=True)  # noqa: E731
+    assert prefixed(10) == pytest.approx(5e-4) and prefixed(60) == pytest.approx(1e-6 + 0.5 * (5e-4 - 1e-6))
+
+
+@pytest.mark.parametrize("warmup_lr, min_lr", [(1e-6, 1e-6), (1e-7, 5e-6)])
+def test_schedule_is_timms_cosine_without_warmup_prefix(warmup_lr, min_lr):
+    """The authors' lr_scheduler.py: timm CosineLRScheduler(t_initial=n_steps, warmup_t, cycle_limit=1,
+    t_in_epochs=False), stepped per update. Synapse: 200 epochs of 277 iterations, 10 warm-up epochs."""
+    from timm.scheduler import CosineLRScheduler
+
+    per_epoch, base = 277, 5e-4
+    total, warmup = 200 * per_epoch, 10 * per_epoch
+    optimizer = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=base)
+    timm_schedule = CosineLRScheduler(optimizer, t_initial=total, lr_min=min_lr, warmup_lr_init=warmup_lr,
+                                      warmup_t=warmup, cycle_limit=1, t_in_epochs=False)
+    for step in (0, 1, 500, warmup - 1, warmup, warmup + 1, 100 * per_epoch, total - 1, total, total + 50):
+        timm_schedule.step_update(step)
+        ours = warmup_cosine_lr(step, base, warmup, total, start_lr=warmup_lr, min_lr=min_lr)
+        assert ours == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12, abs=1e-15), step
+    if warmup_lr == 1e-6:  # the issue's figures at epoch 100: timm 2.51e-4, the restarted cosine 2.71e-4
+        assert warmup_cosine_lr(100 * per_epoch, base, warmup, total) == pytest.approx(2.505e-4, abs=1e-7)
+        assert warmup_cosine_lr(100 * per_epoch, base, warmup, total, warmup_prefix=True) == pytest.approx(
+            2.71e-4, abs=1e-6)
 
 
 def test_scheduler_applies_the_schedule_to_every_group():
