@@ -18,11 +18,12 @@ Families (from the dataset reader's ``augmentation`` attribute):
 
 - ``"transunet"`` (Synapse, ACDC, UW-Madison, nnU-Net): with p 0.5 a random rot90 (k in 0-3) plus a
   flip along a random axis, else with p 0.5 a rotation by an integer angle in [-20, 20) degrees
-  (``scipy.ndimage.rotate`` as TransUNet: nearest neighbour, zero fill); then resize (image bicubic,
-  label nearest).
-- ``"photo"`` (BUSI, HAM10000, PH2): resize first (image bilinear, label nearest), then rotation up to
+  (``scipy.ndimage.rotate`` as TransUNet: nearest neighbour, zero fill); then resize as TransUNet
+  (``scipy.ndimage.zoom``: image cubic spline, label order 0; :mod:`common.resize`).
+- ``"photo"`` (BUSI, HAM10000, PH2): resize first as the authors' torchvision ``Resize`` (image bilinear
+  with anti-aliasing, label ``NEAREST``; :mod:`common.resize`), then rotation up to
   30 degrees (p 0.5, reflected border), horizontal and vertical flips (p 0.5 each),
-  brightness/contrast 0.2 (p 0.5), Gaussian blur with kernel 3, 5 or 7 (p 0.3), elastic deformation
+  brightness/contrast 0.2 (p 0.2, the authors' albumentations call), Gaussian blur with kernel 3, 5 or 7 (p 0.3), elastic deformation
   (p 0.3); per-image min-max to [0, 1]; mask to {0, 1}. The probabilities the spec leaves open and the
   elastic strength (alpha 1, sigma 50 pixels) follow albumentations' defaults.
 """
@@ -65,6 +66,7 @@ from common.data.splits import DEFAULT_SEED
 from common.data.uwmgi import decode_rle
 from common.io.images import read_binary_mask, read_image_2d
 from common.io.volumes import DISPLAY_AXCODES, VolumeReadError, load_volume
+from common.resize import ResizePictured, ZoomSliced
 
 CT_WINDOW_HU = (-125.0, 275.0)
 INPUT_SIZE = (224, 224)
@@ -414,7 +416,7 @@ def photo_augmentation(keys: Sequence[str] = KEYS) -> list:
         RandRotated(keys, range_x=np.deg2rad(30), prob=0.5, mode=("bilinear", "nearest"), padding_mode="reflection"),
         RandFlipd(keys, prob=0.5, spatial_axis=1),
         RandFlipd(keys, prob=0.5, spatial_axis=0),
-        RandBrightnessContrastd(image, brightness=0.2, contrast=0.2, prob=0.5, max_value=255.0),
+        RandBrightnessContrastd(image, brightness=0.2, contrast=0.2, prob=0.2, max_value=255.0),
         RandGaussianBlurd(image, kernel_sizes=(3, 5, 7), prob=0.3),
         RandElasticd(keys, prob=0.3, mode=("bilinear", "nearest")),
     ]
@@ -458,12 +460,12 @@ def train_transforms(
     spatial_size = tuple(spatial_size)
     steps = _load_2d(reader) if reader.stored_as == "slices" else []
     if reader.augmentation == "photo":
-        steps += [Resized(KEYS, spatial_size, mode=("bilinear", "nearest-exact")), *photo_augmentation(KEYS)]
+        steps += [ResizePictured(KEYS, spatial_size), *photo_augmentation(KEYS)]
         steps += [ScaleIntensityd("image", minv=0.0, maxv=1.0), AsDiscreted("label", threshold=0.5)]
     else:
         if reader.stored_as == "slices":
             steps.append(_intensity_transform(reader.intensity))
-        steps += [transunet_augmentation(KEYS), Resized(KEYS, spatial_size, mode=("bicubic", "nearest-exact"))]
+        steps += [transunet_augmentation(KEYS), ZoomSliced(KEYS, spatial_size)]
     steps.append(EnsureTyped(KEYS, dtype=torch.float32, track_meta=False))
     return Compose(steps).set_random_state(seed=seed)
 
@@ -477,11 +479,13 @@ def eval_transforms(dataset: str | DatasetReader, spatial_size: Sequence[int] = 
     reader = get_dataset(dataset)
     if reader.spatial_dims == 3:
         return volume_transforms(reader)
-    image_mode = "bilinear" if reader.augmentation == "photo" else "bicubic"
     steps = _load_2d(reader, allow_missing_labels=True)
     if reader.augmentation != "photo":
         steps.append(_intensity_transform(reader.intensity))
-    steps.append(Resized(KEYS, tuple(spatial_size), mode=(image_mode, "nearest-exact"), allow_missing_keys=True))
+    if reader.augmentation == "photo":
+        steps.append(ResizePictured(KEYS, spatial_size, allow_missing_keys=True))
+    else:
+        steps.append(Resized(KEYS, tuple(spatial_size), mode=("bicubic", "nearest-exact"), allow_missing_keys=True))
     if reader.augmentation == "photo":
         steps += [
             ScaleIntensityd("image", minv=0.0, maxv=1.0),

@@ -163,3 +163,42 @@ def test_mask_union_and_run_length_decoding(tmp_path):
     assert decoded.shape == (3, 4, 5)
     assert decoded[0].flatten().nonzero().flatten().tolist() == [0, 1, 2, 9, 10]
     assert decoded[1].sum() == 0 and decoded[2].flatten().nonzero().flatten().tolist() == [19]
+
+
+def test_picture_resize_is_the_authors_torchvision_resize():
+    """datasets/*/transform.py: TF.Resize(BILINEAR, antialias=True) on the uint8 picture, TF.Resize(NEAREST) on
+    the mask; downscaling (where anti-aliasing matters) and upscaling, odd sizes."""
+    import torchvision.transforms.v2 as TF
+
+    from common.resize import ResizePictured
+
+    rng = np.random.default_rng(5)
+    for shape in ((3, 181, 253), (3, 97, 61)):
+        picture = torch.from_numpy(rng.integers(0, 256, shape, dtype=np.uint8))
+        mask = torch.from_numpy((rng.random((1, *shape[1:])) < 0.3).astype(np.uint8) * 255)
+        out = ResizePictured(("image", "label"), (224, 224))({"image": picture.float(), "label": mask.float() / 255})
+        theirs_image = TF.Resize(size=(224, 224), interpolation=TF.InterpolationMode.BILINEAR, antialias=True)(picture)
+        theirs_mask = TF.Resize(size=(224, 224), interpolation=TF.InterpolationMode.NEAREST)(mask)
+        assert torch.equal(out["image"], theirs_image.float())
+        assert torch.equal(out["label"], (theirs_mask > 0).float())
+
+
+def test_slice_resize_is_transunets_scipy_zoom():
+    from scipy.ndimage import zoom
+
+    from common.resize import ZoomSliced
+
+    rng = np.random.default_rng(6)
+    image = rng.random((1, 512, 512)).astype(np.float32)
+    label = rng.integers(0, 9, (1, 512, 512)).astype(np.float32)
+    out = ZoomSliced(("image", "label"), (224, 224))({"image": torch.from_numpy(image), "label": torch.from_numpy(label)})
+    np.testing.assert_array_equal(out["image"][0].numpy(), zoom(image[0], (224 / 512, 224 / 512), order=3))
+    np.testing.assert_array_equal(out["label"][0].numpy(), zoom(label[0], (224 / 512, 224 / 512), order=0))
+
+
+def test_photo_augmentation_probabilities_are_the_authors():
+    """A.Rotate(p=0.5), flips p 0.5, A.RandomBrightnessContrast(p=0.2), A.GaussianBlur(p=0.3), elastic p 0.3."""
+    from common.transforms import photo_augmentation
+
+    probabilities = {type(t).__name__ + str(i): t.prob for i, t in enumerate(photo_augmentation())}
+    assert list(probabilities.values()) == [0.5, 0.5, 0.5, 0.2, 0.3, 0.3]
