@@ -146,3 +146,16 @@ def test_training_dataset_yields_network_sized_slices(mni_nnunet):
     item = next(iter(dataset))
     assert item["image"].shape == (1, 64, 64) and item["label"].shape == (1, 64, 64)
     assert set(torch.unique(item["label"]).tolist()) <= {0.0, 1.0}
+
+
+def test_volume_slices_are_shuffled_across_the_whole_split_by_default(mni_nnunet):
+    """The authors shuffle pre-cut slices over the whole training split: by default the two volumes' slices
+    interleave; with ``volumes_in_memory=1`` each volume's slices come as one block."""
+    folder, t1_data, _ = mni_nnunet
+    reader = get_dataset("nnunet", root=folder)
+    datalist = [e for entries in reader.scan().cases.values() for e in entries]
+    whole = [s["case"] for s in VolumeSliceDataset(datalist, volume_transforms(reader), AxialSlicesd(mode="all"))]
+    grouped = [s["case"] for s in VolumeSliceDataset(datalist, volume_transforms(reader), AxialSlicesd(mode="all"),
+                                                     volumes_in_memory=1)]
+    changes = lambda cases: sum(a != b for a, b in zip(cases, cases[1:]))  # noqa: E731
+    assert changes(grouped) == 1 and changes(whole) > 10 and len(whole) == 2 * t1_data.shape[2]
