@@ -293,7 +293,7 @@ def _evaluation_section(spec: BundleSpec, split: str, handlers: list) -> dict:
         "postprocessing": {"_target_": "Compose", "transforms": postprocessing},
         "key_metric": {
             "val_mean_dice": {
-                "_target_": "MeanDice",
+                "_target_": "common.evaluation.ClassMeanDice",
                 "include_background": bool(reader.multilabel),
                 "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
             }

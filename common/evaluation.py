@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
+from monai.handlers import IgniteMetricHandler
+from monai.metrics import DiceMetric
 
 from .io.volumes import HDF5_SUFFIXES
 from .metrics import (
@@ -66,6 +68,20 @@ def _spacing(label: torch.Tensor) -> list[float] | None:
     affine = torch.as_tensor(label.affine, dtype=torch.float64)
     spatial = label.ndim - 1
     return [float(v) for v in torch.linalg.norm(affine[:spatial, :spatial], dim=0)]
+
+
+class ClassMeanDice(IgniteMetricHandler):
+    """Validation Dice averaged per class first (over the cases where the class is in the truth), then over the
+    classes, as the authors' ``DiceMetric(reduction="mean_batch")`` with a per-class meter does; MONAI's
+    ``MeanDice`` instead averages over every (case, class) pair. Expects one-hot ``pred`` and ``label``."""
+
+    def __init__(self, include_background: bool = False, output_transform=lambda x: x, save_details: bool = False):
+        metric = DiceMetric(include_background=include_background, reduction="mean_batch")
+        super().__init__(metric_fn=metric, output_transform=output_transform, save_details=save_details)
+
+    def compute(self) -> float:
+        per_class = torch.as_tensor(super().compute(), dtype=torch.float64).reshape(-1)
+        return float(per_class.nanmean())
 
 
 class CaseMetricsWriter:

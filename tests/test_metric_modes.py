@@ -194,3 +194,22 @@ def test_a_case_that_cannot_be_scored_fails_the_run_after_scoring_the_others(tmp
     with pytest.raises(CaseScoringError, match=r"1 case\(s\) could not be scored.*broken: case broken: prediction"):
         _run_writer(tmp_path, items)
     assert len({r["case"] for r in read_csv(tmp_path / "cases.csv")}) == 3  # the others were scored and written
+
+
+def test_selection_metric_averages_per_class_first():
+    """Class a in both cases (Dice 1 and 2/3), class b in one case (Dice 0): per class first gives
+    (5/6 + 0) / 2 = 5/12, where the mean over the three (case, class) pairs would give 5/9."""
+    from common.evaluation import ClassMeanDice
+
+    def one_hot(label_map: np.ndarray) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.from_numpy(label_map), 3).permute(2, 0, 1).float()
+
+    truth1, pred1 = np.zeros((4, 4), np.int64), np.zeros((4, 4), np.int64)
+    truth1[:2, :2] = pred1[:2, :2] = 1  # a: Dice 1; b absent from the truth (NaN, ignored)
+    truth2, pred2 = np.zeros((4, 4), np.int64), np.zeros((4, 4), np.int64)
+    truth2[0, :2], pred2[0, :1] = 1, 1  # a: 2 * 1 / (2 + 1)
+    truth2[3, 3] = 2  # b missed: Dice 0
+    metric = ClassMeanDice()
+    metric.reset()
+    metric.update(([one_hot(pred1), one_hot(pred2)], [one_hot(truth1), one_hot(truth2)]))
+    assert metric.compute() == pytest.approx(((1 + 2 / 3) / 2 + 0) / 2)
