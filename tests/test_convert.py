@@ -90,3 +90,18 @@ def test_unreadable_checkpoint_file_is_named(tmp_path):
         load_reference_checkpoint(create_network("pvt_linearattn", encoder_weights="random"), bad)
     with pytest.raises(FileNotFoundError, match="missing.pth does not exist"):
         load_reference_checkpoint(create_network("pvt_linearattn", encoder_weights="random"), tmp_path / "missing.pth")
+
+
+def test_segment_weights_accept_the_authors_ckpt(tmp_path):
+    """``segment --weights`` (load_bundle) reads an authors' training .ckpt into the bundle's network."""
+    from pathlib import Path
+
+    from common.segment import load_bundle
+    from reference_keys import write_authors_checkpoint
+
+    state = random_state_dict("pvt_gdla", seed=5)
+    path = write_authors_checkpoint(tmp_path / "best.ckpt", state, training=True)
+    bundle = Path(__file__).resolve().parent.parent / "bundles" / "pvt_gdla_synapse_segmentation"
+    segmenter = load_bundle(bundle, weights=path, device="cpu")
+    assert torch.equal(segmenter.network.state_dict()["backbone.stages.0.norm.weight"],
+                       state["backbone.norm1.weight"])
