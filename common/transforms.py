@@ -23,8 +23,8 @@ Families (from the dataset reader's ``augmentation`` attribute):
 - ``"photo"`` (BUSI, HAM10000, PH2): resize first as the authors' torchvision ``Resize`` (image bilinear
   with anti-aliasing, label ``NEAREST``; :mod:`common.resize`), then rotation up to
   30 degrees (p 0.5, reflected border), horizontal and vertical flips (p 0.5 each),
-  brightness/contrast 0.2 (p 0.2, the authors' albumentations call), Gaussian blur with kernel 3, 5 or 7 (p 0.3), elastic deformation
-  (p 0.3); per-image min-max to [0, 1]; mask to {0, 1}. The probabilities the spec leaves open and the
+  brightness/contrast 0.2 (p 0.2, the authors' albumentations call), Gaussian blur with kernel 3, 5 or 7
+  (p 0.3), elastic deformation (p 0.3); per-image min-max to [0, 1]; mask to {0, 1}. The probabilities the spec leaves open and the
   elastic strength (alpha 1, sigma 50 pixels) follow albumentations' defaults.
 """
 

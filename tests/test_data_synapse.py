@@ -112,3 +112,28 @@ def test_raw_btcv_missing_label_and_wrong_folder(tmp_path):
         DatasetLayoutError, match=r"expected: RawData/Training/img/img0001.nii.gz(.|\n)*found: .* is empty"
     ):
         get_dataset("synapse_raw").scan(empty)
+
+
+def test_bundle_validation_switch_holds_out_training_cases():
+    """The Synapse bundles' ``validation`` entry: ``test_set`` (the authors' protocol) or ``held_out``."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    from common.data.synapse import SELECTION_TEXT, validation_cases_for
+
+    config = Path(__file__).resolve().parent.parent / "bundles" / "pvt_gdla_synapse_segmentation" / "configs"
+    parser = ConfigParser()
+    parser.read_config(str(config / "train.json"))
+    assert parser["validation"] == "test_set" and parser.get_parsed_content("reader").validation_cases == 0
+    parser["validation"] = "held_out"
+    reader = parser.get_parsed_content("reader", lazy=False)
+    assert reader.validation_cases == validation_cases_for("held_out") == 4
+    assert "held out (seed 42)" in reader.split_origin() and "TransUNet's list" in reader.split_origin()
+    cases = {f"case{n:04d}": [] for n in range(1, 41)}
+    splits = reader.default_splits(cases)
+    assert len(splits["validation"]) == 4 and len(splits["test"]) == 12 and not set(splits["validation"]) & set(
+        splits["test"])
+    assert "authors' protocol" in SELECTION_TEXT["test_set"] and "not the authors'" in SELECTION_TEXT["held_out"]
+    with pytest.raises(ValueError, match="expected one of"):
+        validation_cases_for("test")

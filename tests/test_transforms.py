@@ -191,7 +191,8 @@ def test_slice_resize_is_transunets_scipy_zoom():
     rng = np.random.default_rng(6)
     image = rng.random((1, 512, 512)).astype(np.float32)
     label = rng.integers(0, 9, (1, 512, 512)).astype(np.float32)
-    out = ZoomSliced(("image", "label"), (224, 224))({"image": torch.from_numpy(image), "label": torch.from_numpy(label)})
+    out = ZoomSliced(("image", "label"), (224, 224))(
+        {"image": torch.from_numpy(image), "label": torch.from_numpy(label)})
     np.testing.assert_array_equal(out["image"][0].numpy(), zoom(image[0], (224 / 512, 224 / 512), order=3))
     np.testing.assert_array_equal(out["label"][0].numpy(), zoom(label[0], (224 / 512, 224 / 512), order=0))
 

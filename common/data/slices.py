@@ -4,8 +4,9 @@
 cuts them into slices with :class:`common.transforms.AxialSlicesd`, shuffles the slices of those volumes
 together and yields them through the per-slice transform. By default every slice of the split is shuffled
 with every other, as the authors' loader over pre-cut slices does (raw BTCV: about 3 GB of memory for the 18
-training volumes); a cap of ``n`` shuffles within groups of ``n`` volumes to save memory. :func:`training_dataset` picks it, or a plain MONAI
-``Dataset`` for datasets stored as 2-D files, with the dataset's published pipeline.
+training volumes); a cap of ``n`` shuffles within groups of ``n`` volumes to save memory.
+:func:`training_dataset` picks it, or a plain MONAI ``Dataset`` for datasets stored as 2-D files, with the
+dataset's published pipeline.
 """
 
 from __future__ import annotations
