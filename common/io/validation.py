@@ -128,8 +128,10 @@ def _check_nifti_header(path: Path) -> None:
     try:
         header = nib.load(path).header
     except Exception as exc:
-        raise VolumeReadError(f"{path}: expected a NIfTI-1 or NIfTI-2 header; cannot read it ({short_reason(exc)})"
-                              ) from exc
+        raise VolumeReadError(
+            f"{path}: expected a NIfTI-1 or NIfTI-2 header; found an unreadable or truncated file of "
+            f"{path.stat().st_size} bytes"
+        ) from exc
     shape = tuple(int(n) for n in header.get_data_shape())
     dtype = header.get_data_dtype()
     if dtype.fields is not None or dtype.kind not in "biuf":
