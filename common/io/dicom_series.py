@@ -232,8 +232,9 @@ def _frames(path: Path, dataset: pydicom.Dataset) -> list[_Image] | str:
 
         def item(sequence: str) -> pydicom.Dataset:
             for groups in (frame, shared):
-                if sequence in groups and len(groups[sequence]):
-                    return groups[sequence][0]
+                items = groups.get(sequence)
+                if items:
+                    return items[0]
             return dataset  # fall back to top-level attributes (some legacy multi-frame files)
 
         position, orientation = item("PlanePositionSequence"), item("PlaneOrientationSequence")

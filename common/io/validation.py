@@ -138,9 +138,9 @@ def _check_nifti_header(path: Path) -> None:
         raise VolumeReadError(f"{path}: expected greyscale voxels (integers or floats); found {_describe(dtype)}")
     spatial_shape(path, shape)
     expected = math.prod(shape) * dtype.itemsize
-    _check_fits_in_memory(path, shape, expected)
     offset = int(header.get("vox_offset", 0) or header.sizeof_hdr)
     _check_data_length(path, path, expected, offset, gzipped=path.name.lower().endswith(".gz"), shape=shape)
+    _check_fits_in_memory(path, shape, expected)
 
 
 # ----------------------------------------------------------------------------- NRRD and MetaImage
@@ -173,13 +173,13 @@ def _check_nrrd_header(path: Path) -> None:
     spatial_shape(path, tuple(sizes))
     encoding = fields.get("encoding", "raw").lower()
     expected = math.prod(sizes) * NRRD_TYPES[kind]
-    _check_fits_in_memory(path, tuple(sizes), expected)
     data_file = fields.get("data file", fields.get("datafile"))
     source = path if data_file is None else path.parent / data_file
     if data_file is not None:
         offset = 0
     if encoding in ("raw", "gzip", "gz"):
         _check_data_length(path, source, expected, offset, gzipped=encoding != "raw", shape=tuple(sizes))
+    _check_fits_in_memory(path, tuple(sizes), expected)
 
 
 def _check_metaimage_header(path: Path) -> None:
@@ -200,23 +200,23 @@ def _check_metaimage_header(path: Path) -> None:
     if kind not in META_TYPES:
         raise VolumeReadError(f"{path}: expected a greyscale integer or float ElementType; found '{kind}'")
     channels = int(fields.get("elementnumberofchannels", "1") or 1)
-    shape = (*sizes, channels)
+    shape = (*sizes, channels) if channels != 1 else tuple(sizes)
     spatial_shape(path, shape)
     expected = math.prod(shape) * META_TYPES[kind]
-    _check_fits_in_memory(path, shape, expected)
     data_file = fields.get("elementdatafile", "")
     if data_file.upper() == "LOCAL":
         source = path
     elif data_file and "%" not in data_file and data_file.upper() != "LIST":
         source, offset = path.parent / data_file, 0
     else:
-        return  # file lists and patterns are left to the reader
+        source = None  # file lists and patterns are left to the reader
     compressed = fields.get("compresseddata", "false").lower() == "true"
-    if compressed and "compresseddatasize" in fields:
-        declared = int(fields["compresseddatasize"])
-        _check_length(path, source, declared, offset, shape, "compressed bytes")
-        return
-    _check_data_length(path, source, expected, offset, gzipped=compressed, shape=shape)
+    if source is not None and compressed and "compresseddatasize" in fields:
+        _check_data_length(path, source, int(fields["compresseddatasize"]), offset, gzipped=False, shape=shape,
+                           what="compressed bytes")
+    elif source is not None:
+        _check_data_length(path, source, expected, offset, gzipped=compressed, shape=shape)
+    _check_fits_in_memory(path, shape, expected)
 
 
 def _integers(path: Path, name: str, text: str | None) -> list[int]:
@@ -247,20 +247,21 @@ def _check_fits_in_memory(path: Path, shape: tuple[int, ...], expected: int) -> 
 
 
 def _check_data_length(
-    path: Path, source: Path, expected: int, offset: int, *, gzipped: bool, shape: tuple[int, ...]
+    path: Path, source: Path, expected: int, offset: int, *, gzipped: bool, shape: tuple[int, ...],
+    what: str = "bytes of voxel data",
 ) -> None:
     """Compare the bytes of voxel data the header declares with what ``source`` holds after ``offset``."""
     if not source.is_file():
         raise VolumeReadError(f"{path}: its header names the data file {source.name}, which does not exist")
     if not gzipped:
-        _check_length(path, source, expected, offset, shape, "bytes of voxel data")
+        _check_length(path, source, expected, offset, shape, what)
         return
     if path is source and path.name.lower().endswith(".gz"):
         found = _gzip_length(source, expected)  # the whole file is compressed (.nii.gz): count what it expands to
         if found < expected + offset:
             raise VolumeReadError(
                 f"{path}: the header declares {' x '.join(map(str, shape))} voxels ({expected + offset} bytes "
-                f"with the header); the file holds {found} (truncated, or a corrupt header)"
+                f"with the header); the file expands to {found} (truncated, or a corrupt header)"
             )
         return
     found = _compressed_length(source, offset, expected)
