@@ -346,3 +346,17 @@ def test_folder_of_good_and_bad_cases_in_one_command(tmp_path, ct_bundle, ct_val
     expected_files |= {"tilted_seg.dcm", "enhanced_seg.dcm", "report.csv", "volumes.csv"}
     assert set(written) == expected_files  # failed cases left nothing, and no staging folder remains
     assert nib.load(tmp_path / "out" / "flat_seg.nii.gz").shape == (64, 64, 1)
+
+
+def test_valid_gzip_in_several_members_passes_the_size_check(tmp_path, ct_values):
+    """bgzip and some PACS exports write .nii.gz as several gzip members: the trailer then gives only the last
+    member's size, so the check counts the whole stream (and the file reads as usual)."""
+    import gzip
+
+    raw = nib.Nifti1Image(ct_values.astype(np.int16), np.diag([0.7, 0.7, 5.0, 1.0])).to_bytes()
+    path = tmp_path / "members.nii.gz"
+    path.write_bytes(gzip.compress(raw[:5000]) + gzip.compress(raw[5000:30000]) + gzip.compress(raw[30000:]))
+    np.testing.assert_array_equal(load_volume(path).array, ct_values.astype(np.int16))
+    path.write_bytes(gzip.compress(raw[:5000]) + gzip.compress(raw[5000:30000]))  # the last member lost
+    with pytest.raises(VolumeReadError, match=r"the file expands to 30000 \(truncated"):
+        load_volume(path)

@@ -18,7 +18,7 @@ def test_check_prints_counts_and_label_values(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ACDC cardiac cine MRI (acdc)" in out
     assert "train              7        14" in out and "test               2         4" in out
-    assert "all 20 labelled samples" in out and "3 left ventricle (20 files)" in out and "problems: none" in out
+    assert "all 20 label files" in out and "3 left ventricle (20 files)" in out and "problems: none" in out
 
 
 def test_check_writes_the_split_it_used(tmp_path, capsys):
@@ -88,4 +88,4 @@ def test_every_file_is_read_by_default_and_sample_is_the_quick_look(tmp_path, ca
     assert "reading files" in captured.err  # the progress bar
 
     assert main(["data", "check", "--dataset", "acdc", "--root", str(root), "--sample", "1"]) == 0
-    assert "1 of 20 labelled samples, a random sample" in capsys.readouterr().out
+    assert "1 of 20 label files, a random sample" in capsys.readouterr().out

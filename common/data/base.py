@@ -105,10 +105,10 @@ class CheckReport:
         lines = [f"{self.title} ({self.dataset}) at {self.folder}", f"{'split':<12}{'cases':>8}{self.sample_unit:>10}"]
         lines += [f"{name:<12}{cases:>8}{samples:>10}" for name, (cases, samples) in self.split_counts.items()]
         sampled = (
-            f"{self.files_read} of {self.files_total} labelled samples, a random sample (without --sample every "
-            "file is read)"
+            f"{self.files_read} of {self.files_total} label files, a random sample (without --sample every file is "
+            "read)"
             if self.files_read < self.files_total
-            else f"all {self.files_total} labelled samples"
+            else f"all {self.files_total} label files"
         )
         lines.append(f"label values found in {sampled}:")
         found = ", ".join(

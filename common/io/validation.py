@@ -16,7 +16,6 @@ what was found (no library internals, no traceback):
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
 import re
@@ -257,7 +256,7 @@ def _check_data_length(
         _check_length(path, source, expected, offset, shape, what)
         return
     if path is source and path.name.lower().endswith(".gz"):
-        found = _gzip_length(source, expected)  # the whole file is compressed (.nii.gz): count what it expands to
+        found = _gzip_length(source, expected + offset)  # the whole file is compressed (.nii.gz)
         if found < expected + offset:
             raise VolumeReadError(
                 f"{path}: the header declares {' x '.join(map(str, shape))} voxels ({expected + offset} bytes "
@@ -295,23 +294,15 @@ def _gzip_length(source: Path, limit: int) -> int:
             trailer = int.from_bytes(f.read(4), "little")
             if trailer == limit % (1 << 32) and limit < (1 << 32):
                 return limit
-    total = 0
-    try:
-        with gzip.open(source, "rb") as stream:
-            while total <= limit:
-                block = stream.read(1 << 22)
-                if not block:
-                    break
-                total += len(block)
-    except (OSError, EOFError, zlib.error):
-        pass  # truncated or corrupt: what was read so far is what the file holds
-    return total
+    return _compressed_length(source, 0, limit)
 
 
 def _compressed_length(source: Path, offset: int, limit: int) -> int:
-    """Bytes the compressed data after ``offset`` expand to (gzip for NRRD, zlib for MetaImage), up to ``limit``."""
-    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # | 32: a gzip or a zlib header, whichever is there
+    """Bytes the compressed data after ``offset`` expand to (gzip, several members included, or zlib for
+    MetaImage), counted up to a little past ``limit`` without keeping them; a truncated stream counts what it
+    holds."""
     total = 0
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # | 32: a gzip or a zlib header, whichever is there
     try:
         with open(source, "rb") as f:
             f.seek(offset)
@@ -319,11 +310,15 @@ def _compressed_length(source: Path, offset: int, limit: int) -> int:
                 block = f.read(1 << 20)
                 if not block:
                     break
-                total += len(inflater.decompress(block, 1 << 24))
-                while inflater.unconsumed_tail and total <= limit:
-                    total += len(inflater.decompress(inflater.unconsumed_tail, 1 << 24))
+                while block and total <= limit:
+                    total += len(inflater.decompress(block, 1 << 24))
+                    block = inflater.unconsumed_tail
+                    if inflater.eof:  # the next gzip member, if any
+                        block, inflater = inflater.unused_data + block, zlib.decompressobj(zlib.MAX_WBITS | 32)
+                        if not block.strip(b"\0"):
+                            break
     except zlib.error:
-        pass
+        pass  # corrupt from here on: what was read so far is what the file holds
     return total
 
 
