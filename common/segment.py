@@ -397,6 +397,7 @@ def _segment_volume_case(
     warnings = []
     if series is not None:
         warnings += [series.selection] if series.several_series else []
+        warnings += [f"set aside in {case.path}: {'; '.join(series.set_aside)}"] if series.set_aside else []
         if series.tilt_degrees > 0.01:
             warnings.append(f"gantry tilt {series.tilt_degrees:.2f} degrees: the NIfTI affine is sheared so that every "
                             "slice keeps its recorded position")

@@ -130,6 +130,9 @@ def test_multiframe_without_positions_is_named_in_the_refusal(tmp_path, ct_value
     dataset.save_as(path)
     with pytest.raises(DicomSeriesError, match="found none .*ct.dcm: a multi-frame object without plane positions"):
         read_dicom_series(tmp_path)
+    write_dicom_series(tmp_path, ct_values, np.eye(4), modality="CT")  # a usable series beside it
+    assert read_dicom_series(tmp_path).set_aside == ("ct.dcm: a multi-frame object without plane positions / "
+                                                     "orientations (frame 1)",)
 
 
 # ----------------------------------------------------------------------------- segment: SEG, series, fallbacks

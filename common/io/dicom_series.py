@@ -57,7 +57,8 @@ class DicomSeries:
     ``files``, ``sop_instance_uids`` and ``frame_numbers`` follow slice order (a multi-frame file appears once per
     frame, with the frame's 1-based number; ``None`` for single-frame files). ``positions`` are the slices'
     positions along the normal (mm). ``series_in_folder`` maps every image SeriesInstanceUID found to its number
-    of images (slices or frames); ``selection`` says which one was read and why, naming the others.
+    of images (slices or frames); ``selection`` says which one was read and why, naming the others; ``set_aside``
+    names the DICOM image files that could not be part of any series, and why.
     """
 
     array: np.ndarray
@@ -74,6 +75,7 @@ class DicomSeries:
     series_in_folder: dict[str, int]
     selection: str
     frame_numbers: tuple[int | None, ...] = ()
+    set_aside: tuple[str, ...] = ()
 
     @property
     def is_multiframe(self) -> bool:
@@ -180,6 +182,7 @@ def read_dicom_series(
         series_in_folder={uid: len(group) for uid, group in scan.groups.items()},
         selection=selection,
         frame_numbers=tuple(image.frame for image in images),
+        set_aside=tuple(scan.skipped),
     )
 
 
