@@ -145,18 +145,17 @@ def _check_nifti_header(path: Path) -> None:
 # ----------------------------------------------------------------------------- NRRD and MetaImage
 
 
-def _text_header(path: Path, end: bytes) -> tuple[list[str], int]:
-    """The header lines of a text-headed file and the byte offset after the header (``end``: its terminator)."""
+def _nrrd_header(path: Path) -> tuple[list[str], int]:
+    """The header lines of a NRRD file and the byte offset of its data (after the first empty line)."""
     with open(path, "rb") as f:
         head = f.read(HEADER_LIMIT)
-    stop = head.find(end)
-    if stop < 0:
-        stop = len(head)
-    return head[:stop].decode("latin-1").splitlines(), stop + len(end)
+    ends = [(head.find(end), len(end)) for end in (b"\n\n", b"\r\n\r\n") if head.find(end) >= 0]
+    stop, length = min(ends) if ends else (len(head), 0)
+    return head[:stop].decode("latin-1").splitlines(), stop + length
 
 
 def _check_nrrd_header(path: Path) -> None:
-    lines, offset = _text_header(path, b"\n\n")
+    lines, offset = _nrrd_header(path)
     if not lines or not lines[0].startswith("NRRD"):
         raise VolumeReadError(f"{path}: expected a NRRD file (starting 'NRRD000x'); found {lines[:1] or 'nothing'}")
     fields = {}
@@ -176,7 +175,14 @@ def _check_nrrd_header(path: Path) -> None:
     source = path if data_file is None else path.parent / data_file
     if data_file is not None:
         offset = 0
-    if encoding in ("raw", "gzip", "gz"):
+    skip = int(fields.get("byte skip", "0") or 0)  # raw: bytes before the data (-1: the data end the file);
+    if encoding == "raw":  # compressed: bytes of the expanded stream before the data
+        offset = offset + skip if skip >= 0 else 0
+    elif skip > 0:
+        expected += skip
+    if data_file is not None and ("%" in data_file or data_file.upper().startswith("LIST")):
+        pass  # several data files: left to the reader
+    elif encoding in ("raw", "gzip", "gz"):
         _check_data_length(path, source, expected, offset, gzipped=encoding != "raw", shape=tuple(sizes))
     _check_fits_in_memory(path, tuple(sizes), expected)
 
