@@ -288,7 +288,8 @@ def _choose_series(folder: Path, groups: dict[str, list[_Image]], requested: str
             raise DicomSeriesError(f"{folder}: no image series with SeriesInstanceUID {requested}; found {listing}")
         others = [_describe_series(uid, groups[uid]) for uid in order if uid != requested]
         also = f"; also in the folder: {', '.join(others)}" if others else ""
-        return requested, f"{folder}: reading the requested series {_describe_series(requested, groups[requested])}{also}"
+        described = _describe_series(requested, groups[requested])
+        return requested, f"{folder}: reading the requested series {described}{also}"
     chosen = order[0]
     if len(counts) == 1:
         return chosen, f"{folder}: one series, {_describe_series(chosen, groups[chosen])}"

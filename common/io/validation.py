@@ -195,7 +195,9 @@ def _check_metaimage_header(path: Path) -> None:
             offset += len(raw)
             line = raw.decode("latin-1").strip()
             if "=" not in line:
-                raise VolumeReadError(f"{path}: expected a MetaImage header of 'Key = Value' lines; found {line[:60]!r}")
+                raise VolumeReadError(
+                    f"{path}: expected a MetaImage header of 'Key = Value' lines; found {line[:60]!r}"
+                )
             key, value = (part.strip() for part in line.split("=", 1))
             fields[key.lower()] = value
             if key.lower() == "elementdatafile" or offset > HEADER_LIMIT:
