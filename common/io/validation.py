@@ -125,7 +125,8 @@ def _check_nifti_header(path: Path) -> None:
     import nibabel as nib
 
     try:
-        header = nib.load(path).header
+        image = nib.load(path)
+        header, offset = image.header, int(getattr(image.dataobj, "offset", 0) or image.header.sizeof_hdr)
     except Exception as exc:
         raise VolumeReadError(
             f"{path}: expected a NIfTI-1 or NIfTI-2 header; found an unreadable or truncated file of "
@@ -137,7 +138,6 @@ def _check_nifti_header(path: Path) -> None:
         raise VolumeReadError(f"{path}: expected greyscale voxels (integers or floats); found {_describe(dtype)}")
     spatial_shape(path, shape)
     expected = math.prod(shape) * dtype.itemsize
-    offset = int(header.get("vox_offset", 0) or header.sizeof_hdr)
     _check_data_length(path, path, expected, offset, gzipped=path.name.lower().endswith(".gz"), shape=shape)
     _check_fits_in_memory(path, shape, expected)
 
