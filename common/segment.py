@@ -1,7 +1,7 @@
 """``python -m common segment``: segment volumes, DICOM series and 2-D images with a bundle, in their own geometry.
 
     python -m common segment --bundle BUNDLE_DIR --input PATH --output DIR [--weights FILE] [--device cuda]
-                             [--batch-size N] [--precision auto|float32|float16|bfloat16]
+                             [--batch-size N] [--precision auto|float32|float16|bfloat16] [--series UID]
 
 ``PATH`` is a NIfTI, NRRD or MetaImage file, a DICOM series folder, a 2-D picture (PNG, JPEG, BMP; 2-D bundles),
 or a folder of such cases (files, and sub-folders read as DICOM series). The bundle's own ``inference.json``
@@ -9,14 +9,17 @@ defines the network, the preprocessing (orientation, intensity scaling) and the 
 masks equal what the bundle's ``inference.json`` writes for the same input. Outputs per case, in ``DIR``:
 
 - volumes: ``<case>_seg.nii.gz`` (uint8 labels, the input's voxel grid and affine) and ``<case>_overlay.png``;
-  DICOM series also ``<case>_seg.dcm``, a DICOM SEG referencing the source series;
+  DICOM series (single-frame or enhanced multi-frame) also ``<case>_seg.dcm``, a DICOM SEG referencing the source
+  series, whenever the source allows one (else the case is done with a warning that says why there is no SEG);
 - 2-D pictures: the masks the bundle's ``SaveMask2Dd`` writes, at the picture's size (``<case>_seg.png``: 0/255
   for two classes, else label values; multi-label bundles: one 0/255 ``<case>_<channel>.png`` per channel) and
   ``<case>_overlay.png``;
 
-and for the run ``report.csv`` and, with volume cases, ``volumes.csv`` (per-structure volumes in mL). One failed
-case does not stop the others; the command ends with a report of every case and exits 1 if any failed (2 when the
-bundle or the input cannot be used at all).
+and for the run ``report.csv`` and, with volume cases, ``volumes.csv`` (per-structure volumes in mL). Every input
+is validated when read, before the network runs (:mod:`common.io.validation`). A case's outputs are staged and
+moved into ``DIR`` only when the case succeeds, so a failed case leaves nothing behind and does not stop the others;
+the command ends with a report of every case (with its warnings: which series of several was read, why no SEG was
+written) and exits 1 if any failed (2 when the bundle or the input cannot be used at all).
 """
 
 from __future__ import annotations
@@ -40,10 +43,12 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged
 
 from common.inference import Precision, SliceInferer2D
-from common.io.dicom_seg import write_dicom_seg
+from common.io.dicom_seg import read_source_datasets, seg_obstacle, write_dicom_seg
 from common.io.dicom_series import DicomSeries, read_dicom_series
 from common.io.images import read_image_2d
 from common.io.mask_saving import SaveMask2Dd
+from common.io.staging import publish, staged_folder
+from common.io.validation import short_reason, validated_volume_array
 from common.io.volumes import VOLUME_SUFFIXES, Volume, load_volume, volume_suffix
 from common.io.writers import (
     structure_volumes,
@@ -333,7 +338,8 @@ def _holds_dicom_files(folder: Path) -> bool:
 
 @dataclass
 class CaseResult:
-    """How one case went: ``status`` is ``"ok"`` or ``"failed"``; ``outputs`` lists the files written."""
+    """How one case went: ``status`` is ``"ok"`` or ``"failed"``; ``outputs`` lists the files written; ``warnings``
+    what a user must know about a case that went through (the series chosen among several, a SEG not written)."""
 
     case: str
     source: Path
@@ -341,6 +347,7 @@ class CaseResult:
     outputs: list[Path] = field(default_factory=list)
     error: str = ""
     volumes: list[dict] = field(default_factory=list)  # structure_volumes rows, volume cases only
+    warnings: list[str] = field(default_factory=list)
 
 
 def preview_labels(labels: np.ndarray) -> np.ndarray:
@@ -350,8 +357,10 @@ def preview_labels(labels: np.ndarray) -> np.ndarray:
     return (np.arange(1, len(labels) + 1, dtype=np.uint8)[:, None, None] * (labels > 0)).max(axis=0)
 
 
-def segment_case(segmenter: BundleSegmenter, case: Case, output_dir: Path) -> CaseResult:
-    """Segment one case and write its outputs into ``output_dir``."""
+def segment_case(
+    segmenter: BundleSegmenter, case: Case, output_dir: Path, *, series_uid: str | None = None
+) -> CaseResult:
+    """Segment one case and write its outputs into ``output_dir``; ``series_uid`` picks a DICOM folder's series."""
     if case.kind == "picture":
         if segmenter.spatial_dims != 2:
             raise InputError(f"{case.path}: a 2-D picture, but the bundle {segmenter.root.name} segments volumes "
@@ -360,7 +369,7 @@ def segment_case(segmenter: BundleSegmenter, case: Case, output_dir: Path) -> Ca
     if segmenter.spatial_dims != 3:
         raise InputError(f"{case.path}: a volume, but the bundle {segmenter.root.name} segments 2-D pictures "
                          f"({', '.join(PICTURE_SUFFIXES)})")
-    return _segment_volume_case(segmenter, case, output_dir)
+    return _segment_volume_case(segmenter, case, output_dir, series_uid)
 
 
 def _segment_picture_case(segmenter: BundleSegmenter, case: Case, output_dir: Path) -> CaseResult:
@@ -372,22 +381,51 @@ def _segment_picture_case(segmenter: BundleSegmenter, case: Case, output_dir: Pa
     return CaseResult(case.name, case.path, "ok", outputs)
 
 
-def _segment_volume_case(segmenter: BundleSegmenter, case: Case, output_dir: Path) -> CaseResult:
-    series: DicomSeries | None = read_dicom_series(case.path) if case.kind == "dicom" else None
-    volume = Volume(series.array, series.affine, case.path) if series is not None else load_volume(case.path)
+def _segment_volume_case(
+    segmenter: BundleSegmenter, case: Case, output_dir: Path, series_uid: str | None = None
+) -> CaseResult:
+    series: DicomSeries | None = read_dicom_series(case.path, series_uid) if case.kind == "dicom" else None
+    if series is not None:
+        volume = Volume(validated_volume_array(case.path, series.array, series.affine), series.affine, case.path)
+    else:
+        volume = load_volume(case.path)
     labels = segmenter.segment_volume(volume)
     preview = volume.array if volume.array.ndim == 3 else volume.array[..., 0]
     outputs = [
         write_nifti(labels, volume.affine, output_dir / f"{case.name}_seg.nii.gz"),
         write_volume_overlay(preview, labels, volume.affine, output_dir / f"{case.name}_overlay.png"),
     ]
-    if series is not None and labels.any():
-        outputs.append(write_dicom_seg(series.files, labels, output_dir / f"{case.name}_seg.dcm",
-                                       segmenter.label_names, series_description=segmenter.root.name[:64]))
-    elif series is not None:
-        logger.warning("%s: no foreground predicted, so no DICOM SEG was written", case.path)
+    warnings = []
+    if series is not None:
+        warnings += [series.selection] if series.several_series else []
+        warnings += [f"set aside in {case.path}: {'; '.join(series.set_aside)}"] if series.set_aside else []
+        if series.tilt_degrees > 0.01:
+            warnings.append(f"gantry tilt {series.tilt_degrees:.2f} degrees: the NIfTI affine is sheared so that every "
+                            "slice keeps its recorded position")
+        seg, reason = _write_seg(segmenter, series, labels, output_dir / f"{case.name}_seg.dcm")
+        outputs += seg
+        warnings += [f"no DICOM SEG written: {reason}; the NIfTI mask is written"] if reason else []
     rows = [{"case": case.name, **row} for row in structure_volumes(labels, volume.affine, segmenter.label_names)]
-    return CaseResult(case.name, case.path, "ok", outputs, volumes=rows)
+    return CaseResult(case.name, case.path, "ok", outputs, volumes=rows, warnings=warnings)
+
+
+def _write_seg(segmenter: BundleSegmenter, series: DicomSeries, labels: np.ndarray, path: Path
+               ) -> tuple[list[Path], str | None]:
+    """The DICOM SEG of ``labels`` over ``series`` when the source allows one: ``([path], None)``, else
+    ``([], why not)``."""
+    if not labels.any():
+        return [], "no foreground predicted (a SEG needs at least one segment)"
+    try:
+        datasets = read_source_datasets(list(dict.fromkeys(series.files)))  # a multi-frame file once
+        reason = seg_obstacle(datasets)
+        if reason is None:
+            frames = series.frame_numbers if series.is_multiframe else None
+            return [write_dicom_seg(datasets, labels, path, segmenter.label_names, source_frames=frames,
+                                    series_description=segmenter.root.name[:64])], None
+    except Exception as exc:  # highdicom refuses what the source lacks; the NIfTI mask stands on its own
+        logger.debug("%s: SEG not written", path, exc_info=True)
+        reason = f"the source does not allow one ({short_reason(exc)})"
+    return [], reason
 
 
 def segment_cases(
@@ -401,12 +439,14 @@ def segment_cases(
     precision: Precision | None = None,
     network: nn.Module | None = None,
     progress: bool = True,
+    series_uid: str | None = None,
 ) -> list[CaseResult]:
     """Segment every case at ``inputs`` with ``bundle``; writes the outputs, ``report.csv`` and ``volumes.csv``.
 
     Raises :class:`BundleError` / :class:`InputError` when nothing can be run (bundle or input path unusable);
-    a failing case is recorded in its :class:`CaseResult` and the others go on. See :func:`load_bundle` for
-    the options.
+    a failing case is recorded in its :class:`CaseResult`, leaves no file behind, and the others go on.
+    ``series_uid`` reads that series from DICOM folders holding several (default: the largest, named in the
+    case's warnings). See :func:`load_bundle` for the other options.
     """
     segmenter = load_bundle(bundle, weights=weights, device=device, batch_size=batch_size, precision=precision,
                             network=network, progress=progress)
@@ -418,7 +458,12 @@ def segment_cases(
         if progress:
             print(f"[{number}/{len(cases)}] {case.name} ({case.path})", file=sys.stderr, flush=True)
         try:
-            results.append(segment_case(segmenter, case, output_dir))
+            with staged_folder(output_dir) as staging:
+                result = segment_case(segmenter, case, staging, series_uid=series_uid)
+                result.outputs = publish(staging, output_dir, result.outputs)
+            results.append(result)
+            for warning in result.warnings if progress else ():
+                print(f"  warning: {warning}", file=sys.stderr, flush=True)
         except Exception as exc:  # one bad case must not stop the others; the report names it
             logger.debug("case %s failed", case.name, exc_info=True)
             message = str(exc) if isinstance(exc, (InputError, ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
@@ -428,7 +473,7 @@ def segment_cases(
         write_csv(output_dir / VOLUMES_FILE, volume_rows)
     write_csv(output_dir / REPORT_FILE, [
         {"case": r.case, "source": str(r.source), "status": r.status,
-         "outputs": ";".join(str(p) for p in r.outputs), "error": r.error}
+         "outputs": ";".join(str(p) for p in r.outputs), "error": r.error, "warnings": " | ".join(r.warnings)}
         for r in results
     ])
     return results
@@ -440,6 +485,7 @@ def format_report(results: Sequence[CaseResult]) -> str:
     rows += [(r.case, r.status, str(r.outputs[0]) if r.status == "ok" else r.error) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     lines = [f"{case:<{widths[0]}}  {status:<{widths[1]}}  {detail}" for case, status, detail in rows]
+    lines += [f"warning: {r.case}: {warning}" for r in results for warning in r.warnings]
     failed = sum(r.status != "ok" for r in results)
     summary = f"{len(results) - failed} of {len(results)} case(s) segmented"
     lines.append(summary + (f", {failed} failed" if failed else ""))
@@ -462,12 +508,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=get_args(Precision),
                         help="network arithmetic (default: the bundle's, 'auto': float16 autocast on CUDA, bfloat16 "
                              "on CPUs with native bfloat16, else float32; 'float32' is the authors' arithmetic)")
+    parser.add_argument("--series", metavar="UID",
+                        help="SeriesInstanceUID to read from DICOM folders holding several series (default: the "
+                             "largest image series, named in the report with the others)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         results = segment_cases(args.bundle, args.input, args.output, weights=args.weights, device=args.device,
-                                batch_size=args.batch_size, precision=args.precision)
+                                batch_size=args.batch_size, precision=args.precision, series_uid=args.series)
     except (BundleError, InputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ from miniature_layouts import write_acdc, write_nifti, write_ph2
 
 def test_check_prints_counts_and_label_values(tmp_path, capsys):
     root = write_acdc(tmp_path, n_patients=10)
-    assert main(["data", "check", "--dataset", "acdc", "--root", str(root), "--all"]) == 0
+    assert main(["data", "check", "--dataset", "acdc", "--root", str(root)]) == 0
     out = capsys.readouterr().out
     assert "ACDC cardiac cine MRI (acdc)" in out
     assert "train              7        14" in out and "test               2         4" in out
@@ -54,9 +54,9 @@ def test_bad_files_exit_1_naming_each(tmp_path, capsys):
     write_nifti(
         patients / "patient003" / "patient003_frame01_gt.nii.gz", np.full((20, 18, 4), 7, np.uint8)
     )  # not in the map
-    assert main(["data", "check", "--dataset", "acdc", "--root", str(root), "--all"]) == 1
+    assert main(["data", "check", "--dataset", "acdc", "--root", str(root)]) == 1  # every file, by default
     out = capsys.readouterr().out
-    assert f"{truncated}: cannot read this .nii.gz file" in out
+    assert f"{truncated}: expected a NIfTI-1 or NIfTI-2 header; found an unreadable or truncated file" in out
     assert "patient002_frame01_gt.nii.gz: label shape (5, 5, 4) does not match image shape (20, 18, 4)" in out
     assert "patient003_frame01_gt.nii.gz: label values [7] are outside the label map [0, 1, 2, 3]" in out
     assert "3 problem(s):" in out
@@ -73,3 +73,19 @@ def test_command_line_process_refuses_a_wrong_folder(tmp_path):
     assert result.returncode == 2
     assert "expected: Dataset_BUSI_with_GT/{benign,malignant,normal}/'benign (1).png'" in result.stderr
     assert "holds notes.txt" in result.stderr
+
+
+def test_every_file_is_read_by_default_and_sample_is_the_quick_look(tmp_path, capsys):
+    """A label file cut short inside its voxel data (header intact) is found by the default full read; a sample
+    of one file says it is a sample and misses it."""
+    root = write_acdc(tmp_path, n_patients=10)
+    truncated = root / "database" / "training" / "patient007" / "patient007_frame01_gt.nii.gz"
+    truncated.write_bytes(truncated.read_bytes()[:-30])
+
+    assert main(["data", "check", "--dataset", "acdc", "--root", str(root)]) == 1
+    captured = capsys.readouterr()
+    assert f"{truncated}: the header declares 20 x 18 x 4 voxels" in captured.out and "truncated" in captured.out
+    assert "reading files" in captured.err  # the progress bar
+
+    assert main(["data", "check", "--dataset", "acdc", "--root", str(root), "--sample", "1"]) == 0
+    assert "1 of 20 label files, a random sample" in capsys.readouterr().out

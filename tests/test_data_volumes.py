@@ -53,7 +53,8 @@ def test_truncated_and_missing_volumes_are_named(tmp_path, mni_t1):
     path = tmp_path / "cut.nii.gz"
     data = gzip.compress(mni_t1.to_bytes())
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(VolumeReadError, match="cut.nii.gz: cannot read"):
+    with pytest.raises(VolumeReadError, match=r"cut.nii.gz: the header declares 91 x 109 x 91 voxels \(1805610 bytes "
+                       r"with the header\); the file expands to \d+ \(truncated"):
         load_volume(path)
     with pytest.raises(VolumeReadError, match="absent.nii.gz: no such file"):
         load_volume(tmp_path / "absent.nii.gz")

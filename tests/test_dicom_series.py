@@ -73,13 +73,15 @@ def test_two_series_in_one_folder(tmp_path, mni_t1):
 
     largest = read_dicom_series(tmp_path)
     assert largest.series_uid == "1.2.826.0.1.1" and largest.array.shape[2] == 60
-    assert "largest" in largest.selection and "1.2.826.0.1.2 (10 files)" in largest.selection
+    assert "largest" in largest.selection
+    assert "not read: 1.2.826.0.1.2 (MR, 'miniature', 10 images)" in largest.selection
 
     chosen = read_dicom_series(tmp_path, series_uid="1.2.826.0.1.2")
     np.testing.assert_array_equal(chosen.array, small)
     np.testing.assert_allclose(chosen.affine, shifted, atol=1e-4)
 
-    with pytest.raises(DicomSeriesError, match="no series with SeriesInstanceUID 9.9.*1.2.826.0.1.1 \\(60 files\\)"):
+    with pytest.raises(DicomSeriesError,
+                       match=r"no image series with SeriesInstanceUID 9.9.*1.2.826.0.1.1 \(MR, 'miniature', 60 images\)"):
         read_dicom_series(tmp_path, series_uid="9.9")
 
 
@@ -122,7 +124,7 @@ def test_truncated_file_is_named(tmp_path):
 
 
 def test_folder_without_dicom_images(tmp_path):
-    with pytest.raises(DicomSeriesError, match="expected DICOM image files.*found none"):
+    with pytest.raises(DicomSeriesError, match="expected DICOM images with positions.*found none"):
         read_dicom_series(tmp_path)
     (tmp_path / "readme.txt").write_text("no images here")
     with pytest.raises(DicomSeriesError, match="found none"):

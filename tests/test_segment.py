@@ -309,7 +309,7 @@ def test_folder_with_a_corrupt_case(tmp_path, mr_bundle, mni, capsys):
     assert "2 of 3 case(s) segmented, 1 failed" in printed and "notes" not in printed
     report = {row["case"]: row for row in csv.DictReader(open(tmp_path / "out" / "report.csv"))}
     assert {case: row["status"] for case, row in report.items()} == {"broken": "failed", "lower": "ok", "upper": "ok"}
-    assert "cannot read" in report["broken"]["error"]
+    assert "expected a NIfTI-1 or NIfTI-2 header; found an unreadable or truncated file" in report["broken"]["error"]
     assert not (tmp_path / "out" / "broken_seg.nii.gz").exists()
 
 

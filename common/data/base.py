@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from tqdm import tqdm
 
 from common.data.splits import DEFAULT_SEED, SEEDED_SPLIT, SPLIT_NAMES, SplitFileError, Splits, read_splits
 from common.io.images import read_image_2d
@@ -31,7 +33,6 @@ from common.io.volumes import load_volume, volume_suffix
 
 Entry = dict
 Cases = dict[str, list[Entry]]
-DEFAULT_MAX_FILES = 40
 
 
 class DatasetLayoutError(ValueError):
@@ -106,7 +107,8 @@ class CheckReport:
                  f"{'split':<12}{'cases':>8}{self.sample_unit:>10}"]
         lines += [f"{name:<12}{cases:>8}{samples:>10}" for name, (cases, samples) in self.split_counts.items()]
         sampled = (
-            f"{self.files_read} of {self.files_total} label files, a random sample (--all reads every file)"
+            f"{self.files_read} of {self.files_total} label files, a random sample (without --sample every file is "
+            "read)"
             if self.files_read < self.files_total
             else f"all {self.files_total} label files"
         )
@@ -215,14 +217,15 @@ class DatasetReader(ABC):
     def check(
         self,
         root: str | os.PathLike | None = None,
-        max_files: int | None = DEFAULT_MAX_FILES,
+        max_files: int | None = None,
         splits: Splits | str | os.PathLike | None = None,
+        progress: bool = False,
     ) -> CheckReport:
-        """Count cases per split and read labelled samples, image and label (a random sample of ``max_files``;
-        ``None`` reads all).
+        """Count cases per split and read every sample in full, image and label (``max_files``: a random sample of
+        that many labelled samples, and no unlabelled ones); ``progress`` shows a bar (tqdm, on stderr).
 
-        Every unreadable file, image/label shape mismatch and label value outside the map becomes a
-        problem in the report; one bad file does not stop the others.
+        Every unreadable, truncated or corrupt file, image/label shape mismatch and label value outside the map
+        becomes a problem in the report, naming the file; one bad file does not stop the others.
         """
         scan = self.scan(root)
         problems = list(scan.problems)
@@ -234,12 +237,17 @@ class DatasetReader(ABC):
             if max_files is None or len(labelled) <= max_files
             else random.Random(0).sample(labelled, max_files)
         )
+        unlabelled = [] if max_files is not None else self._unique_unlabelled_entries(lists)
         value_counts: Counter = Counter()
-        for entry in to_read:
+        for entry in tqdm(to_read + unlabelled, desc="reading files", unit="sample", disable=not progress,
+                          file=sys.stderr):
             try:
-                value_counts.update(self._checked_label_values(entry))
-            except (SampleError, ValueError, OSError) as exc:
-                problems.append(str(exc))
+                if "label" in entry or "label_rle" in entry:
+                    value_counts.update(self._checked_label_values(entry))
+                else:
+                    self.read_image(entry)
+            except Exception as exc:  # any reader failure is a problem of that sample's files, not of the check
+                problems.append(self._named_problem(entry, exc))
         return CheckReport(
             dataset=self.name,
             title=self.title,
@@ -284,6 +292,23 @@ class DatasetReader(ABC):
         for entries in lists.values():
             for entry in entries:
                 if "label" in entry or "label_rle" in entry:
+                    seen.setdefault(json.dumps(entry, sort_keys=True, default=str), entry)
+        return list(seen.values())
+
+    def _named_problem(self, entry: Entry, exc: Exception) -> str:
+        """The reader's message, prefixed with the sample's files when it does not name one."""
+        message = str(exc) if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+        files = [str(p) for p in (entry["image"] if isinstance(entry.get("image"), list) else [entry.get("image")])]
+        if "label" in entry:
+            files.append(self.label_source(entry))
+        return message if any(f in message for f in files if f and f != "None") else f"{' / '.join(files)}: {message}"
+
+    @staticmethod
+    def _unique_unlabelled_entries(lists: dict[str, list[Entry]]) -> list[Entry]:
+        seen: dict[str, Entry] = {}
+        for entries in lists.values():
+            for entry in entries:
+                if "label" not in entry and "label_rle" not in entry and "image" in entry:
                     seen.setdefault(json.dumps(entry, sort_keys=True, default=str), entry)
         return list(seen.values())
 

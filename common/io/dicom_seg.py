@@ -95,7 +95,25 @@ def segment_descriptions(
     return descriptions
 
 
-def _check_alignment(datasets: Sequence[Dataset], labels: np.ndarray, where: str) -> None:
+def seg_obstacle(datasets: Sequence[Dataset]) -> str | None:
+    """Why no DICOM SEG can reference these source images (``None`` when one can): what a viewer needs to put the
+    SEG over them is missing, or the images are frames of several multi-frame files (a SEG references one)."""
+    if not datasets:
+        return "no source images"
+    missing = sorted({keyword for ds in datasets for keyword in ("FrameOfReferenceUID", "StudyInstanceUID",
+                      "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID") if not ds.get(keyword)})
+    if missing:
+        return (f"the source series has no {', '.join(missing)} (removed by an anonymiser?), which a SEG needs to "
+                "lie on the source images")
+    multiframe = {ds.SOPInstanceUID for ds in datasets if "NumberOfFrames" in ds or "PerFrameFunctionalGroupsSequence"
+                  in ds}
+    if multiframe and len({ds.SOPInstanceUID for ds in datasets}) > 1:
+        return (f"the series is split over {len({ds.SOPInstanceUID for ds in datasets})} files of which "
+                f"{len(multiframe)} are multi-frame; a SEG references a single multi-frame source")
+    return None
+
+
+def _check_alignment(datasets: Sequence[Dataset], labels: np.ndarray, where: str, slices: int) -> None:
     if labels.ndim != 3:
         raise ValueError(f"{where}: expected labels [columns, rows, slices], found shape {labels.shape}")
     if not datasets:
@@ -104,7 +122,7 @@ def _check_alignment(datasets: Sequence[Dataset], labels: np.ndarray, where: str
     if len(series) != 1:
         raise ValueError(f"{where}: the source images belong to {len(series)} series ({sorted(series)}); expected one")
     sizes = {(int(ds.Columns), int(ds.Rows)) for ds in datasets}
-    expected = (*next(iter(sizes)), len(datasets))
+    expected = (*next(iter(sizes)), slices)
     if len(sizes) != 1 or labels.shape != expected:
         raise ValueError(
             f"{where}: labels of shape {labels.shape} do not match the series: {len(datasets)} images of "
@@ -123,11 +141,15 @@ def write_dicom_seg(
     algorithm_version: str = __version__,
     series_description: str = "Segmentation",
     series_number: int = DEFAULT_SERIES_NUMBER,
+    source_frames: Sequence[int] | None = None,
 ) -> Path:
-    """Write ``labels`` ``[columns, rows, slices]`` over the single-frame ``source`` series as a DICOM SEG file.
+    """Write ``labels`` ``[columns, rows, slices]`` over the ``source`` series as a DICOM SEG file.
 
     Args:
-        source: the series' images (datasets or file paths) in slice order, one per ``labels[:, :, k]``.
+        source: the series' images (datasets or file paths) in slice order, one per ``labels[:, :, k]``; or, with
+            ``source_frames``, one multi-frame (enhanced) image.
+        source_frames: for a multi-frame source, the 1-based frame number of each ``labels[:, :, k]``
+            (``DicomSeries.frame_numbers``); the SEG's frames then follow the source's frames.
         labels: uint8-compatible label volume; 0 is background.
         path: output file.
         label_names: segment label of each label value (unnamed labels become ``label_<value>``).
@@ -140,7 +162,18 @@ def write_dicom_seg(
     path = Path(path)
     array = as_label_array(labels, str(path))
     datasets = read_source_datasets(source)
-    _check_alignment(datasets, array, str(path))
+    if source_frames is not None:
+        datasets = datasets[:1] if len({ds.SOPInstanceUID for ds in datasets}) == 1 else datasets
+        if len(datasets) != 1:
+            raise ValueError(f"{path}: source_frames needs one multi-frame source image; found {len(datasets)}")
+        _check_alignment(datasets, array, str(path), len(source_frames))
+        frames_in_source = int(datasets[0].get("NumberOfFrames", 1) or 1)
+        if sorted(source_frames) != list(range(1, frames_in_source + 1)):
+            raise ValueError(f"{path}: the labels' slices must be the {frames_in_source} frames of the source, "
+                             f"each once; found frame numbers {sorted(source_frames)[:10]}...")
+        array = array[:, :, np.argsort(source_frames)]  # slice order -> the source's frame order
+    else:
+        _check_alignment(datasets, array, str(path), len(datasets))
     present = [int(v) for v in np.unique(array) if v != 0]
     if not present:
         raise ValueError(f"{path}: the labels hold no foreground; a DICOM SEG needs at least one segment")

@@ -2,9 +2,18 @@
 
 Clinical exports mix several series in one folder, name files arbitrarily and sometimes lose a
 slice. :func:`read_dicom_series` keeps one series (the requested SeriesInstanceUID, else the one
-with the most slices, and says which in ``DicomSeries.selection``), sorts its slices by position
-along the slice normal, applies RescaleSlope / RescaleIntercept, and refuses a missing slice or
+with the most images, and says which in ``DicomSeries.selection``), sorts its slices by position
+along the slice normal, applies the rescale slope and intercept, and refuses a missing slice or
 uneven spacing with the positions and files involved (``allow_irregular=True`` stacks them anyway).
+
+A series is single-frame files (one slice each), or Enhanced / Legacy Converted Enhanced multi-frame
+files (CT, MR, PET: one file holding every slice), whose per-frame and shared functional groups give
+each frame's position (PlanePositionSequence), orientation (PlaneOrientationSequence), pixel spacing
+(PixelMeasuresSequence) and rescale (PixelValueTransformationSequence). Both read to the same volume.
+
+The slice axis of the affine is the step between consecutive ImagePositionPatient values, not the
+slice normal: a CT acquired with a gantry tilt (positions shifted along y from slice to slice while
+the images stay axial) gets a sheared affine that puts every slice exactly at its recorded position.
 
 The array has shape (columns, rows, slices): index ``(i, j, k)`` is column ``i``, row ``j`` of the
 ``k``-th slice in order along the normal, exactly the voxel order of a NIfTI file written from the
@@ -31,6 +40,8 @@ logger = logging.getLogger(__name__)
 ORIENTATION_TOLERANCE = 1e-4
 DUPLICATE_TOLERANCE_MM = 1e-3
 RELATIVE_STEP_TOLERANCE = 0.01  # a step may differ from the median step by 1 % (plus 1 micrometre)
+#: Modalities of DICOM objects that are not images to segment (a SEG written next to its source, reports, ...).
+NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "REG", "DOC"})
 
 
 class DicomSeriesError(ValueError):
@@ -42,9 +53,12 @@ class DicomSeries:
     """One series as a volume.
 
     ``array``: (columns, rows, slices) float32, rescaled (Hounsfield units for CT).
-    ``affine``: (4, 4) voxel index to RAS mm. ``files`` and ``sop_instance_uids`` follow slice order;
-    ``positions`` are the slices' positions along the normal (mm). ``series_in_folder`` maps every
-    image SeriesInstanceUID found to its number of files; ``selection`` says which one was read and why.
+    ``affine``: (4, 4) voxel index to RAS mm; its third column is the step between consecutive slice positions.
+    ``files``, ``sop_instance_uids`` and ``frame_numbers`` follow slice order (a multi-frame file appears once per
+    frame, with the frame's 1-based number; ``None`` for single-frame files). ``positions`` are the slices'
+    positions along the normal (mm). ``series_in_folder`` maps every image SeriesInstanceUID found to its number
+    of images (slices or frames); ``selection`` says which one was read and why, naming the others; ``set_aside``
+    names the DICOM image files that could not be part of any series, and why.
     """
 
     array: np.ndarray
@@ -60,25 +74,68 @@ class DicomSeries:
     series_description: str
     series_in_folder: dict[str, int]
     selection: str
+    frame_numbers: tuple[int | None, ...] = ()
+    set_aside: tuple[str, ...] = ()
+
+    @property
+    def is_multiframe(self) -> bool:
+        """Whether the slices are frames of multi-frame (enhanced) files."""
+        return any(number is not None for number in self.frame_numbers)
+
+    @property
+    def several_series(self) -> bool:
+        """Whether the folder held other image series besides the one read."""
+        return len(self.series_in_folder) > 1
+
+    @property
+    def tilt_degrees(self) -> float:
+        """Angle between the slice step and the slice normal (a CT gantry tilt), in degrees."""
+        axes = LPS_TO_RAS[:3, :3] @ self.affine[:3, :3]
+        normal = np.cross(axes[:, 0], axes[:, 1])
+        cosine = abs(normal @ axes[:, 2]) / (np.linalg.norm(normal) * np.linalg.norm(axes[:, 2]))
+        return float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
 
 
 @dataclass(frozen=True)
-class _SliceHeader:
+class _Image:
+    """One slice of a series: a single-frame file, or one frame of a multi-frame file.
+
+    ``position`` and ``orientation`` are in LPS (as stored); ``pixel_spacing`` is (row spacing, column spacing).
+    """
+
     path: Path
+    frame: int | None
     dataset: pydicom.Dataset
+    position: np.ndarray
+    orientation: np.ndarray
+    pixel_spacing: tuple[float, float]
+    slope: float
+    intercept: float
 
     @property
-    def orientation(self) -> np.ndarray:
-        return np.asarray([float(v) for v in self.dataset.ImageOrientationPatient], dtype=np.float64)
+    def name(self) -> str:
+        """The image in messages: its file name, and the frame for a multi-frame file."""
+        return self.path.name if self.frame is None else f"{self.path.name} frame {self.frame}"
 
     @property
-    def position(self) -> np.ndarray:
-        return np.asarray([float(v) for v in self.dataset.ImagePositionPatient], dtype=np.float64)
+    def normal(self) -> np.ndarray:
+        return np.cross(self.orientation[:3], self.orientation[3:])
+
+
+@dataclass
+class _Scan:
+    """What a folder holds: images grouped by SeriesInstanceUID, and the DICOM files set aside (with why)."""
+
+    groups: dict[str, list[_Image]]
+    skipped: list[str]
 
 
 def list_dicom_series(folder: str | os.PathLike) -> dict[str, list[Path]]:
     """SeriesInstanceUID -> files holding images of that series, for every file under ``folder``."""
-    return {uid: [h.path for h in headers] for uid, headers in _scan_folder(Path(folder)).items()}
+    return {
+        uid: list(dict.fromkeys(image.path for image in images))
+        for uid, images in _scan_folder(Path(folder)).groups.items()
+    }
 
 
 def read_dicom_series(
@@ -87,7 +144,7 @@ def read_dicom_series(
     *,
     allow_irregular: bool = False,
 ) -> DicomSeries:
-    """Read the series ``series_uid`` (default: the one with the most slices) under ``folder``.
+    """Read the series ``series_uid`` (default: the one with the most images) under ``folder``.
 
     Raises :class:`DicomSeriesError` on an empty folder, an unknown UID, mixed orientations or sizes,
     two slices at one position, unreadable pixel data (naming the file), and a missing slice or
@@ -96,38 +153,46 @@ def read_dicom_series(
     folder = Path(folder)
     if not folder.is_dir():
         raise DicomSeriesError(f"{folder}: not a folder")
-    groups = _scan_folder(folder)
-    if not groups:
-        raise DicomSeriesError(f"{folder}: expected DICOM image files (with ImagePositionPatient); found none")
-    counts = {uid: len(headers) for uid, headers in groups.items()}
-    series_uid, selection = _choose_series(folder, counts, series_uid)
+    scan = _scan_folder(folder)
+    if not scan.groups:
+        skipped = f" (set aside: {'; '.join(scan.skipped[:5])})" if scan.skipped else ""
+        raise DicomSeriesError(
+            f"{folder}: expected DICOM images with positions (single-frame slices with ImagePositionPatient, or "
+            f"enhanced multi-frame files with PlanePositionSequence); found none{skipped}"
+        )
+    series_uid, selection = _choose_series(folder, scan.groups, series_uid)
     logger.info(selection)
-    headers = _sorted_slices(folder, groups[series_uid])
-    positions = _positions_along_normal(headers)
-    step = _checked_step(folder, headers, positions, allow_irregular)
-    array = np.stack([_rescaled_pixels(h) for h in headers], axis=-1)
-    affine = _affine(headers, step)
-    first = headers[0].dataset
+    images = _sorted_images(folder, scan.groups[series_uid])
+    positions = np.asarray([image.position @ images[0].normal for image in images])
+    slice_vector = _slice_vector(folder, images, positions, allow_irregular)
+    affine = _affine(images[0], slice_vector)
+    first = images[0].dataset
     return DicomSeries(
-        array=array,
+        array=_rescaled_stack(images),
         affine=affine,
         series_uid=series_uid,
         spacing=tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)),
-        files=tuple(h.path for h in headers),
-        sop_instance_uids=tuple(str(h.dataset.get("SOPInstanceUID", "")) for h in headers),
+        files=tuple(image.path for image in images),
+        sop_instance_uids=tuple(str(image.dataset.get("SOPInstanceUID", "")) for image in images),
         positions=tuple(float(p) for p in positions),
         study_uid=str(first.get("StudyInstanceUID", "")),
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
         modality=str(first.get("Modality", "")),
         series_description=str(first.get("SeriesDescription", "")),
-        series_in_folder=counts,
+        series_in_folder={uid: len(group) for uid, group in scan.groups.items()},
         selection=selection,
+        frame_numbers=tuple(image.frame for image in images),
+        set_aside=tuple(scan.skipped),
     )
 
 
-def _scan_folder(folder: Path) -> dict[str, list[_SliceHeader]]:
-    """Headers of the single-image DICOM files under ``folder``, grouped by SeriesInstanceUID."""
-    groups: dict[str, list[_SliceHeader]] = defaultdict(list)
+# ----------------------------------------------------------------------------- scanning
+
+
+def _scan_folder(folder: Path) -> _Scan:
+    """The images of the DICOM files under ``folder``, grouped by SeriesInstanceUID."""
+    groups: dict[str, list[_Image]] = defaultdict(list)
+    skipped: list[str] = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
         try:
             dataset = pydicom.dcmread(path, stop_before_pixels=True)
@@ -135,122 +200,239 @@ def _scan_folder(folder: Path) -> dict[str, list[_SliceHeader]]:
             continue  # not a DICOM file (notes, DICOMDIR viewers, ...)
         except Exception as exc:
             raise DicomSeriesError(f"{path}: unreadable DICOM header ({type(exc).__name__}: {exc})") from exc
-        if "ImagePositionPatient" not in dataset or "ImageOrientationPatient" not in dataset:
-            if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
-                logger.info("%s: skipped a multi-frame object (not read as a slice series)", path)
+        if str(dataset.get("Modality", "")).upper() in NON_IMAGE_MODALITIES or "Rows" not in dataset:
             continue
-        groups[str(dataset.get("SeriesInstanceUID", ""))].append(_SliceHeader(path, dataset))
-    return dict(groups)
+        images = _frames(path, dataset) if _is_multiframe(dataset) else _single_image(path, dataset)
+        if isinstance(images, str):
+            skipped.append(f"{path.name}: {images}")
+            logger.info("%s: skipped, %s", path, images)
+            continue
+        groups[str(dataset.get("SeriesInstanceUID", ""))].extend(images)
+    return _Scan(dict(groups), skipped)
 
 
-def _choose_series(folder: Path, counts: dict[str, int], requested: str | None) -> tuple[str, str]:
-    listing = ", ".join(f"{uid} ({n} files)" for uid, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+def _is_multiframe(dataset: pydicom.Dataset) -> bool:
+    return "PerFrameFunctionalGroupsSequence" in dataset or int(dataset.get("NumberOfFrames", 1) or 1) > 1
+
+
+def _single_image(path: Path, dataset: pydicom.Dataset) -> list[_Image] | str:
+    if "ImagePositionPatient" not in dataset or "ImageOrientationPatient" not in dataset:
+        return "no ImagePositionPatient / ImageOrientationPatient"
+    return [_image(path, None, dataset, dataset, dataset, dataset, dataset)]
+
+
+def _frames(path: Path, dataset: pydicom.Dataset) -> list[_Image] | str:
+    """One :class:`_Image` per frame of a multi-frame file, from its functional groups (per-frame over shared)."""
+    count = int(dataset.get("NumberOfFrames", 1) or 1)
+    per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+    shared_items = dataset.get("SharedFunctionalGroupsSequence") or []
+    shared = shared_items[0] if shared_items else pydicom.Dataset()
+    if per_frame and len(per_frame) != count:
+        return f"{len(per_frame)} per-frame functional groups for NumberOfFrames {count}"
+    images = []
+    for index in range(count):
+        frame = per_frame[index] if per_frame else pydicom.Dataset()
+
+        def item(sequence: str) -> pydicom.Dataset:
+            for groups in (frame, shared):
+                items = groups.get(sequence)
+                if items:
+                    return items[0]
+            return dataset  # fall back to top-level attributes (some legacy multi-frame files)
+
+        position, orientation = item("PlanePositionSequence"), item("PlaneOrientationSequence")
+        if "ImagePositionPatient" not in position or "ImageOrientationPatient" not in orientation:
+            return f"a multi-frame object without plane positions / orientations (frame {index + 1})"
+        images.append(_image(path, index + 1, dataset, position, orientation, item("PixelMeasuresSequence"),
+                             item("PixelValueTransformationSequence")))
+    return images
+
+
+def _image(
+    path: Path,
+    frame: int | None,
+    dataset: pydicom.Dataset,
+    position: pydicom.Dataset,
+    orientation: pydicom.Dataset,
+    measures: pydicom.Dataset,
+    rescale: pydicom.Dataset,
+) -> _Image:
+    spacing = measures.get("PixelSpacing") or dataset.get("PixelSpacing") or [1.0, 1.0]
+    return _Image(
+        path=path,
+        frame=frame,
+        dataset=dataset,
+        position=np.asarray([float(v) for v in position.ImagePositionPatient], dtype=np.float64),
+        orientation=np.asarray([float(v) for v in orientation.ImageOrientationPatient], dtype=np.float64),
+        pixel_spacing=(float(spacing[0]), float(spacing[1])),
+        slope=float(rescale.get("RescaleSlope", dataset.get("RescaleSlope", 1.0)) or 1.0),
+        intercept=float(rescale.get("RescaleIntercept", dataset.get("RescaleIntercept", 0.0)) or 0.0),
+    )
+
+
+def _describe_series(uid: str, images: list[_Image]) -> str:
+    first = images[0].dataset
+    details = [str(first.get("Modality", "")), repr(str(first.get("SeriesDescription", "")))]
+    if images[0].frame is not None:
+        details.append("multi-frame")
+    kept = ", ".join(d for d in details if d and d != "''")
+    return f"{uid} ({kept + ', ' if kept else ''}{len(images)} images)"
+
+
+def _choose_series(folder: Path, groups: dict[str, list[_Image]], requested: str | None) -> tuple[str, str]:
+    counts = {uid: len(images) for uid, images in groups.items()}
+    order = sorted(counts, key=lambda uid: (-counts[uid], uid))
+    listing = ", ".join(_describe_series(uid, groups[uid]) for uid in order)
     if requested is not None:
         if requested not in counts:
-            raise DicomSeriesError(f"{folder}: no series with SeriesInstanceUID {requested}; found {listing}")
-        return requested, f"{folder}: reading the requested series {requested} ({counts[requested]} files)"
-    chosen = max(sorted(counts), key=lambda uid: counts[uid])
+            raise DicomSeriesError(f"{folder}: no image series with SeriesInstanceUID {requested}; found {listing}")
+        others = [_describe_series(uid, groups[uid]) for uid in order if uid != requested]
+        also = f"; also in the folder: {', '.join(others)}" if others else ""
+        described = _describe_series(requested, groups[requested])
+        return requested, f"{folder}: reading the requested series {described}{also}"
+    chosen = order[0]
     if len(counts) == 1:
-        return chosen, f"{folder}: one series, {chosen} ({counts[chosen]} files)"
-    return chosen, f"{folder}: {len(counts)} series: {listing}; reading the largest, {chosen}"
+        return chosen, f"{folder}: one series, {_describe_series(chosen, groups[chosen])}"
+    others = ", ".join(_describe_series(uid, groups[uid]) for uid in order[1:])
+    return chosen, (
+        f"{folder}: {len(counts)} image series; reading the largest, {_describe_series(chosen, groups[chosen])}; "
+        f"not read: {others} (choose one with --series UID)"
+    )
 
 
-def _sorted_slices(folder: Path, headers: list[_SliceHeader]) -> list[_SliceHeader]:
-    first = headers[0]
-    for h in headers:
-        if int(h.dataset.get("NumberOfFrames", 1) or 1) > 1:
-            raise DicomSeriesError(f"{h.path}: multi-frame images are not supported; export single-frame slices")
-        if not np.allclose(h.orientation, first.orientation, atol=ORIENTATION_TOLERANCE):
+# ----------------------------------------------------------------------------- geometry
+
+
+def _sorted_images(folder: Path, images: list[_Image]) -> list[_Image]:
+    first = images[0]
+    for image in images:
+        if not np.allclose(image.orientation, first.orientation, atol=ORIENTATION_TOLERANCE):
             raise DicomSeriesError(
-                f"{folder}: slices of one series have different orientations: {first.path.name} "
-                f"{first.orientation.round(5).tolist()} vs {h.path.name} {h.orientation.round(5).tolist()}"
+                f"{folder}: images of one series have different orientations: {first.name} "
+                f"{first.orientation.round(5).tolist()} vs {image.name} {image.orientation.round(5).tolist()}"
             )
-        for tag in ("Rows", "Columns", "PixelSpacing"):
-            if h.dataset.get(tag) != first.dataset.get(tag):
+        for tag in ("Rows", "Columns"):
+            if image.dataset.get(tag) != first.dataset.get(tag):
                 raise DicomSeriesError(
-                    f"{folder}: {tag} differs between {first.path.name} ({first.dataset.get(tag)}) "
-                    f"and {h.path.name} ({h.dataset.get(tag)})"
+                    f"{folder}: {tag} differs between {first.name} ({first.dataset.get(tag)}) "
+                    f"and {image.name} ({image.dataset.get(tag)})"
                 )
-    normal = _normal(first)
-    return sorted(headers, key=lambda h: float(h.position @ normal))
+        if not np.allclose(image.pixel_spacing, first.pixel_spacing, rtol=1e-6, atol=1e-6):
+            raise DicomSeriesError(
+                f"{folder}: PixelSpacing differs between {first.name} ({list(first.pixel_spacing)}) "
+                f"and {image.name} ({list(image.pixel_spacing)})"
+            )
+    normal = first.normal
+    return sorted(images, key=lambda image: float(image.position @ normal))
 
 
-def _normal(header: _SliceHeader) -> np.ndarray:
-    orientation = header.orientation
-    return np.cross(orientation[:3], orientation[3:])
+def _slice_vector(folder: Path, images: list[_Image], positions: np.ndarray, allow_irregular: bool) -> np.ndarray:
+    """The step (LPS mm) from one slice's position to the next; raises (or warns) on duplicates, gaps and uneven
+    spacing.
 
-
-def _positions_along_normal(headers: list[_SliceHeader]) -> np.ndarray:
-    normal = _normal(headers[0])
-    return np.asarray([h.position @ normal for h in headers])
-
-
-def _checked_step(folder: Path, headers: list[_SliceHeader], positions: np.ndarray, allow_irregular: bool) -> float:
-    """The slice step in mm; raises (or warns) on duplicates, gaps and uneven spacing."""
-    if len(headers) == 1:
-        ds = headers[0].dataset
-        return float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
+    For an even series it is ``(last - first) / (n - 1)`` over the ImagePositionPatient values themselves, so a
+    gantry-tilted series (positions shifted in-plane from slice to slice) keeps its shear.
+    """
+    if len(images) == 1:
+        ds = images[0].dataset
+        thickness = _thickness(images[0])
+        return images[0].normal * float(ds.get("SpacingBetweenSlices") or thickness or 1.0)
     steps = np.diff(positions)
     duplicates = np.flatnonzero(steps < DUPLICATE_TOLERANCE_MM)
     if duplicates.size:
         k = duplicates[0]
         raise DicomSeriesError(
             f"{folder}: two slices at position {positions[k]:.3f} mm along the normal: "
-            f"{headers[k].path.name} and {headers[k + 1].path.name}; choose one acquisition"
+            f"{images[k].name} and {images[k + 1].name}; choose one acquisition"
         )
+    points = np.stack([image.position for image in images])
     median = float(np.median(steps))
-    uneven = np.flatnonzero(np.abs(steps - median) > RELATIVE_STEP_TOLERANCE * median + DUPLICATE_TOLERANCE_MM)
+    tolerance = RELATIVE_STEP_TOLERANCE * median + DUPLICATE_TOLERANCE_MM
+    uneven = np.flatnonzero(np.abs(steps - median) > tolerance)
+    vector = (points[-1] - points[0]) / (len(images) - 1)
+    off_line = np.linalg.norm(points - (points[0] + np.arange(len(images))[:, None] * vector), axis=1)
     if uneven.size:
-        details = "; ".join(_describe_step(headers, positions, k, median) for k in uneven[:10])
+        details = "; ".join(_describe_step(images, positions, k, median) for k in uneven[:10])
         more = f" (and {uneven.size - 10} more)" if uneven.size > 10 else ""
         message = f"{folder}: uneven slice spacing (median step {median:.3f} mm): {details}{more}"
-        if not allow_irregular:
-            raise DicomSeriesError(message + "; pass allow_irregular=True to stack the slices anyway")
-        warnings.warn(message + "; stacking anyway with the median step", stacklevel=3)
-    return median
+    elif off_line.max() > tolerance:
+        k = int(np.argmax(off_line))
+        message = (
+            f"{folder}: the slice positions do not lie on a line: {images[k].name} is {off_line[k]:.3f} mm from "
+            f"where an even step from {images[0].name} to {images[-1].name} puts it"
+        )
+    else:
+        return vector
+    if not allow_irregular:
+        raise DicomSeriesError(message + "; pass allow_irregular=True to stack the slices anyway")
+    warnings.warn(message + "; stacking anyway with the median step", stacklevel=3)
+    return np.median(np.diff(points, axis=0), axis=0)
 
 
-def _describe_step(headers: list[_SliceHeader], positions: np.ndarray, k: int, median: float) -> str:
+def _thickness(image: _Image) -> float | None:
+    measures = image.dataset.get("SharedFunctionalGroupsSequence")
+    if measures and "PixelMeasuresSequence" in measures[0]:
+        value = measures[0].PixelMeasuresSequence[0].get("SliceThickness")
+        if value:
+            return float(value)
+    value = image.dataset.get("SliceThickness")
+    return float(value) if value else None
+
+
+def _describe_step(images: list[_Image], positions: np.ndarray, k: int, median: float) -> str:
     step = positions[k + 1] - positions[k]
     missing = round(step / median) - 1
     gap = f", about {missing} missing slice{'s' if missing > 1 else ''}" if missing >= 1 else ""
     return (
-        f"step {step:.3f} mm between {positions[k]:.3f} mm ({headers[k].path.name}) "
-        f"and {positions[k + 1]:.3f} mm ({headers[k + 1].path.name}){gap}"
+        f"step {step:.3f} mm between {positions[k]:.3f} mm ({images[k].name}) "
+        f"and {positions[k + 1]:.3f} mm ({images[k + 1].name}){gap}"
     )
 
 
-def _rescaled_pixels(header: _SliceHeader) -> np.ndarray:
-    """(columns, rows) float32 pixel values with RescaleSlope / RescaleIntercept applied."""
+def _affine(first: _Image, slice_vector: np.ndarray) -> np.ndarray:
+    """Voxel (column, row, slice) to RAS mm."""
+    row_spacing, column_spacing = first.pixel_spacing
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = first.orientation[:3] * column_spacing
+    affine_lps[:3, 1] = first.orientation[3:] * row_spacing
+    affine_lps[:3, 2] = slice_vector
+    affine_lps[:3, 3] = first.position
+    return LPS_TO_RAS @ affine_lps
+
+
+# ----------------------------------------------------------------------------- pixels
+
+
+def _rescaled_stack(images: list[_Image]) -> np.ndarray:
+    """(columns, rows, slices) float32 pixel values with each image's rescale slope and intercept applied.
+
+    Each file is read once (a multi-frame file holds many slices), and only one file's pixels are held at a time.
+    """
+    first = images[0].dataset
+    stack = np.empty((int(first.Columns), int(first.Rows), len(images)), dtype=np.float32)
+    slices_of: dict[Path, list[int]] = defaultdict(list)
+    for k, image in enumerate(images):
+        slices_of[image.path].append(k)
+    for path, slices in slices_of.items():
+        pixels = _pixels(path)
+        for k in slices:
+            image = images[k]
+            frame = pixels[0 if image.frame is None else image.frame - 1]
+            stack[:, :, k] = (frame.astype(np.float64) * image.slope + image.intercept).T
+    return stack
+
+
+def _pixels(path: Path) -> np.ndarray:
+    """A file's stored pixel values as (frames, rows, columns)."""
     try:
-        dataset = pydicom.dcmread(header.path)
+        dataset = pydicom.dcmread(path)
         if int(dataset.get("SamplesPerPixel", 1)) != 1:
             raise DicomSeriesError(
-                f"{header.path}: expected a greyscale image, found SamplesPerPixel={dataset.SamplesPerPixel}"
+                f"{path}: expected a greyscale image, found SamplesPerPixel={dataset.SamplesPerPixel}"
             )
         pixels = dataset.pixel_array
     except DicomSeriesError:
         raise
     except Exception as exc:
-        raise DicomSeriesError(f"{header.path}: unreadable pixel data ({type(exc).__name__}: {exc})") from exc
-    slope = float(dataset.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(dataset.get("RescaleIntercept", 0.0) or 0.0)
-    return (pixels.astype(np.float64) * slope + intercept).astype(np.float32).T
-
-
-def _affine(headers: list[_SliceHeader], step: float) -> np.ndarray:
-    """Voxel (column, row, slice) to RAS mm."""
-    first = headers[0]
-    orientation = first.orientation
-    row_spacing, column_spacing = (float(v) for v in first.dataset.PixelSpacing)
-    if len(headers) > 1:
-        span = headers[-1].position - first.position
-        slice_vector = span / np.linalg.norm(span) * step
-    else:
-        slice_vector = _normal(first) * step
-    affine_lps = np.eye(4)
-    affine_lps[:3, 0] = orientation[:3] * column_spacing
-    affine_lps[:3, 1] = orientation[3:] * row_spacing
-    affine_lps[:3, 2] = slice_vector
-    affine_lps[:3, 3] = first.position
-    return LPS_TO_RAS @ affine_lps
+        raise DicomSeriesError(f"{path}: unreadable pixel data ({type(exc).__name__}: {exc})") from exc
+    return pixels.reshape(-1, int(dataset.Rows), int(dataset.Columns))

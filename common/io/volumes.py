@@ -25,6 +25,14 @@ from typing import TYPE_CHECKING
 import nibabel as nib
 import numpy as np
 
+from common.io.validation import (
+    VolumeReadError,
+    check_volume_header,
+    short_reason,
+    spatial_shape,
+    validated_volume_array,
+)
+
 if TYPE_CHECKING:
     import torch
 
@@ -33,10 +41,6 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SIMPLEITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 HDF5_SUFFIXES = (".h5", ".hdf5")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + SIMPLEITK_SUFFIXES + HDF5_SUFFIXES
-
-
-class VolumeReadError(ValueError):
-    """A volume file could not be read; the message names the file and the reason."""
 
 
 @dataclass(frozen=True)
@@ -66,27 +70,32 @@ def load_volume(path: str | os.PathLike, *, h5_key: str = "image") -> Volume:
     (D, H, W) stack of display-layout slices without geometry: the result gets the RAS layout that
     :func:`display_to_ras_axial` defines and an identity affine (1 mm voxels, since the release
     keeps no spacing).
+
+    Every volume is checked (:mod:`common.io.validation`): the header before any data are read, the array and
+    affine after; a 2-D file is read as one slice ``(X, Y, 1)`` and singleton dimensions after the third are
+    dropped. Raises :class:`VolumeReadError` naming the file, what was expected and what was found.
     """
     path = Path(path)
     if path.is_dir():
         from common.io.dicom_series import read_dicom_series
 
         series = read_dicom_series(path)
-        return Volume(series.array, series.affine, path)
+        return _validated(Volume(series.array, series.affine, path))
     if not path.is_file():
         raise VolumeReadError(f"{path}: no such file or folder")
     suffix = volume_suffix(path)
     try:
+        check_volume_header(path, suffix)
         if suffix in NIFTI_SUFFIXES:
-            return _load_nifti(path)
+            return _validated(_load_nifti(path))
         if suffix in SIMPLEITK_SUFFIXES:
-            return _load_with_simpleitk(path)
+            return _validated(_load_with_simpleitk(path))
         if suffix in HDF5_SUFFIXES:
-            return _load_transunet_h5(path, h5_key)
+            return _validated(_load_transunet_h5(path, h5_key))
     except VolumeReadError:
         raise
     except Exception as exc:  # any reader failure (truncated, corrupt): name the file
-        raise VolumeReadError(f"{path}: cannot read this {suffix} file ({type(exc).__name__}: {exc})") from exc
+        raise VolumeReadError(f"{path}: cannot read this {suffix} file ({short_reason(exc)})") from exc
     raise VolumeReadError(f"{path}: not a volume file; expected one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder")
 
 
@@ -96,16 +105,22 @@ def volume_shape(path: str | os.PathLike, *, h5_key: str = "image") -> tuple[int
     suffix = volume_suffix(path)
     try:
         if suffix in NIFTI_SUFFIXES:
-            return tuple(int(v) for v in nib.load(path).shape)
+            return spatial_shape(path, nib.load(path).shape)
         if suffix in HDF5_SUFFIXES:
             import h5py
 
             with h5py.File(path, "r") as f:
                 d, h, w = f[h5_key].shape
             return (w, h, d)
+    except VolumeReadError:
+        raise
     except Exception as exc:
-        raise VolumeReadError(f"{path}: cannot read the header ({type(exc).__name__}: {exc})") from exc
+        raise VolumeReadError(f"{path}: cannot read the header ({short_reason(exc)})") from exc
     return load_volume(path, h5_key=h5_key).array.shape
+
+
+def _validated(volume: Volume) -> Volume:
+    return Volume(validated_volume_array(volume.path, volume.array, volume.affine), volume.affine, volume.path)
 
 
 def _load_nifti(path: Path) -> Volume:
@@ -118,14 +133,18 @@ def _load_with_simpleitk(path: Path) -> Volume:
     import SimpleITK as sitk
 
     image = sitk.ReadImage(str(path))
-    if image.GetDimension() != 3:
-        raise VolumeReadError(f"{path}: expected a 3-D image, found {image.GetDimension()}-D")
-    array = sitk.GetArrayFromImage(image)  # (Z, Y, X) or (Z, Y, X, C)
+    dims = image.GetDimension()
+    if dims not in (2, 3):
+        raise VolumeReadError(f"{path}: expected a 3-D image (or a 2-D one, read as one slice); found {dims}-D "
+                              f"of size {image.GetSize()}")
+    array = sitk.GetArrayFromImage(image)  # (Z, Y, X) or (Z, Y, X, C); 2-D: (Y, X) or (Y, X, C)
+    if dims == 2:
+        array = array[None]
     array = np.moveaxis(array, (0, 1, 2), (2, 1, 0))
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     affine_lps = np.eye(4)
-    affine_lps[:3, :3] = direction @ np.diag(image.GetSpacing())
-    affine_lps[:3, 3] = image.GetOrigin()
+    affine_lps[:dims, :dims] = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dims, dims) @ np.diag(
+        image.GetSpacing())
+    affine_lps[:dims, 3] = image.GetOrigin()
     return Volume(np.ascontiguousarray(array), LPS_TO_RAS @ affine_lps, path)
 
 
