@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("common.segment", "segment volumes, DICOM series or 2-D pictures with a bundle"),
     "demo": ("common.demo", "train, evaluate and apply a PVT-GDLA bundle on the MNI152 brain template (CPU)"),
     "release": ("common.release", "pack a trained bundle into a checksummed archive; download and verify one"),
+    "listen": ("common.dicom_node", "a DICOM node: receive series, segment them, send the DICOM SEG on"),
 }
 
 
