@@ -68,6 +68,6 @@ $(LABEL_STAMP): requirements-label.txt constraints-label.txt pyproject.toml
 	touch $(LABEL_STAMP)
 
 label: $(LABEL_STAMP)
-	@test -n "$(STUDIES)" || { echo "usage: make label STUDIES=DIR [MODELS=all|name,name] [LABEL_HOST=127.0.0.1] [LABEL_PORT=8000]"; exit 2; }
-	$(LABEL_PY) -m monailabel.main start_server --app monailabel_app --studies $(STUDIES) \
+	@test -n "$(STUDIES)" || { echo "usage: make label STUDIES=DIR|http://HOST/dicom-web [MODELS=all|name,name] [LABEL_HOST=127.0.0.1] [LABEL_PORT=8000]"; exit 2; }
+	PATH="$(abspath $(LABEL_VENV))/bin:$$PATH" $(LABEL_PY) -m monailabel.main start_server --app monailabel_app --studies $(STUDIES) \
 		--conf models $(MODELS) --host $(LABEL_HOST) --port $(LABEL_PORT)
