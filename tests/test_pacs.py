@@ -8,7 +8,9 @@ heads are set to predict label 1 (spleen) everywhere, so each series gets a SEG 
 from __future__ import annotations
 
 import csv
-import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -299,3 +301,54 @@ def storage_scp(destination: Destination, received: list[pydicom.Dataset]):
     ae.supported_contexts = StoragePresentationContexts
     ae.add_supported_context(SegmentationStorage)
     return ae.start_server((destination.host, destination.port), block=False, evt_handlers=[(evt.EVT_C_STORE, keep)])
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in {path} after {timeout} s:\n{path.read_text() if path.exists() else ''}")
+
+
+def csv_rows(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_listen_command_finishes_its_series_on_sigterm_and_resumes_the_queue(tmp_path, orthanc):
+    bundle = foreground_bundle(tmp_path)
+    port, out = free_port(), tmp_path / "node"
+    command = [sys.executable, "-m", "common", "listen", "--bundle", str(bundle), "--port", str(port),
+               "--ae-title", NODE_AET, "--host", "127.0.0.1", "--store-to", f"{ORTHANC_AET}@127.0.0.1:{orthanc.dicom_port}",
+               "--output", str(out), "--quiet-seconds", "1", "--device", "cpu"]
+    study_uid = generate_uid()
+    sent = []
+    for name in ("first", "second"):
+        _, files = study_series(tmp_path / name, study_uid)
+        sent += [pydicom.dcmread(f) for f in files]
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_text(out / "node.log", "listening as GDLA")
+        assert c_store(port, sent) == [0] * 8
+        wait_for_text(out / "node.log", "segmenting")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 0
+        finished = csv_rows(out / "series.csv")
+        waiting = list((out / "queue").iterdir()) + list((out / "incoming").iterdir())  # left for the restart
+        assert finished[0]["status"] == "stored" and len(finished) + len(waiting) == 2
+        process = subprocess.Popen(command, stderr=subprocess.DEVNULL)  # a restart takes up what was queued
+        deadline = time.monotonic() + 120
+        while len(csv_rows(out / "series.csv")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert [row["status"] for row in csv_rows(out / "series.csv")] == ["stored", "stored"]
+    assert len(seg_series(DICOMwebClient(orthanc.dicomweb), study_uid)) == 2
+    log = (out / "node.log").read_text()
+    assert "signal received" in log and "C-ECHO from TESTSCU" in log
