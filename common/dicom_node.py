@@ -55,6 +55,7 @@ CSV_COLUMNS = ("finished", "job", "study_uid", "series_uid", "modality", "instan
 #: C-STORE statuses: success, and the warnings that still mean "stored" (coercion, elements discarded).
 STORED_STATUSES = (0x0000, 0xB000, 0xB006, 0xB007)
 CANNOT_UNDERSTAND = 0xC210
+MAX_ASSOCIATIONS = 32  # simultaneous senders; a busy worker never refuses one (the queue grows instead)
 OUT_OF_RESOURCES = 0xA700
 _DESTINATION = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
@@ -138,7 +139,7 @@ class DicomNode:
         ae.supported_contexts = AllStoragePresentationContexts
         ae.add_supported_context(Verification)
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = self.settings.network_timeout
-        ae.maximum_associations = 32
+        ae.maximum_associations = MAX_ASSOCIATIONS
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
                     (evt.EVT_ABORTED, self._on_aborted)]
         self._server = ae.start_server((self.settings.host, self.settings.port), block=False, evt_handlers=handlers)
@@ -257,9 +258,9 @@ class DicomNode:
                 logger.info("series %s: segmenting %d instance(s)", row["series_uid"], len(files))
                 result = segment_case(self.segmenter, Case(job.name, job, "dicom"), self.folder("results") / job.name)
                 seg = next((p for p in result.outputs if p.name.endswith("_seg.dcm")), None)
-                shutil.rmtree(job)
                 row["seg_file"] = str(seg or "")
                 row["status"] = self._deliver(seg) if seg else "no-foreground"
+                shutil.rmtree(job)  # the outputs are in results/ (and the SEG, if undelivered, in unsent/)
         except Exception as exc:  # the series is kept for a retry; the node goes on with the next
             row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
             kept = self.folder("failed") / job.name
@@ -316,6 +317,8 @@ class DicomNode:
             return "association rejected, aborted or never connected"
         try:
             status = assoc.send_c_store(dataset)
+        except (RuntimeError, ValueError) as exc:  # e.g. the destination accepted no context for a SEG
+            return f"{type(exc).__name__}: {exc}"
         finally:
             if assoc.is_established:
                 assoc.release()

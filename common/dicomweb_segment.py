@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from common.io.dicomweb import (
+    DEFAULT_ATTEMPTS,
     DicomWebError,
     client,
     image_series,
@@ -53,15 +54,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def retrieve_study(url: str, output_dir: str | os.PathLike, *, series: str | None = None,
-                   ca_bundle: str | os.PathLike | None = None) -> Path:
+                   ca_bundle: str | os.PathLike | None = None, attempts: int = DEFAULT_ATTEMPTS) -> Path:
     """WADO-RS the image series ``url`` names (or ``series`` of its study) below ``output_dir/retrieved``.
+
+    ``attempts``: tries per request (see :func:`common.io.dicomweb.client`).
 
     Returns what to segment: the study folder (one sub-folder per series) or the one series folder.
     """
     resource = parse_resource(url)
     if series:
         resource = replace(resource, series_uid=series)
-    web = client(resource.root, ca_bundle)
+    web = client(resource.root, ca_bundle, attempts)
     study_folder = Path(output_dir) / RETRIEVED_FOLDER / resource.study_uid
     uids = image_series(web, resource)
     for uid in uids:

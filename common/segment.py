@@ -16,7 +16,8 @@ masks equal what the bundle's ``inference.json`` writes for the same input. Outp
 
 and for the run ``report.csv`` and, with volume cases, ``volumes.csv`` (per-structure volumes in mL). One failed
 case does not stop the others; the command ends with a report of every case and exits 1 if any failed (2 when the
-bundle or the input cannot be used at all).
+bundle or the input cannot be used at all). ``PATH`` may also be a DICOMweb study or series URL, and ``--store-to``
+sends the DICOM SEGs to a PACS: see :mod:`common.dicomweb_segment`.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ USER_VARIABLE, PASSWORD_VARIABLE = "GDLA_DICOMWEB_USER", "GDLA_DICOMWEB_PASSWORD
 #: Modalities of series that hold no images to segment (segmentations, structure sets, reports, key objects...).
 NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "DOC",
                                   "REG", "FID", "RWV", "AU", "ECG", "PLAN"})
+DEFAULT_ATTEMPTS = 5
 SERIES_UID_TAG, MODALITY_TAG, SERIES_NUMBER_TAG = "0020000E", "00080060", "00200011"
 _RESOURCE = re.compile(r"^(?P<root>https?://.+?)/studies/(?P<study>[0-9.]+)(?:/series/(?P<series>[0-9.]+))?/?$")
 
@@ -78,9 +79,15 @@ def session(ca_bundle: str | os.PathLike | None = None) -> requests.Session:
     return http  # no auth set: requests falls back to a netrc entry for the host
 
 
-def client(root: str, ca_bundle: str | os.PathLike | None = None) -> DICOMwebClient:
-    """A ``dicomweb-client`` for the service at ``root`` (e.g. ``http://pacs:8042/dicom-web``)."""
-    return DICOMwebClient(url=root.rstrip("/"), session=session(ca_bundle))
+def client(root: str, ca_bundle: str | os.PathLike | None = None, attempts: int = DEFAULT_ATTEMPTS) -> DICOMwebClient:
+    """A ``dicomweb-client`` for the service at ``root`` (e.g. ``http://pacs:8042/dicom-web``).
+
+    A request that cannot connect, or is answered 408, 429, 503 or 504, is tried ``attempts`` times in all, with
+    exponential back-off (1 s, 2 s, 4 s, ...: about 30 s for an unreachable server with the default).
+    """
+    web = DICOMwebClient(url=root.rstrip("/"), session=session(ca_bundle))
+    web.set_http_retry_params(retry=attempts > 1, max_attempts=attempts)
+    return web
 
 
 @contextlib.contextmanager
@@ -120,7 +127,15 @@ def image_series(web: DICOMwebClient, resource: DicomWebResource) -> list[str]:
     if not images:
         modalities = sorted({str(_first(entry, MODALITY_TAG)) for entry in found})
         raise DicomWebError(f"QIDO-RS {resource.url}: no image series in the study (modalities {modalities})")
-    return [uid for _, uid in sorted(images, key=lambda item: (item[0] is None, item[0] or 0, item[1]))]
+    ordered = sorted(images, key=lambda item: (item[0] is None, item[0] or 0, str(item[1])))
+    return [checked_uid(uid, f"QIDO-RS {resource.url}") for _, uid in ordered]
+
+
+def checked_uid(uid: object, where: str) -> str:
+    """``uid`` if it is a valid DICOM UID (digits and dots, at most 64 characters): safe as a file name."""
+    if not isinstance(uid, str) or not pydicom.uid.UID(uid).is_valid:
+        raise DicomWebError(f"{where}: the server answered an invalid UID {uid!r}")
+    return uid
 
 
 def _first(entry: dict, tag: str) -> object:
@@ -135,7 +150,7 @@ def retrieve_series(web: DICOMwebClient, root: str, study_uid: str, series_uid: 
     files = []
     with named_errors("WADO-RS", url):
         for dataset in web.iter_series(study_uid, series_uid):
-            path = folder / f"{dataset.SOPInstanceUID}.dcm"
+            path = folder / f"{checked_uid(str(dataset.get('SOPInstanceUID', '')), url)}.dcm"
             with atomic_path(path) as temporary:
                 pydicom.dcmwrite(temporary, dataset, enforce_file_format=True)
             files.append(path)
