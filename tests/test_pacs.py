@@ -133,10 +133,12 @@ def test_segment_command_segments_each_image_series_of_a_study_and_stores_the_se
 
 def test_dicomweb_errors_name_the_url_and_status_and_keep_local_outputs(tmp_path, orthanc, capsys):
     bundle = copy_bundle(tmp_path, BUNDLE, spatial_size=SIZE)
-    missing = f"{orthanc.dicomweb}/studies/{generate_uid()}"
+    missing = f"{orthanc.dicomweb}/studies/{generate_uid()}/series/{generate_uid()}"
     assert main(["segment", "--bundle", str(bundle), "--input", missing, "--output", str(tmp_path / "a")]) == 2
-    error = capsys.readouterr().err
-    assert missing in error and ("404" in error or "no series" in error)
+    assert f"error: WADO-RS {missing}: HTTP 404 Not Found" in capsys.readouterr().err
+    missing_study = f"{orthanc.dicomweb}/studies/{generate_uid()}"  # QIDO-RS answers an empty list
+    assert main(["segment", "--bundle", str(bundle), "--input", missing_study, "--output", str(tmp_path / "a")]) == 2
+    assert f"error: QIDO-RS {missing_study}: the study has no series" in capsys.readouterr().err
 
     down = f"http://127.0.0.1:{free_port()}/dicom-web/studies/{generate_uid()}"
     with pytest.raises(DicomWebError, match=re.escape(f"QIDO-RS {down}/series: ConnectionError")):
