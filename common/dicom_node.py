@@ -222,7 +222,11 @@ class DicomNode:
                     arrival = self._arrivals.pop(uid)
                     job = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}_{uid}"
                     target = self.folder("queue") / job
-                    (self.folder("incoming") / uid).rename(target)
+                    try:
+                        (self.folder("incoming") / uid).rename(target)
+                    except OSError as exc:
+                        logger.error("series %s: cannot queue its folder (%s); left in incoming/", uid, exc)
+                        continue
                     self._callers[job] = arrival.calling_ae
                     self._jobs.put(target)
                     logger.info("series %s complete (%d instance(s) from %s); queued as %s (%d waiting)", uid,
@@ -237,7 +241,10 @@ class DicomNode:
                 job = self._jobs.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self._process(job)
+            try:
+                self._process(job)
+            except Exception:  # e.g. series.csv not writable: logged, and the worker goes on
+                logger.exception("series job %s: could not be recorded", job.name)
 
     def _process(self, job: Path) -> None:
         started = time.monotonic()

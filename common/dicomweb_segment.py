@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -112,7 +113,7 @@ def report_stores(args: argparse.Namespace, results: Sequence) -> bool:
     try:
         rows = store_segs(results, args.store_to, args.output, ca_bundle=args.ca_bundle)
     except DicomWebError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return False
     for row in rows:
         print(f"STOW-RS {row['file']} -> {args.store_to}: {row['status']}" + (f" ({row['error']})" if row["error"] else ""))
