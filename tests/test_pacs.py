@@ -85,7 +85,7 @@ def test_dicomweb_series_round_trip_gives_an_exact_seg_in_the_study(tmp_path, or
     series_uid = pydicom.dcmread(files[0]).SeriesInstanceUID
     bundle = copy_bundle(tmp_path, BUNDLE, spatial_size=SIZE)
 
-    folder = retrieve_study(f"{orthanc.dicomweb}/studies/{study_uid}/series/{series_uid}", tmp_path / "out")
+    folder = retrieve_study(f"{orthanc.dicomweb}/studies/{study_uid}", tmp_path / "out", series=series_uid)
     results = segment_cases(bundle, folder, tmp_path / "out", network=IntensityThreshold(), device="cpu",
                             progress=False)
     rows = store_segs(results, orthanc.dicomweb, tmp_path / "out")
@@ -291,6 +291,19 @@ def test_node_survives_bad_input_aborts_and_a_destination_that_is_down(tmp_path)
     assert sorted(ds.ReferencedSeriesSequence[0].SeriesInstanceUID for ds in received) == sorted(
         [good[0].SeriesInstanceUID, pydicom.dcmread(files_b[0]).SeriesInstanceUID])
     assert not list((tmp_path / "node" / "unsent").iterdir())
+
+    # --retry-failed: the kept series is tried again at start (and, still cut short, kept again)
+    node = DicomNode(node.segmenter, NodeSettings(output=tmp_path / "node", port=free_port(), host="127.0.0.1",
+                                                  quiet_seconds=1.0, retry_failed=True))
+    retried = Results()
+    node.on_result = retried.add
+    node.start()
+    try:
+        (row,) = retried.wait_for(1)
+    finally:
+        node.stop()
+    assert row["series_uid"] == cut[0].SeriesInstanceUID and row["status"] == "failed"
+    assert [p.name for p in (tmp_path / "node" / "failed").iterdir()] == [p.name for p in failed]
 
 
 def storage_scp(destination: Destination, received: list[pydicom.Dataset]):
