@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # two workers share the two cores (tests/conftest.py gives each one torch thread)
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test test-quick demo bench clean
+.PHONY: install test test-quick demo bench clean pacs-deps
 
 install: $(STAMP)
 
@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) pacs-deps
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
-test-quick: $(STAMP)
+test-quick: $(STAMP) pacs-deps
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
@@ -34,6 +34,15 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The PACS tests (tests/test_pacs.py) run a real Orthanc with its DICOMweb plugin: found on PATH or in /usr/sbin,
+# else installed from the Debian packages when root (docs/pacs.md: without root).
+GDLA_ORTHANC_DICOMWEB_PLUGIN ?= /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+export GDLA_ORTHANC_DICOMWEB_PLUGIN
+pacs-deps:
+	@if { command -v Orthanc || test -x /usr/sbin/Orthanc; } >/dev/null && test -f $(GDLA_ORTHANC_DICOMWEB_PLUGIN); then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb; \
+	else echo "Orthanc and its DICOMweb plugin are missing: sudo apt-get install orthanc orthanc-dicomweb (docs/pacs.md)"; exit 1; fi
 
 # MONAI Label (docs/monailabel.md). Its pins (numpy<2, pydicom<3, jsonschema<4) clash with .venv, so it gets its own
 # environment; the project goes in without dependencies. sam2, a MONAI Label dependency, builds against the
@@ -59,6 +68,6 @@ $(LABEL_STAMP): requirements-label.txt constraints-label.txt pyproject.toml
 	touch $(LABEL_STAMP)
 
 label: $(LABEL_STAMP)
-	@test -n "$(STUDIES)" || { echo "usage: make label STUDIES=DIR [MODELS=all|name,name] [LABEL_HOST=127.0.0.1] [LABEL_PORT=8000]"; exit 2; }
-	$(LABEL_PY) -m monailabel.main start_server --app monailabel_app --studies $(STUDIES) \
+	@test -n "$(STUDIES)" || { echo "usage: make label STUDIES=DIR|http://HOST/dicom-web [MODELS=all|name,name] [LABEL_HOST=127.0.0.1] [LABEL_PORT=8000]"; exit 2; }
+	PATH="$(abspath $(LABEL_VENV))/bin:$$PATH" $(LABEL_PY) -m monailabel.main start_server --app monailabel_app --studies $(STUDIES) \
 		--conf models $(MODELS) --host $(LABEL_HOST) --port $(LABEL_PORT)

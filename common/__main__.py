@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("common.demo", "train, evaluate and apply a PVT-GDLA bundle on the MNI152 brain template (CPU)"),
     "release": ("common.release", "pack a trained bundle into a checksummed archive; download and verify one"),
     "reproduce": ("common.reproduce", "evaluate (or train, then evaluate) a bundle beside its paper row"),
+    "listen": ("common.dicom_node", "a DICOM node: receive series, segment them, send the DICOM SEG on"),
 }
 
 

@@ -19,7 +19,8 @@ and for the run ``report.csv`` and, with volume cases, ``volumes.csv`` (per-stru
 is validated when read, before the network runs (:mod:`common.io.validation`). A case's outputs are staged and
 moved into ``DIR`` only when the case succeeds, so a failed case leaves nothing behind and does not stop the others;
 the command ends with a report of every case (with its warnings: which series of several was read, why no SEG was
-written) and exits 1 if any failed (2 when the bundle or the input cannot be used at all).
+written) and exits 1 if any failed (2 when the bundle or the input cannot be used at all). ``PATH`` may also be a
+DICOMweb study or series URL, and ``--store-to`` sends the DICOM SEGs to a PACS: see :mod:`common.dicomweb_segment`.
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged
 
+from common import dicomweb_segment
 from common.inference import Precision, SliceInferer2D
 from common.io.dicom_seg import read_source_datasets, seg_obstacle, write_dicom_seg
 from common.io.dicom_series import DicomSeries, read_dicom_series
+from common.io.dicomweb import DicomWebError
 from common.io.images import read_image_2d
 from common.io.mask_saving import SaveMask2Dd
 from common.io.staging import publish, staged_folder
@@ -498,9 +501,9 @@ def format_report(results: Sequence[CaseResult]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Segment volumes, DICOM series or 2-D pictures with a bundle, keeping the input's geometry."
     parser.add_argument("--bundle", type=Path, required=True, help="bundle folder (configs/inference.json, models/)")
-    parser.add_argument("--input", type=Path, required=True,
+    parser.add_argument("--input", type=dicomweb_segment.input_location, required=True,
                         help="a NIfTI/NRRD/MHA file, a DICOM series folder, a PNG/JPEG/BMP picture, "
-                             "or a folder of cases")
+                             "a folder of cases, or a DICOMweb study/series URL (docs/pacs.md)")
     parser.add_argument("--output", type=Path, required=True, help="folder for the masks, previews and tables")
     parser.add_argument("--weights", type=Path, help="state dict to use instead of BUNDLE/models/model.pt")
     parser.add_argument("--device", help="where the network runs (default: cuda if available, else cpu)")
@@ -508,20 +511,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=get_args(Precision),
                         help="network arithmetic (default: the bundle's, 'auto': float16 autocast on CUDA, bfloat16 "
                              "on CPUs with native bfloat16, else float32; 'float32' is the authors' arithmetic)")
-    parser.add_argument("--series", metavar="UID",
-                        help="SeriesInstanceUID to read from DICOM folders holding several series (default: the "
-                             "largest image series, named in the report with the others)")
+    dicomweb_segment.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        results = segment_cases(args.bundle, args.input, args.output, weights=args.weights, device=args.device,
+        inputs = dicomweb_segment.retrieve_inputs(args)  # a DICOMweb URL is retrieved into the output folder
+        results = segment_cases(args.bundle, inputs, args.output, weights=args.weights, device=args.device,
                                 batch_size=args.batch_size, precision=args.precision, series_uid=args.series)
-    except (BundleError, InputError) as exc:
+    except (BundleError, InputError, DicomWebError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_report(results))
     if any(result.volumes for result in results):
         print(f"per-structure volumes (mL): {args.output / VOLUMES_FILE}")
     print(f"report: {args.output / REPORT_FILE}")
-    return 1 if any(r.status != "ok" for r in results) else 0
+    stored = dicomweb_segment.report_stores(args, results)
+    return 1 if any(r.status != "ok" for r in results) or not stored else 0
