@@ -266,7 +266,8 @@ class DicomNode:
                 result = segment_case(self.segmenter, Case(job.name, job, "dicom"), self.folder("results") / job.name)
                 seg = next((p for p in result.outputs if p.name.endswith("_seg.dcm")), None)
                 row["seg_file"] = str(seg or "")
-                row["status"] = self._deliver(seg) if seg else "no-foreground"
+                row["status"] = self._deliver(seg) if seg else "no-seg"
+                row["error"] = "; ".join(result.warnings)  # e.g. why no SEG was written
                 shutil.rmtree(job)  # the outputs are in results/ (and the SEG, if undelivered, in unsent/)
         except Exception as exc:  # the series is kept for a retry; the node goes on with the next
             row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
