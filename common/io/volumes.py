@@ -18,6 +18,7 @@ the in-plane layout used by training and inference.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,11 +123,16 @@ def _load_with_simpleitk(path: Path) -> Volume:
         raise VolumeReadError(f"{path}: expected a 3-D image, found {image.GetDimension()}-D")
     array = sitk.GetArrayFromImage(image)  # (Z, Y, X) or (Z, Y, X, C)
     array = np.moveaxis(array, (0, 1, 2), (2, 1, 0))
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = simpleitk_affine(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
+    return Volume(np.ascontiguousarray(array), affine, path)
+
+
+def simpleitk_affine(direction: Sequence[float], spacing: Sequence[float], origin: Sequence[float]) -> np.ndarray:
+    """The (4, 4) index-to-RAS affine of a SimpleITK / ITK image from its (LPS) direction, spacing and origin."""
     affine_lps = np.eye(4)
-    affine_lps[:3, :3] = direction @ np.diag(image.GetSpacing())
-    affine_lps[:3, 3] = image.GetOrigin()
-    return Volume(np.ascontiguousarray(array), LPS_TO_RAS @ affine_lps, path)
+    affine_lps[:3, :3] = np.asarray(direction, dtype=np.float64).reshape(3, 3) @ np.diag(spacing)
+    affine_lps[:3, 3] = origin
+    return LPS_TO_RAS @ affine_lps
 
 
 def _load_transunet_h5(path: Path, key: str) -> Volume:

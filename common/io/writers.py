@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common.io.volumes import Volume, ras_axial_to_display, reorient
+from common.io.lazy_volumes import LazyVolume, OrientedSlabs, orientation_transform, oriented_view
+from common.io.volumes import ras_axial_to_display
 from common.io.atomic import atomic_path
 from common.metrics import write_csv
 
@@ -166,29 +167,37 @@ def preview_slices(labels: np.ndarray, count: int) -> list[int]:
 
 
 def write_volume_overlay(
-    volume: ArrayLike, labels: ArrayLike, affine: ArrayLike, path: str | os.PathLike, num_slices: int = 4
+    volume: ArrayLike | LazyVolume, labels: ArrayLike, affine: ArrayLike, path: str | os.PathLike, num_slices: int = 4
 ) -> Path:
     """Write a PNG of ``num_slices`` axial slices side by side, labels coloured in, in the radiological view.
 
     ``volume`` and ``labels`` are ``[X, Y, Z]`` with index-to-RAS ``affine`` (any orientation: the preview is
-    reoriented to RAS, so rows run anterior to posterior and the patient's right is on the left).
+    reoriented to RAS, so rows run anterior to posterior and the patient's right is on the left). A
+    :class:`LazyVolume` (``[X, Y, Z]``, or ``[X, Y, Z, C]`` showing channel 0) is read only at the slices shown.
     """
     path = Path(path)
-    volume = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+    if not isinstance(volume, LazyVolume):
+        array = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+        if array.ndim != 3:
+            raise ValueError(f"{path}: expected a volume [X, Y, Z], found shape {array.shape}")
+        volume = LazyVolume(array, affine, path)
     labels = as_label_array(labels, str(path))
-    if volume.ndim != 3 or volume.shape != labels.shape:
+    if volume.shape[:3] != labels.shape:
         raise ValueError(
             f"{path}: expected volume and labels [X, Y, Z] of one shape, found {volume.shape} and {labels.shape}"
         )
     affine = _check_affine(affine, str(path))
-    ras_volume = reorient(Volume(volume, affine, path)).array
-    ras_labels = reorient(Volume(labels, affine, path)).array
+    transform = orientation_transform(affine, "RAS")
+    ras_labels = oriented_view(labels, transform)
     picks = preview_slices(ras_labels, num_slices)
-    window = intensity_window(ras_volume[:, :, picks])
+    slabs = OrientedSlabs(volume, transform)
+    ras_slices = [slabs.slab(z, z + 1)[:, :, 0] for z in picks]
+    ras_slices = [image if image.ndim == 2 else image[..., 0] for image in ras_slices]
+    window = intensity_window(np.stack(ras_slices, axis=-1))
     colors = label_colors(int(labels.max(initial=0)))  # one table and one window for every panel
     panels = [
-        overlay(ras_axial_to_display(ras_volume[:, :, z]), ras_axial_to_display(ras_labels[:, :, z]), window, colors)
-        for z in picks
+        overlay(ras_axial_to_display(image), ras_axial_to_display(ras_labels[:, :, z]), window, colors)
+        for image, z in zip(ras_slices, picks)
     ]
     with atomic_path(path) as temporary:
         Image.fromarray(np.concatenate(panels, axis=1)).save(temporary, format="PNG")
