@@ -29,6 +29,7 @@ from common.metrics import write_csv
 PngValues = Literal["labels", "binary255"]
 ArrayLike = np.ndarray | torch.Tensor
 OVERLAY_ALPHA = 0.45
+COUNT_BLOCK = 1 << 22  # voxels per bincount in structure_volumes (32 MiB of intp at a time)
 
 
 def as_label_array(labels: ArrayLike, where: str, max_value: int = 255) -> np.ndarray:
@@ -215,7 +216,9 @@ def structure_volumes(
     array = as_label_array(labels, "volume table")
     affine = _check_affine(affine, "volume table")
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    counts = np.bincount(array.ravel(), minlength=256)
+    counts = np.zeros(256, dtype=np.int64)
+    for block in np.array_split(array.reshape(-1), max(1, array.size // COUNT_BLOCK)):  # bincount makes an intp copy
+        counts += np.bincount(block, minlength=256)
     names = dict(label_names or {})
     if any(not 0 < int(value) < 256 for value in names):
         raise ValueError(f"volume table: label names must be keyed by labels 1..255, found {sorted(names)}")
