@@ -42,9 +42,8 @@ from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged
 
 from common.inference import Precision, SliceInferer2D
 from common.io.dicom_seg import write_dicom_seg
-from common.io.dicom_series import DicomSeries, read_dicom_series
 from common.io.images import read_image_2d
-from common.io.lazy_volumes import LazyVolume, as_lazy_volume, open_lazy_volume
+from common.io.lazy_volumes import LazyVolume, as_lazy_volume, open_dicom_series, open_lazy_volume
 from common.io.mask_saving import SaveMask2Dd
 from common.io.volumes import VOLUME_SUFFIXES, Volume, volume_suffix
 from common.io.writers import (
@@ -389,17 +388,16 @@ def _segment_picture_case(segmenter: BundleSegmenter, case: Case, output_dir: Pa
 
 
 def _segment_volume_case(segmenter: BundleSegmenter, case: Case, output_dir: Path) -> CaseResult:
-    series: DicomSeries | None = read_dicom_series(case.path) if case.kind == "dicom" else None
-    volume = LazyVolume(series.array, series.affine, case.path) if series is not None else open_lazy_volume(case.path)
+    volume, files = open_dicom_series(case.path) if case.kind == "dicom" else (open_lazy_volume(case.path), None)
     labels = segmenter.segment_volume(volume)
     outputs = [
         write_nifti(labels, volume.affine, output_dir / f"{case.name}_seg.nii.gz"),
         write_volume_overlay(volume, labels, volume.affine, output_dir / f"{case.name}_overlay.png"),
     ]
-    if series is not None and labels.any():
-        outputs.append(write_dicom_seg(series.files, labels, output_dir / f"{case.name}_seg.dcm",
+    if files is not None and labels.any():
+        outputs.append(write_dicom_seg(files, labels, output_dir / f"{case.name}_seg.dcm",
                                        segmenter.label_names, series_description=segmenter.root.name[:64]))
-    elif series is not None:
+    elif files is not None:
         logger.warning("%s: no foreground predicted, so no DICOM SEG was written", case.path)
     rows = [{"case": case.name, **row} for row in structure_volumes(labels, volume.affine, segmenter.label_names)]
     return CaseResult(case.name, case.path, "ok", outputs, volumes=rows)

@@ -156,3 +156,23 @@ def test_stream_slices_on_the_cpu_device_equals_predict_volume():
     assert sorted(calls) == [(0, 3), (3, 6), (6, 9)]
     torch.testing.assert_close(written, expected)
     assert len(torch.unique(written)) == 3
+
+
+def test_dicom_series_is_read_a_batch_of_files_at_a_time(tmp_path, bundles, brain):
+    from common.io.dicom_series import read_dicom_series
+    from common.io.lazy_volumes import open_dicom_series
+    from miniature_layouts import write_dicom_series
+
+    values, affine = brain
+    write_dicom_series(tmp_path / "series", values.astype(np.float64) * 3 - 150, affine, modality="CT")
+    lazy, files = open_dicom_series(tmp_path / "series")
+    series = read_dicom_series(tmp_path / "series")
+    assert files == series.files
+    np.testing.assert_allclose(lazy.affine, series.affine)
+    segmenter = load_bundle(bundles["pvt_gdla_synapse_segmentation"], device="cpu", batch_size=2)
+    labels = segmenter.segment_volume(lazy)
+    assert lazy.data._every_slice is None  # axial slabs: only the batch's files were read each time
+    np.testing.assert_array_equal(lazy.load().array, series.array)
+    expected = segmenter.segment_volume(load_volume_like(series.array, series.affine), streaming=False)
+    assert len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(labels, expected)

@@ -218,3 +218,53 @@ class OrientedSlabs:
         index = [slice(None)] * len(self.volume.shape)
         index[self.source_axis] = slice(low, high)
         return oriented_view(self.volume.read(tuple(index)), self.transform)
+
+
+# ----------------------------------------------------------------------------- DICOM series
+
+
+class DicomSlices:
+    """The pixels of a sorted DICOM series as an array-like ``(columns, rows, slices)`` float32: indexing reads
+    only the files of the slices it selects (rescaled as :func:`common.io.dicom_series.read_dicom_series` does)."""
+
+    def __init__(self, headers: Sequence[Any]):
+        first = headers[0].dataset
+        self.headers = list(headers)
+        self.shape = (int(first.Columns), int(first.Rows), len(self.headers))
+        self.dtype, self.ndim = np.dtype(np.float32), 3
+        self._every_slice: np.ndarray | None = None  # kept once a read needed every slice (a non-axial slab)
+
+    def __getitem__(self, index: tuple[slice | int, ...]) -> np.ndarray:
+        from common.io.dicom_series import _rescaled_pixels
+
+        index = tuple(index) + (slice(None),) * (3 - len(index))
+        chosen = np.arange(self.shape[2])[index[2]]
+        if np.ndim(chosen) == 0:
+            return _rescaled_pixels(self.headers[int(chosen)])[index[:2]]
+        if self._every_slice is not None:
+            return self._every_slice[index]
+        stack = np.empty((self.shape[0], self.shape[1], len(chosen)), dtype=np.float32)
+        for position, k in enumerate(chosen):
+            stack[:, :, position] = _rescaled_pixels(self.headers[int(k)])
+        if len(chosen) == self.shape[2] and self.shape[2] > 1 and np.array_equal(chosen, np.arange(self.shape[2])):
+            self._every_slice = stack  # slabs across the slice axis would read every file again
+        return stack[index[0], index[1]]
+
+
+def open_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> tuple[LazyVolume, tuple[Path, ...]]:
+    """The series :func:`common.io.dicom_series.read_dicom_series` would read, as a :class:`LazyVolume` whose slices
+    are read from their files on demand, and the files in slice order. Headers are checked as that function does."""
+    from common.io import dicom_series as ds
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ds.DicomSeriesError(f"{folder}: not a folder")
+    groups = ds._scan_folder(folder)
+    if not groups:
+        raise ds.DicomSeriesError(f"{folder}: expected DICOM image files (with ImagePositionPatient); found none")
+    series_uid, selection = ds._choose_series(folder, {uid: len(h) for uid, h in groups.items()}, series_uid)
+    ds.logger.info(selection)
+    headers = ds._sorted_slices(folder, groups[series_uid])
+    step = ds._checked_step(folder, headers, ds._positions_along_normal(headers), False)
+    pixels = DicomSlices(headers)
+    return LazyVolume(pixels, ds._affine(headers, step), folder), tuple(h.path for h in headers)
