@@ -2,8 +2,10 @@
 
 :func:`open_lazy_volume` opens what :func:`common.io.volumes.load_volume` reads, without reading the voxels:
 
-- NIfTI through nibabel's array proxy: an uncompressed ``.nii`` is memory-mapped and a slab reads only its bytes;
-  a ``.nii.gz`` is decompressed lazily, the file kept open so slabs read in file order decompress it once;
+- NIfTI through nibabel's array proxy: a slab of an uncompressed ``.nii`` reads only its bytes; a ``.nii.gz`` is
+  decompressed once into memory as stored (int16 stays int16; scaling is applied per slab), because reading it
+  through the proxy decompresses from the start for every slab read against the file order (measured: 247 s
+  instead of 10 s for 200 slices of 512 x 512 read back to front);
 - NRRD and MetaImage with raw (uncompressed) data, attached or in a detached data file, are memory-mapped from
   the data's offset (the geometry comes from SimpleITK's header reader, as :func:`load_volume` gets it);
   compressed ones are read once by SimpleITK, whose buffer is then used without a copy;
@@ -17,6 +19,7 @@ predicted in that orientation land in the input's own voxel grid with no copy.
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 from dataclasses import dataclass
@@ -69,7 +72,7 @@ def open_lazy_volume(path: str | os.PathLike) -> LazyVolume:
     suffix = volume_suffix(path) if path.is_file() else ""
     try:
         if suffix in NIFTI_SUFFIXES:
-            image = nib.load(path, keep_file_open=True)
+            image = _decompressed_nifti(path) if suffix == ".nii.gz" else nib.load(path)
             if len(image.shape) not in (3, 4):
                 raise VolumeReadError(f"{path}: expected a 3-D or 4-D NIfTI image, found shape {image.shape}")
             return LazyVolume(image.dataobj, np.asarray(image.affine, dtype=np.float64), path)
@@ -83,6 +86,16 @@ def open_lazy_volume(path: str | os.PathLike) -> LazyVolume:
         raise VolumeReadError(f"{path}: cannot read this {suffix} file ({type(exc).__name__}: {exc})") from exc
     volume = load_volume(path)
     return LazyVolume(volume.array, volume.affine, volume.path)
+
+
+def _decompressed_nifti(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
+    """A ``.nii.gz`` decompressed once into memory (the file's own bytes: its stored dtype, unscaled), with an
+    array proxy over them, so slabs are read in any order without decompressing the file again."""
+    with gzip.open(path, "rb") as handle:
+        content = handle.read()
+    header_size = int(np.frombuffer(content[:4], dtype="<i4")[0])
+    kind = nib.Nifti2Image if header_size in (540, 540 << 24 & 0xFFFFFFFF) else nib.Nifti1Image
+    return kind.from_bytes(content)
 
 
 def as_lazy_volume(volume: Volume | LazyVolume) -> LazyVolume:
