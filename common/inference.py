@@ -8,7 +8,9 @@ hardware has a fast low-precision path (``precision="auto"``: float16 on CUDA, b
 bfloat16 instructions, float32 elsewhere); ``precision="float32"`` runs the authors' arithmetic. Both resizes
 run on the network's device: the spline resize is scipy's own linear operator, built once per size as one matrix
 per axis and applied as two matrix products; the label resize is an index gather. Slices are streamed through
-the network in small batches and written into a preallocated output, so the resampled volume never exists whole.
+the network in small batches and written into the output as they come, so the resampled volume never exists
+whole; :func:`stream_slices` takes the slices from a reader and hands results to a writer, so the input need not
+exist whole either (``segment`` reads volumes slab by slab that way: :mod:`common.volume_streaming`).
 
 Layouts (MONAI channel-first): a volume is ``[C, X, Y, Z]`` with slices along the last axis, the 2-D slice
 ``volume[:, :, :, z]`` being ``[C, X, Y]`` (rows X, columns Y); a 2-D image is ``[C, H, W]``. The network maps
