@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -37,11 +36,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from volume_inference import phantom  # noqa: E402
+from volume_inference import phantom
 
-from common.complexity import true_flops  # noqa: E402
-from common.inference import autocast_dtype  # noqa: E402
-from common.networks import create_network  # noqa: E402
+from common.complexity import true_flops
+from common.inference import autocast_dtype
+from common.networks import create_network
 
 BUNDLE = "pvt_gdla_synapse_segmentation"
 BASE_SLICES = 16  # four batches: both lanes busy, as in a large volume
@@ -98,7 +97,8 @@ def make_bundle(folder: Path) -> Path:
 
 def run_measured(command: list[str]) -> dict:
     """Run ``command`` in a fresh process; its exit code, wall seconds and peak RSS (MiB)."""
-    result = subprocess.run([sys.executable, "-c", MEASURED, *command], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run([sys.executable, "-c", MEASURED, *command], capture_output=True, text=True, cwd=ROOT,
+                            check=False)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     if report["code"] != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")

@@ -43,7 +43,12 @@ from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged
 from common.inference import Precision, SliceInferer2D
 from common.io.dicom_seg import write_dicom_seg
 from common.io.images import read_image_2d
-from common.io.lazy_volumes import LazyVolume, as_lazy_volume, open_dicom_series, open_lazy_volume
+from common.io.lazy_volumes import (
+    LazyVolume,
+    as_lazy_volume,
+    open_dicom_series,
+    open_lazy_volume,
+)
 from common.io.mask_saving import SaveMask2Dd
 from common.io.volumes import VOLUME_SUFFIXES, Volume, volume_suffix
 from common.io.writers import (

@@ -28,7 +28,12 @@ from monai.transforms import (
 )
 
 from common.inference import SliceInferer2D, stream_slices
-from common.io.lazy_volumes import LazyVolume, OrientedSlabs, orientation_transform, oriented_view
+from common.io.lazy_volumes import (
+    LazyVolume,
+    OrientedSlabs,
+    orientation_transform,
+    oriented_view,
+)
 
 IMAGE_KEY = "image"
 STATS_SLABS = 32  # slices per read when scanning the volume for its intensity range

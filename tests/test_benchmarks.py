@@ -34,7 +34,7 @@ def test_volume_inference_benchmark_prints_its_table():
 def test_volume_memory_benchmark_prints_its_table():
     command = [sys.executable, str(ROOT / "benchmarks" / "volume_memory.py"), "--slices", "24", "--size", "64",
                "--precisions", "float32", "--whole"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("streamed ", "whole "))]
     assert [row[:3] for row in rows] == [["streamed", "24", "float32"], ["whole", "24", "float32"]], result.stdout

@@ -14,13 +14,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
+from test_segment import copy_bundle, crop, flip_axes, mni, write_mha  # noqa: F401 (mni: a fixture)
+from torch import nn
 
 from common.inference import SliceInferenceOptions, predict_volume, stream_slices
-from common.io.lazy_volumes import LazyVolume, OrientedSlabs, open_lazy_volume, orientation_transform
+from common.io.lazy_volumes import (
+    LazyVolume,
+    OrientedSlabs,
+    open_lazy_volume,
+    orientation_transform,
+)
 from common.io.volumes import load_volume, reorient
 from common.segment import load_bundle
-from test_segment import copy_bundle, crop, flip_axes, mni, write_mha  # noqa: F401 (mni: a fixture)
 
 SLICES = 7
 
@@ -39,7 +44,7 @@ class RecordingArray:
 
 
 @pytest.fixture(scope="module")
-def brain(mni) -> tuple[np.ndarray, np.ndarray]:
+def brain(mni) -> tuple[np.ndarray, np.ndarray]:  # noqa: F811 (the fixture from test_segment)
     """A 50 x 56 x 7 block of the brain as int16-valued data and its RAS affine."""
     volume, affine = crop(*mni, (25, 30, 38), (50, 56, SLICES))
     return np.round(volume).astype(np.int16), affine
@@ -159,9 +164,10 @@ def test_stream_slices_on_the_cpu_device_equals_predict_volume():
 
 
 def test_dicom_series_is_read_a_batch_of_files_at_a_time(tmp_path, bundles, brain):
+    from miniature_layouts import write_dicom_series
+
     from common.io.dicom_series import read_dicom_series
     from common.io.lazy_volumes import open_dicom_series
-    from miniature_layouts import write_dicom_series
 
     values, affine = brain
     write_dicom_series(tmp_path / "series", values.astype(np.float64) * 3 - 150, affine, modality="CT")

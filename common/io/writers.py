@@ -21,9 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common.io.lazy_volumes import LazyVolume, OrientedSlabs, orientation_transform, oriented_view
-from common.io.volumes import ras_axial_to_display
 from common.io.atomic import atomic_path
+from common.io.lazy_volumes import (
+    LazyVolume,
+    OrientedSlabs,
+    orientation_transform,
+    oriented_view,
+)
+from common.io.volumes import ras_axial_to_display
 from common.metrics import write_csv
 
 PngValues = Literal["labels", "binary255"]
