@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/complexity.py
 	$(PY) benchmarks/mixer_scaling.py
 	$(PY) benchmarks/volume_inference.py --slices 100 --repeats 3
+	$(PY) benchmarks/volume_memory.py --slices 100 600 --whole
 
 clean:
 	rm -rf $(VENV) .pytest_cache

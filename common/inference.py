@@ -8,7 +8,9 @@ hardware has a fast low-precision path (``precision="auto"``: float16 on CUDA, b
 bfloat16 instructions, float32 elsewhere); ``precision="float32"`` runs the authors' arithmetic. Both resizes
 run on the network's device: the spline resize is scipy's own linear operator, built once per size as one matrix
 per axis and applied as two matrix products; the label resize is an index gather. Slices are streamed through
-the network in small batches and written into a preallocated output, so the resampled volume never exists whole.
+the network in small batches and written into the output as they come, so the resampled volume never exists
+whole; :func:`stream_slices` takes the slices from a reader and hands results to a writer, so the input need not
+exist whole either (``segment`` reads volumes slab by slab that way: :mod:`common.volume_streaming`).
 
 Layouts (MONAI channel-first): a volume is ``[C, X, Y, Z]`` with slices along the last axis, the 2-D slice
 ``volume[:, :, :, z]`` being ``[C, X, Y]`` (rows X, columns Y); a 2-D image is ``[C, H, W]``. The network maps
@@ -20,6 +22,7 @@ through :func:`common.io.volumes.ras_axial_to_display`) and map the result back 
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -320,6 +323,61 @@ def _batch_map(lanes: int) -> Iterator[Callable]:
         torch.set_num_threads(threads)
 
 
+SliceReader = Callable[[int, int], torch.Tensor]
+SliceWriter = Callable[[int, torch.Tensor], None]
+
+
+def _to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on ``device`` as float32: through pinned memory with a non-blocking copy on CUDA."""
+    batch = batch.to(dtype=torch.float32)
+    if device.type == "cuda" and batch.device.type == "cpu":
+        return batch.contiguous().pin_memory().to(device, non_blocking=True)
+    return batch.to(device).contiguous()
+
+
+def stream_slices(
+    network: Network,
+    read: SliceReader,
+    num_slices: int,
+    write: SliceWriter,
+    options: SliceInferenceOptions,
+    device: DeviceLike = None,
+    output_device: DeviceLike = "cpu",
+    progress: bool = False,
+) -> None:
+    """Predict ``num_slices`` slices that ``read`` supplies batch by batch and hand each result to ``write``.
+
+    ``read(start, stop)`` returns slices ``start..stop-1`` as ``[b, C, H, W]`` (any real dtype, usually on the
+    host); ``write(start, result)`` receives their output ``[b, K', H, W]`` on ``output_device``. Nothing
+    holds more than the batches in flight, so memory is bounded by the batch size whatever the volume's size:
+    on a GPU every batch goes through pinned host memory with a non-blocking copy and its result comes back to
+    the host. Batches run :func:`concurrent_lanes` at a time; ``read`` and ``write`` are called under one lock,
+    one call at a time, so they need not be thread-safe.
+    """
+    if num_slices < 1:
+        raise ValueError(f"the input has no slices ({num_slices})")
+    _prepare_network(network, options)
+    device = _compute_device(network, device, torch.device("cpu"))
+    output_device = torch.device(output_device) if output_device is not None else torch.device("cpu")
+    predictor = _SliceBatchPredictor(network, options, device)
+    lock = threading.Lock()
+
+    def run(start: int) -> None:
+        stop = min(start + options.batch_size, num_slices)
+        with lock:
+            batch = read(start, stop)
+        with torch.inference_mode():
+            result = predictor(_to_device(batch, device)).to(output_device)
+        with lock:
+            write(start, result)
+
+    starts = range(0, num_slices, options.batch_size)
+    bar = tqdm(total=len(starts), desc="slices", unit="batch", disable=not progress)
+    with bar, _batch_map(concurrent_lanes(options, device)) as batch_map:
+        for _ in batch_map(run, starts):
+            bar.update()
+
+
 def predict_slices(
     network: Network,
     stack: torch.Tensor,
@@ -331,39 +389,27 @@ def predict_slices(
     """Predict every slice of ``stack`` ``[C, X, Y, Z]``; returns ``[K', X, Y, Z]`` on ``output_device``.
 
     ``K'`` is 1 for softmax labels and K otherwise. The network runs on ``device`` (default: where its
-    parameters are, else where ``stack`` is); the output defaults to ``stack``'s device. The first batch
-    runs alone and sizes the output; the others run :func:`concurrent_lanes` at a time, each writing its own
-    slices of the output.
+    parameters are, else where ``stack`` is); the output defaults to ``stack``'s device and is allocated when
+    the first result arrives. The slices stream through :func:`stream_slices`.
     """
     if stack.ndim != 4:
         raise ValueError(f"expected a slice stack [C, X, Y, Z], got shape {tuple(stack.shape)}")
-    num_slices = stack.shape[-1]
-    if num_slices == 0:
+    if stack.shape[-1] == 0:
         raise ValueError(f"the input has no slices: shape {tuple(stack.shape)}")
-    _prepare_network(network, options)
     device = _compute_device(network, device, stack.device)
     output_device = torch.device(output_device) if output_device is not None else stack.device
-    predictor = _SliceBatchPredictor(network, options, device)
-    starts = range(0, num_slices, options.batch_size)
+    outputs: list[torch.Tensor] = []
 
-    def predict(start: int) -> torch.Tensor:
-        """Output ``[b, K', X, Y]`` of the batch of slices from ``start``."""
-        batch = stack[..., start : start + options.batch_size].permute(3, 0, 1, 2)
-        with torch.inference_mode():
-            return predictor(batch.to(device=device, dtype=torch.float32).contiguous())
-
-    first = predict(0)
-    output = torch.empty((first.shape[1], *stack.shape[1:]), dtype=first.dtype, device=output_device)
+    def read(start: int, stop: int) -> torch.Tensor:
+        return stack[..., start:stop].permute(3, 0, 1, 2)
 
     def write(start: int, result: torch.Tensor) -> None:
-        output[..., start : start + result.shape[0]] = result.permute(1, 2, 3, 0)
+        if not outputs:
+            outputs.append(torch.empty((result.shape[1], *stack.shape[1:]), dtype=result.dtype, device=output_device))
+        outputs[0][..., start : start + result.shape[0]] = result.permute(1, 2, 3, 0)
 
-    write(0, first)
-    bar = tqdm(total=len(starts), desc="slices", unit="batch", disable=not progress, initial=1)
-    with bar, _batch_map(concurrent_lanes(options, device)) as batch_map:
-        for _ in batch_map(lambda start: write(start, predict(start)), starts[1:]):
-            bar.update()
-    return output
+    stream_slices(network, read, stack.shape[-1], write, options, device, output_device, progress)
+    return outputs[0]
 
 
 def _restore_type(result: torch.Tensor, like: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:

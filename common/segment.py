@@ -32,6 +32,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import get_args
 
@@ -46,13 +47,18 @@ from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged
 from common import dicomweb_segment
 from common.inference import Precision, SliceInferer2D
 from common.io.dicom_seg import read_source_datasets, seg_obstacle, write_dicom_seg
-from common.io.dicom_series import DicomSeries, read_dicom_series
+from common.io.dicom_series import DicomSeries
 from common.io.dicomweb import DicomWebError
 from common.io.images import read_image_2d
+from common.io.lazy_volumes import (
+    LazyVolume,
+    as_lazy_volume,
+    open_lazy_volume,
+)
 from common.io.mask_saving import SaveMask2Dd
 from common.io.staging import publish, staged_folder
-from common.io.validation import short_reason, validated_volume_array
-from common.io.volumes import VOLUME_SUFFIXES, Volume, load_volume, volume_suffix
+from common.io.validation import short_reason
+from common.io.volumes import VOLUME_SUFFIXES, Volume, volume_suffix
 from common.io.writers import (
     structure_volumes,
     write_image_overlay,
@@ -63,6 +69,7 @@ from common.metrics import write_csv
 from common.convert import fit_state_dict
 from common.networks.encoders import read_state_dict
 from common.transforms import LoadImage2Dd, LoadVolumed
+from common.volume_streaming import StreamingPlan, segment_streamed, streaming_plan
 
 logger = logging.getLogger(__name__)
 
@@ -110,12 +117,26 @@ class BundleSegmenter:
         """Channels of the inferer's output: 1 (a label map), or one binary channel per class (multi-label)."""
         return len(self.channel_names) if self.channel_names else 1
 
-    def segment_volume(self, volume: Volume) -> np.ndarray:
-        """Labels ``[X, Y, Z]`` (uint8) of ``volume`` (``[X, Y, Z]`` or ``[X, Y, Z, C]``) on its own voxel grid."""
+    @cached_property
+    def streaming(self) -> StreamingPlan | None:
+        """The bundle's preprocessing and inferer as a slab-by-slab plan, or ``None`` if they must run whole."""
+        return streaming_plan(self.preprocessing, self.inferer)
+
+    def segment_volume(self, volume: Volume | LazyVolume, *, streaming: bool = True) -> np.ndarray:
+        """Labels ``[X, Y, Z]`` (uint8) of ``volume`` (``[X, Y, Z]`` or ``[X, Y, Z, C]``) on its own voxel grid.
+
+        With ``streaming`` (and a bundle pipeline that allows it, :attr:`streaming`) the volume is read, scaled,
+        segmented and written a few slices at a time (:mod:`common.volume_streaming`): same labels, and memory
+        bounded by the input plus a uint8 label volume. Otherwise it is processed whole.
+        """
         if self.channel_names:
             raise InputError(f"{volume.path}: the multi-label bundle {self.root.name} segments 2-D pictures only")
+        shape = volume.shape if isinstance(volume, LazyVolume) else volume.array.shape
+        self._check_channels(1 if len(shape) == 3 else shape[3], volume.path, shape)
+        if streaming and self.streaming is not None:
+            return segment_streamed(self.network, self.inferer, as_lazy_volume(volume), self.streaming)
+        volume = volume.load() if isinstance(volume, LazyVolume) else volume
         array = volume.array[None] if volume.array.ndim == 3 else np.moveaxis(volume.array, -1, 0)
-        self._check_channels(array.shape[0], volume.path, volume.array.shape)
         image = MetaTensor(
             torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)),
             affine=torch.as_tensor(volume.affine, dtype=torch.float64),
@@ -387,16 +408,12 @@ def _segment_picture_case(segmenter: BundleSegmenter, case: Case, output_dir: Pa
 def _segment_volume_case(
     segmenter: BundleSegmenter, case: Case, output_dir: Path, series_uid: str | None = None
 ) -> CaseResult:
-    series: DicomSeries | None = read_dicom_series(case.path, series_uid) if case.kind == "dicom" else None
-    if series is not None:
-        volume = Volume(validated_volume_array(case.path, series.array, series.affine), series.affine, case.path)
-    else:
-        volume = load_volume(case.path)
+    volume = open_lazy_volume(case.path, series_uid=series_uid if case.kind == "dicom" else None)
+    series = volume.series
     labels = segmenter.segment_volume(volume)
-    preview = volume.array if volume.array.ndim == 3 else volume.array[..., 0]
     outputs = [
         write_nifti(labels, volume.affine, output_dir / f"{case.name}_seg.nii.gz"),
-        write_volume_overlay(preview, labels, volume.affine, output_dir / f"{case.name}_overlay.png"),
+        write_volume_overlay(volume, labels, volume.affine, output_dir / f"{case.name}_overlay.png"),
     ]
     warnings = []
     if series is not None:

@@ -28,3 +28,15 @@ def test_volume_inference_benchmark_prints_its_table():
     assert dice_vs_naive["naive"] == 1.0 and dice_vs_naive["engine float32"] > 0.95, result.stdout
     assert dice_vs_naive["engine auto"] > 0.9, result.stdout
     assert all(float(fields[0]) > 0 for fields in rows.values())  # seconds per volume
+
+
+@pytest.mark.slow
+def test_volume_memory_benchmark_prints_its_table():
+    command = [sys.executable, str(ROOT / "benchmarks" / "volume_memory.py"), "--slices", "24", "--size", "64",
+               "--precisions", "float32", "--whole"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(("streamed ", "whole "))]
+    assert [row[:3] for row in rows] == [["streamed", "24", "float32"], ["whole", "24", "float32"]], result.stdout
+    assert all(float(row[3]) > 0 and float(row[6]) > 100 for row in rows)  # seconds, peak MiB
+    assert "GFLOP/s float32" in result.stdout and "true GMACs per slice" in result.stdout

@@ -26,6 +26,7 @@ import logging
 import os
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,8 @@ class DicomSeriesError(ValueError):
 class DicomSeries:
     """One series as a volume.
 
-    ``array``: (columns, rows, slices) float32, rescaled (Hounsfield units for CT).
+    ``array``: (columns, rows, slices) float32, rescaled (Hounsfield units for CT): an array, or with
+    ``read_dicom_series(..., lazy=True)`` a :class:`DicomSlices` that reads the files of the slices it is indexed with.
     ``affine``: (4, 4) voxel index to RAS mm; its third column is the step between consecutive slice positions.
     ``files``, ``sop_instance_uids`` and ``frame_numbers`` follow slice order (a multi-frame file appears once per
     frame, with the frame's 1-based number; ``None`` for single-frame files). ``positions`` are the slices'
@@ -61,7 +63,7 @@ class DicomSeries:
     names the DICOM image files that could not be part of any series, and why.
     """
 
-    array: np.ndarray
+    array: np.ndarray | DicomSlices
     affine: np.ndarray
     series_uid: str
     spacing: tuple[float, float, float]
@@ -143,8 +145,12 @@ def read_dicom_series(
     series_uid: str | None = None,
     *,
     allow_irregular: bool = False,
+    lazy: bool = False,
 ) -> DicomSeries:
     """Read the series ``series_uid`` (default: the one with the most images) under ``folder``.
+
+    With ``lazy`` the headers are read and checked now and the pixels when the returned ``array`` is indexed
+    (:class:`DicomSlices`), so memory holds only the slices in use.
 
     Raises :class:`DicomSeriesError` on an empty folder, an unknown UID, mixed orientations or sizes,
     two slices at one position, unreadable pixel data (naming the file), and a missing slice or
@@ -168,7 +174,7 @@ def read_dicom_series(
     affine = _affine(images[0], slice_vector)
     first = images[0].dataset
     return DicomSeries(
-        array=_rescaled_stack(images),
+        array=DicomSlices(images) if lazy else _rescaled_stack(images),
         affine=affine,
         series_uid=series_uid,
         spacing=tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)),
@@ -403,7 +409,7 @@ def _affine(first: _Image, slice_vector: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- pixels
 
 
-def _rescaled_stack(images: list[_Image]) -> np.ndarray:
+def _rescaled_stack(images: Sequence[_Image]) -> np.ndarray:
     """(columns, rows, slices) float32 pixel values with each image's rescale slope and intercept applied.
 
     Each file is read once (a multi-frame file holds many slices), and only one file's pixels are held at a time.
@@ -420,6 +426,38 @@ def _rescaled_stack(images: list[_Image]) -> np.ndarray:
             frame = pixels[0 if image.frame is None else image.frame - 1]
             stack[:, :, k] = (frame.astype(np.float64) * image.slope + image.intercept).T
     return stack
+
+
+class DicomSlices:
+    """The pixels of a sorted series as an array-like ``(columns, rows, slices)`` float32, read on demand:
+    indexing reads only the files of the slices it selects, rescaled as :func:`_rescaled_stack` does.
+
+    Multi-frame files hold every slice in one file, so their stack is read once, at the first index, and kept;
+    a read that needs every slice (a slab across the slice axis) is kept likewise.
+    """
+
+    def __init__(self, images: Sequence[_Image]):
+        first = images[0].dataset
+        self.images = list(images)
+        self.shape = (int(first.Columns), int(first.Rows), len(self.images))
+        self.dtype, self.ndim = np.dtype(np.float32), 3
+        self._kept: np.ndarray | None = None
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self[:, :, :], dtype=dtype)
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        index = index + (slice(None),) * (3 - len(index))
+        if self._kept is not None:
+            return self._kept[index]
+        chosen = np.arange(self.shape[2])[index[2]]
+        everything = np.ndim(chosen) == 1 and len(chosen) == self.shape[2]
+        if any(image.frame is not None for image in self.images) or everything:
+            self._kept = _rescaled_stack(self.images)
+            return self._kept[index]
+        stack = _rescaled_stack([self.images[int(k)] for k in np.atleast_1d(chosen)])
+        return stack[index[0], index[1], 0] if np.ndim(chosen) == 0 else stack[index[0], index[1]]
 
 
 def _pixels(path: Path) -> np.ndarray:

@@ -64,16 +64,27 @@ def validated_volume_array(path: Path, array: np.ndarray, affine: np.ndarray) ->
     if array.dtype.kind not in "biuf":
         raise VolumeReadError(f"{path}: expected greyscale voxels (integers or floats); found {_describe(array.dtype)}")
     if array.dtype.kind == "f":
-        finite = np.isfinite(array)
-        if not finite.all():
-            nan = int(np.isnan(array).sum())
-            infinite = int(array.size - finite.sum()) - nan
-            raise VolumeReadError(
-                f"{path}: expected finite voxel values; found {nan} NaN and {infinite} infinite voxel(s) "
-                f"of {array.size} (replace them, e.g. with the background value, and try again)"
-            )
+        check_finite_counts(path, *count_nonfinite(array), array.size)
     check_affine(path, affine)
     return array
+
+
+def count_nonfinite(array: np.ndarray) -> tuple[int, int]:
+    """How many NaN and how many infinite values ``array`` holds."""
+    finite = np.isfinite(array)
+    if finite.all():
+        return 0, 0
+    nan = int(np.isnan(array).sum())
+    return nan, int(array.size - finite.sum()) - nan
+
+
+def check_finite_counts(path: Path, nan: int, infinite: int, size: int) -> None:
+    """Refuse a volume of ``size`` voxels with ``nan`` NaN and ``infinite`` infinite values, if there are any."""
+    if nan or infinite:
+        raise VolumeReadError(
+            f"{path}: expected finite voxel values; found {nan} NaN and {infinite} infinite voxel(s) "
+            f"of {size} (replace them, e.g. with the background value, and try again)"
+        )
 
 
 def spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:

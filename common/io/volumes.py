@@ -18,6 +18,7 @@ the in-plane layout used by training and inference.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -141,11 +142,18 @@ def _load_with_simpleitk(path: Path) -> Volume:
     if dims == 2:
         array = array[None]
     array = np.moveaxis(array, (0, 1, 2), (2, 1, 0))
+    affine = simpleitk_affine(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
+    return Volume(np.ascontiguousarray(array), affine, path)
+
+
+def simpleitk_affine(direction: Sequence[float], spacing: Sequence[float], origin: Sequence[float]) -> np.ndarray:
+    """The (4, 4) index-to-RAS affine of a 2-D or 3-D SimpleITK / ITK image from its (LPS) direction, spacing and
+    origin (a 2-D image gets the identity for its missing third axis)."""
+    dims = len(spacing)
     affine_lps = np.eye(4)
-    affine_lps[:dims, :dims] = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dims, dims) @ np.diag(
-        image.GetSpacing())
-    affine_lps[:dims, 3] = image.GetOrigin()
-    return Volume(np.ascontiguousarray(array), LPS_TO_RAS @ affine_lps, path)
+    affine_lps[:dims, :dims] = np.asarray(direction, dtype=np.float64).reshape(dims, dims) @ np.diag(spacing)
+    affine_lps[:dims, 3] = origin
+    return LPS_TO_RAS @ affine_lps
 
 
 def _load_transunet_h5(path: Path, key: str) -> Volume:

@@ -21,13 +21,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common.io.volumes import Volume, ras_axial_to_display, reorient
 from common.io.atomic import atomic_path
+from common.io.lazy_volumes import (
+    LazyVolume,
+    OrientedSlabs,
+    orientation_transform,
+    oriented_view,
+)
+from common.io.volumes import ras_axial_to_display
 from common.metrics import write_csv
 
 PngValues = Literal["labels", "binary255"]
 ArrayLike = np.ndarray | torch.Tensor
 OVERLAY_ALPHA = 0.45
+COUNT_BLOCK = 1 << 22  # voxels per bincount in structure_volumes (32 MiB of intp at a time)
 
 
 def as_label_array(labels: ArrayLike, where: str, max_value: int = 255) -> np.ndarray:
@@ -166,29 +173,37 @@ def preview_slices(labels: np.ndarray, count: int) -> list[int]:
 
 
 def write_volume_overlay(
-    volume: ArrayLike, labels: ArrayLike, affine: ArrayLike, path: str | os.PathLike, num_slices: int = 4
+    volume: ArrayLike | LazyVolume, labels: ArrayLike, affine: ArrayLike, path: str | os.PathLike, num_slices: int = 4
 ) -> Path:
     """Write a PNG of ``num_slices`` axial slices side by side, labels coloured in, in the radiological view.
 
     ``volume`` and ``labels`` are ``[X, Y, Z]`` with index-to-RAS ``affine`` (any orientation: the preview is
-    reoriented to RAS, so rows run anterior to posterior and the patient's right is on the left).
+    reoriented to RAS, so rows run anterior to posterior and the patient's right is on the left). A
+    :class:`LazyVolume` (``[X, Y, Z]``, or ``[X, Y, Z, C]`` showing channel 0) is read only at the slices shown.
     """
     path = Path(path)
-    volume = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+    if not isinstance(volume, LazyVolume):
+        array = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+        if array.ndim != 3:
+            raise ValueError(f"{path}: expected a volume [X, Y, Z], found shape {array.shape}")
+        volume = LazyVolume(array, affine, path)
     labels = as_label_array(labels, str(path))
-    if volume.ndim != 3 or volume.shape != labels.shape:
+    if volume.shape[:3] != labels.shape:
         raise ValueError(
             f"{path}: expected volume and labels [X, Y, Z] of one shape, found {volume.shape} and {labels.shape}"
         )
     affine = _check_affine(affine, str(path))
-    ras_volume = reorient(Volume(volume, affine, path)).array
-    ras_labels = reorient(Volume(labels, affine, path)).array
+    transform = orientation_transform(affine, "RAS")
+    ras_labels = oriented_view(labels, transform)
     picks = preview_slices(ras_labels, num_slices)
-    window = intensity_window(ras_volume[:, :, picks])
+    slabs = OrientedSlabs(volume, transform)
+    ras_slices = [slabs.slab(z, z + 1)[:, :, 0] for z in picks]
+    ras_slices = [image if image.ndim == 2 else image[..., 0] for image in ras_slices]
+    window = intensity_window(np.stack(ras_slices, axis=-1))
     colors = label_colors(int(labels.max(initial=0)))  # one table and one window for every panel
     panels = [
-        overlay(ras_axial_to_display(ras_volume[:, :, z]), ras_axial_to_display(ras_labels[:, :, z]), window, colors)
-        for z in picks
+        overlay(ras_axial_to_display(image), ras_axial_to_display(ras_labels[:, :, z]), window, colors)
+        for image, z in zip(ras_slices, picks)
     ]
     with atomic_path(path) as temporary:
         Image.fromarray(np.concatenate(panels, axis=1)).save(temporary, format="PNG")
@@ -206,7 +221,9 @@ def structure_volumes(
     array = as_label_array(labels, "volume table")
     affine = _check_affine(affine, "volume table")
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    counts = np.bincount(array.ravel(), minlength=256)
+    counts = np.zeros(256, dtype=np.int64)
+    for block in np.array_split(array.reshape(-1), max(1, array.size // COUNT_BLOCK)):  # bincount makes an intp copy
+        counts += np.bincount(block, minlength=256)
     names = dict(label_names or {})
     if any(not 0 < int(value) < 256 for value in names):
         raise ValueError(f"volume table: label names must be keyed by labels 1..255, found {sorted(names)}")

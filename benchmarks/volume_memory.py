@@ -1,0 +1,192 @@
+"""Peak memory and seconds of ``python -m common segment`` on large CTs, and the share of the matmul floor.
+
+For each size in ``--slices`` the script writes a 512 x 512 x N int16 CT phantom (the anatomy of
+``volume_inference.phantom`` in Hounsfield units: body and seven blobs) as ``--format`` (``nii``: uncompressed,
+memory-mapped; ``nii.gz``: decompressed lazily), and runs ``segment`` on it with a PVT-GDLA Synapse bundle
+(random weights: the masks do not matter here) once per ``--precisions`` entry, each in a fresh process started
+through a small wrapper that reports the process's peak resident set size (``getrusage``'s ``ru_maxrss`` of its
+child: what ``/usr/bin/time -v`` calls maximum resident set size). With ``--whole`` the whole-volume path of
+earlier releases runs beside it (``segment_volume(..., streaming=False)`` plus the same writers), for comparison.
+
+'growth B/voxel' is (peak - the same command's peak on a 16-slice volume) / voxels: what the volume adds beyond
+a constant (the 16-slice run has four batches, so both lanes are busy as in a large volume). '% floor' is the
+floor time (true MACs of the network at 224 x 224 per slice, times 2 FLOPs, divided by the matmul rate measured
+here for the arithmetic the run uses) over the command's wall time, which includes reading, writing and the
+start-up of the process (imports alone take seconds).
+
+Usage: ``python benchmarks/volume_memory.py --slices 100 600 1500 --precisions float32 auto --whole``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from volume_inference import phantom
+
+from common.complexity import true_flops
+from common.inference import autocast_dtype
+from common.networks import create_network
+
+BUNDLE = "pvt_gdla_synapse_segmentation"
+BASE_SLICES = 16  # four batches: both lanes busy, as in a large volume
+HU_SCALE, HU_OFFSET = 400.0, -125.0  # phantom [0, 1] -> the Synapse CT window [-125, 275] HU
+
+WHOLE_VOLUME = """
+import sys
+from pathlib import Path
+from common.io.volumes import load_volume
+from common.io.writers import structure_volumes, write_nifti, write_volume_overlay
+from common.segment import load_bundle
+bundle, source, out, precision = sys.argv[1:5]
+segmenter = load_bundle(bundle, device="cpu", precision=precision)
+volume = load_volume(source)
+labels = segmenter.segment_volume(volume, streaming=False)
+write_nifti(labels, volume.affine, Path(out) / "case_seg.nii.gz")
+write_volume_overlay(volume.array, labels, volume.affine, Path(out) / "case_overlay.png")
+structure_volumes(labels, volume.affine, segmenter.label_names)
+"""
+
+MEASURED = """
+import json, resource, subprocess, sys, time
+started = time.perf_counter()
+code = subprocess.run(sys.argv[1:]).returncode
+print(json.dumps({"code": code, "seconds": time.perf_counter() - started,
+                  "peak_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+def write_ct(path: Path, slices: int, size: int) -> Path:
+    """An int16 CT phantom ``[size, size, slices]`` (RAS, 0.7 x 0.7 x 1 mm), written without holding it whole."""
+    block, _ = phantom(size, min(slices, 50), seed=0)
+    raw = path.with_suffix(".raw")
+    array = np.memmap(raw, dtype=np.int16, mode="w+", shape=(size, size, slices), order="F")
+    for start in range(0, slices, block.shape[-1]):
+        part = block[..., : min(block.shape[-1], slices - start)]
+        array[..., start : start + part.shape[-1]] = np.round(part * HU_SCALE + HU_OFFSET).astype(np.int16)
+    affine = np.diag([0.7, 0.7, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(array, affine), path)
+    del array
+    raw.unlink()
+    return path
+
+
+def make_bundle(folder: Path) -> Path:
+    """A copy of the Synapse PVT-GDLA bundle with seeded random weights."""
+    root = folder / BUNDLE
+    shutil.copytree(ROOT / "bundles" / BUNDLE, root, ignore=shutil.ignore_patterns("*.pt"))
+    torch.manual_seed(0)
+    network = create_network("pvt_gdla", in_channels=1, num_classes=9, encoder_weights="random")
+    torch.save(network.state_dict(), root / "models" / "model.pt")
+    return root
+
+
+def run_measured(command: list[str]) -> dict:
+    """Run ``command`` in a fresh process; its exit code, wall seconds and peak RSS (MiB)."""
+    result = subprocess.run([sys.executable, "-c", MEASURED, *command], capture_output=True, text=True, cwd=ROOT,
+                            check=False)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    if report["code"] != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return {"seconds": report["seconds"], "peak_mib": report["peak_kib"] / 1024}
+
+
+def segment_command(path_kind: str, bundle: Path, source: Path, out: Path, precision: str) -> list[str]:
+    if path_kind == "streamed":
+        return [sys.executable, "-m", "common", "segment", "--bundle", str(bundle), "--input", str(source),
+                "--output", str(out), "--device", "cpu", "--precision", precision]
+    return [sys.executable, "-c", WHOLE_VOLUME, str(bundle), str(source), str(out), precision]
+
+
+def matmul_gflops(dtype: torch.dtype | None, size: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` GFLOP/s of a ``size`` x ``size`` matmul (float32, or under autocast to ``dtype``)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        torch.matmul(a, b)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            torch.matmul(a, b)
+            best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best / 1e9
+
+
+def cpu_description() -> str:
+    """The CPU model and the flags that decide the fast paths (AVX2, AVX-512, AVX512-BF16, AMX)."""
+    model, flags = platform.processor(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model.strip():
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return f"{model}; flags: {' '.join(f for f in wanted if f in flags) or 'none of AVX2/AVX-512/AMX'}"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, nargs="+", default=[100, 600, 1500], help="volume sizes (slices)")
+    parser.add_argument("--size", type=int, default=512, help="slice width and height (default 512)")
+    parser.add_argument("--precisions", nargs="+", default=["float32", "auto"], choices=["float32", "auto"])
+    parser.add_argument("--format", default="nii", choices=["nii", "nii.gz"], help="file format of the CT")
+    parser.add_argument("--whole", action="store_true", help="also run the whole-volume path of earlier releases")
+    parser.add_argument("--threads", type=int, default=2, help="threads for the matmul rate (default 2)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    network = create_network("pvt_gdla", in_channels=1, num_classes=9, encoder_weights="random")
+    flops_per_slice = true_flops(network)
+    rates = {"float32": matmul_gflops(None)}
+    auto = autocast_dtype("auto", torch.device("cpu"))
+    rates["auto"] = matmul_gflops(auto) if auto is not None else rates["float32"]
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_description()}; torch {torch.__version__}, "
+          f"{args.threads} threads; matmul {rates['float32']:.0f} GFLOP/s float32, {rates['auto']:.0f} GFLOP/s "
+          f"'auto' ({auto or 'float32'}); PVT-GDLA {flops_per_slice / 2e9:.2f} true GMACs per slice")
+    kinds = ["streamed"] + (["whole"] if args.whole else [])
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        bundle = make_bundle(folder)
+        base = {}
+        for kind in kinds:
+            source = write_ct(folder / f"base.{args.format}", BASE_SLICES, args.size)
+            base[kind] = run_measured(segment_command(kind, bundle, source, folder / "out", "float32"))["peak_mib"]
+        print(f"{'path':<9} {'slices':>6} {'precision':>9} {'seconds':>8} {'slices/s':>8} {'% floor':>7} "
+              f"{'peak MiB':>9} {'input MiB':>9} {'growth B/voxel':>14}")
+        for slices in args.slices:
+            source = write_ct(folder / f"ct{slices}.{args.format}", slices, args.size)
+            voxels = args.size * args.size * slices
+            for precision in args.precisions:
+                for kind in kinds:
+                    result = run_measured(segment_command(kind, bundle, source, folder / "out", precision))
+                    floor = slices * flops_per_slice / (rates[precision] * 1e9)
+                    growth = (result["peak_mib"] - base[kind]) * 2**20 / voxels
+                    print(f"{kind:<9} {slices:6d} {precision:>9} {result['seconds']:8.1f} "
+                          f"{slices / result['seconds']:8.2f} {100 * floor / result['seconds']:6.0f}% "
+                          f"{result['peak_mib']:9.0f} {voxels * 2 / 2**20:9.0f} {growth:14.2f}", flush=True)
+            source.unlink()
+        print(f"{BASE_SLICES}-slice runs (the constant): " + ", ".join(f"{k} {v:.0f} MiB" for k, v in base.items()))
+
+
+if __name__ == "__main__":
+    main()
