@@ -35,7 +35,7 @@ WRITERS = {
     "acdc": lambda root: layouts.write_acdc(root, n_patients=10),
     "busi": lambda root: layouts.write_busi(root),
     "ham10000": lambda root: layouts.write_ham10000(root),
-    "ph2": lambda root: layouts.write_ph2(root),
+    "ph2": lambda root: layouts.write_ph2(root, n_images=12),  # IMD024 is on the authors' validation list
     "uwmgi": lambda root: layouts.write_uwmgi(root, n_cases=10, days_per_case=1, slices_per_day=2),
 }
 
