@@ -197,9 +197,16 @@ Model weights trained on third-party data are subject to that data's licence as 
 
 
 def large_files(url: str = "", hash_val: str = "") -> str:
-    """large_files.yml: the weights are not in git; a release archive's copy has their address and SHA-256."""
+    """large_files.yml: the weights are not in git, so the repository's copy lists nothing to download (an entry
+    without an address would make ``monai.bundle download_large_files`` fail); a release archive's copy, written by
+    ``release pack``, lists ``models/model.pt`` with its SHA-256 and, given ``--url-base``, its address."""
+    if not hash_val:
+        return ("# Weights are not kept in git: nothing to download here. A release archive made by\n"
+                "# `python -m common release pack` lists models/model.pt with its address and SHA-256.\n"
+                "large_files: []\n")
     return (
-        "# Weights are not kept in git. `python -m common release pack` fills url and hash_val in a release archive.\n"
+        "# Written by `python -m common release pack`: `python -m monai.bundle download_large_files` fetches and checks\n"
+        "# models/model.pt (the archive already holds it; the file is kept when its SHA-256 matches).\n"
         "large_files:\n"
         '  - path: "models/model.pt"\n'
         f"    url: {json.dumps(url)}\n"

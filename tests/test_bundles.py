@@ -17,7 +17,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 
-from bundle_harness import copy_bundle, read_output, run_config, small_overrides, write_dataset, write_sample_inputs
+from bundle_harness import config_files, copy_bundle, read_output, run_config, small_overrides, write_dataset, write_sample_inputs
 from common.bundle_render import stale_files
 from common.bundle_templates import BUNDLES, class_names, find_bundle
 from common.data import get_dataset
@@ -130,7 +130,7 @@ def test_evaluation_rows_agree_with_monai_mean_dice(tmp_path):
     spec = find_bundle("pvt_gdla_ph2_segmentation")
     bundle, data = copy_bundle(spec, tmp_path), write_dataset(spec, tmp_path)
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "evaluate.json"))
+    parser.read_config(config_files(bundle, "evaluate"))
     parser.update({**small_overrides(spec), "bundle_root": str(bundle), "dataset_dir": str(data)})
     network = parser.get_parsed_content("network")
     torch.manual_seed(0)
@@ -138,7 +138,7 @@ def test_evaluation_rows_agree_with_monai_mean_dice(tmp_path):
         for p in network.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     torch.save(network.state_dict(), bundle / "models" / "model.pt")
-    evaluator = parser.get_parsed_content("evaluate#evaluator")
+    evaluator = parser.get_parsed_content("validate#evaluator")
     evaluator.run()
     with open(bundle / "eval" / "summary.csv") as f:
         ours = {row["class"]: float(row["dice"]) for row in csv.DictReader(f)}
