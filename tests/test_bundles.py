@@ -57,26 +57,64 @@ def _metadata_check(bundle: Path) -> None:
 
 
 def _export_check(bundle: Path, tmp_path: Path, small: dict) -> None:
-    """TorchScript (traced) and ONNX exports of the trained network match eager output within 1e-4."""
+    """MONAI's own exports: ``ckpt_export`` (traced, as the metadata declares) and ``onnx_export`` with its defaults
+    (the dynamo exporter) of the trained network; both match the eager output within 1e-4."""
+    from monai.bundle import ckpt_export, onnx_export
+
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["torchscript_export"]["use_trace"] is True
+    network_args = {k: v for k, v in small.items() if k.startswith("network_def#")}
+    common = {"net_id": "network_def", "ckpt_file": str(bundle / "models" / "model.pt"), "bundle_root": str(bundle),
+              "meta_file": str(bundle / "configs" / "metadata.json"),
+              "config_file": str(bundle / "configs" / "inference.json"), **network_args}
+    channels = meta["network_data_format"]["inputs"]["image"]["num_channels"]
+    shape = [1, channels, *small["spatial_size"]]
+    ckpt_export(filepath=str(tmp_path / "model.ts"), use_trace=True, input_shape=shape, **common)
+    onnx_export(filepath=str(tmp_path / "model.onnx"), input_shape=shape, **common)
+
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
     parser.update({**small, "bundle_root": str(bundle)})
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
     network.eval()
-    channels = network.in_channels
-    x = torch.rand(1, channels, 64, 64)
+    x = torch.rand(*shape)
     with torch.no_grad():
         eager = network(x)
-        traced = torch.jit.trace(network, x)
-    torch.jit.save(traced, tmp_path / "model.ts")
-    loaded = torch.jit.load(tmp_path / "model.ts")
-    torch.testing.assert_close(loaded(x), eager, rtol=0, atol=1e-4)
-    torch.onnx.export(network, (x,), tmp_path / "model.onnx", input_names=["image"], output_names=["pred"],
-                      opset_version=18, dynamo=False)
+        torch.testing.assert_close(torch.jit.load(tmp_path / "model.ts")(x), eager, rtol=0, atol=1e-4)
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    onnx_out = session.run(None, {"image": x.numpy()})[0]
+    onnx_out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(onnx_out, eager.numpy(), rtol=0, atol=1e-4)
+
+
+def _load_check(bundle: Path, small: dict) -> None:
+    """``monai.bundle.load`` returns the bundle's network with the trained weights, for training and inference."""
+    from monai.bundle import load
+
+    trained = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    network_args = {k.split("#", 1)[1]: v for k, v in small.items() if k.startswith("network_def#")}
+    for workflow_type in ("train", "infer"):
+        network = load(bundle.name, bundle_dir=str(bundle.parent), workflow_type=workflow_type, device="cpu",
+                       net_override=network_args)
+        assert isinstance(network, torch.nn.Module), f"{workflow_type}: {type(network)}"
+        for key, value in network.state_dict().items():
+            torch.testing.assert_close(value, trained[key], rtol=0, atol=0)
+
+
+def _properties_check(bundle: Path, data: Path, small: dict) -> None:
+    """``ConfigWorkflow.check_properties()`` finds every property MONAI requires of a train, evaluate and infer
+    workflow (the properties are built, so this also builds the datasets and engines)."""
+    from monai.bundle import ConfigWorkflow
+
+    runs = {"train": (config_files(bundle, "train"), str(data)),
+            "eval": (config_files(bundle, "evaluate"), str(data)),
+            "infer": (config_files(bundle, "inference"), str(bundle / "sample_data"))}
+    for workflow_type, (files, dataset_dir) in runs.items():
+        workflow = ConfigWorkflow(config_file=files, workflow_type=workflow_type, bundle_root=str(bundle),
+                                  meta_file=str(bundle / "configs" / "metadata.json"), dataset_dir=dataset_dir,
+                                  **small)
+        workflow.initialize()
+        assert workflow.check_properties() == [], workflow_type
 
 
 @pytest.mark.slow
@@ -123,6 +161,8 @@ def test_bundle_end_to_end_on_miniature_data(name, tmp_path):
                       config_file=str(bundle / "configs" / "inference.json"),
                       **{k: v for k, v in small.items() if k not in ("spatial_size", "network_def#image_size")})
     _export_check(bundle, tmp_path, small)
+    _load_check(bundle, small)
+    _properties_check(bundle, data, small)
 
 
 def test_evaluation_rows_agree_with_monai_mean_dice(tmp_path):
