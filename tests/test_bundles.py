@@ -272,3 +272,70 @@ def test_synapse_bundle_trains_on_raw_btcv_volumes(tmp_path):
     run_config(bundle, "evaluate", dataset_dir=str(data), dataset_name="synapse_raw", **small)
     with open(bundle / "eval" / "summary.csv") as f:
         assert {row["class"] for row in csv.DictReader(f)} == set(class_names(spec)[1:]) | {"mean"}
+
+
+# ----------------------------------------------------------------------------- the model zoo's habits
+
+
+def test_request_max_epochs_drives_the_learning_rate_schedule():
+    """MONAI Label (and a user) set ``train#trainer#max_epochs``; the cosine schedule ends with it."""
+    spec = find_bundle("pvt_gdla_busi_segmentation")
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / spec.name / "configs" / "train.json"))
+    parser.update({**small_overrides(spec), "iterations_per_epoch": 10, "warmup_epochs": 1,
+                   "train#trainer#max_epochs": 3})
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    base = parser.get_parsed_content("learning_rate")
+    assert scheduler.lr_lambdas[0](30) * base == pytest.approx(1e-6)  # the end of 3 epochs of 10 iterations
+    assert scheduler.lr_lambdas[0](15) * base > 1e-4
+
+
+def test_preprocessing_in_the_configs_is_the_code_recipe_and_can_be_overridden(tmp_path):
+    """``validate#preprocessing`` is a readable list of MONAI transforms that gives what the code's
+    ``eval_transforms`` gives; a user replaces one transform's argument by its config id."""
+    from common.transforms import eval_transforms, train_transforms_config
+
+    spec = find_bundle("pvt_gdla_busi_segmentation")
+    bundle, data = copy_bundle(spec, tmp_path), write_dataset(spec, tmp_path)
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    targets = [t["_target_"] for t in train["validate"]["preprocessing"]["transforms"]]
+    assert targets == ["common.transforms.LoadImage2Dd", "common.transforms.LoadMask2Dd", "Resized", "ScaleIntensityd",
+                       "AsDiscreted", "EnsureTyped"]
+    assert train["train"]["preprocessing"] == json.loads(json.dumps(train_transforms_config("busi", "@spatial_size")))
+    item = get_dataset("busi").datalists(data)["validation"][0]
+
+    def validation_item(**overrides):
+        parser = ConfigParser()
+        parser.read_config(str(bundle / "configs" / "train.json"))
+        parser.update({"bundle_root": str(bundle), "dataset_dir": str(data), **overrides})
+        return parser.get_parsed_content("validate#preprocessing")(dict(item))
+
+    configured, coded = validation_item(), eval_transforms("busi")(dict(item))
+    torch.testing.assert_close(configured["image"], coded["image"], rtol=0, atol=0)
+    torch.testing.assert_close(configured["label"], coded["label"], rtol=0, atol=0)
+    assert float(configured["image"].max()) == 1.0
+    overridden = validation_item(**{"validate#preprocessing#transforms#3#maxv": 0.5})
+    assert float(overridden["image"].max()) == 0.5
+
+
+def test_inference_takes_dataset_dir_datalist_and_refuses_nothing(tmp_path):
+    """``--dataset_dir`` (``input_dir`` is its alias), ``--datalist`` as paths or dicts, ``load_pretrain``, a
+    post-processing argument overridden from the command line, and a non-zero exit when nothing matches."""
+    spec = find_bundle("pvt_gdla_busi_segmentation")
+    bundle = copy_bundle(spec, tmp_path)
+    first, second = write_sample_inputs(spec, tmp_path / "in")
+    small = {**small_overrides(spec), "load_pretrain": False}  # random weights: no models/model.pt
+    run_config(bundle, "inference", dataset_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "all"), **small)
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["first image (1)_seg.png", "second_seg.png"]
+    run_config(bundle, "inference", datalist=[str(first)], output_dir=str(tmp_path / "paths"), **small)
+    assert [p.name for p in (tmp_path / "paths").iterdir()] == ["first image (1)_seg.png"]
+    run_config(bundle, "inference", datalist=[{"image": str(second)}], output_dir=str(tmp_path / "dicts"),
+               **{"postprocessing#transforms#0#postfix": "mask"}, **small)
+    assert [p.name for p in (tmp_path / "dicts").iterdir()] == ["second_mask.png"]
+
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run(_bundle_command(bundle, "configs/inference.json", "--dataset_dir", str(tmp_path / "empty"),
+                                            "--load_pretrain", "False", "--network_def#encoder", "pvt_v2_b0"),
+                            cwd=bundle, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "nothing to segment" in result.stderr and str(tmp_path / "empty") in result.stderr
