@@ -44,6 +44,8 @@ class BundleSegmentation(BundleInferTask):
         )
         self.bundle = bundle
         self.dimension = bundle.dimension
+        # the label values of the maps this task returns (a multi-label bundle's channel k is value k + 1)
+        self.labels = {name.lower(): value for value, name in bundle.label_names.items() if value != 0}
 
     def __call__(self, request: dict, callbacks: dict | None = None) -> tuple[str | None, dict]:
         """Refuse images of the wrong kind (a picture for a volume bundle, or the reverse; HTTP 422), then infer."""
