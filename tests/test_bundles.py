@@ -241,6 +241,16 @@ def test_torchrun_trains_one_epoch_on_two_cpu_processes(tmp_path):
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "DDP wrapper names leaked into model.pt"
 
+    evaluate = [*command[:command.index("--config_file") + 1],
+                "['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']",
+                *command[command.index("--config_file") + 2:]]
+    result = subprocess.run(evaluate, cwd=bundle, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(bundle / "eval" / "cases.csv") as f:  # rank 0 wrote the cases of both processes
+        cases = {row["case"] for row in csv.DictReader(f)}
+    assert len(cases) == len(get_dataset(spec.dataset).datalists(data)["test"]) == 2
+
 
 def test_inference_feeds_slices_in_the_training_layout(tmp_path):
     """inference.json's preprocessing and the training/evaluation volume pipeline give the same arrays."""

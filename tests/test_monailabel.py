@@ -403,8 +403,11 @@ def server(label_env, studies, bundles, tmp_path_factory):
         "--conf", "epistemic_model", MULTILABEL_MODEL,
         "--host", "127.0.0.1", "--port", str(port),
     ]
+    # scoring runs when asked (below), not in the background at start-up and after each request
+    env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
     with open(log, "wb") as output:
-        process = subprocess.Popen(command, cwd=work, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, cwd=work, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=env)
     running = Server(f"http://127.0.0.1:{port}", log)
     try:
         wait_until_ready(process, running)
@@ -458,8 +461,13 @@ def test_monailabel_serves_and_trains_bundles(server: Server, studies: Path, bun
     assert server.json("POST", "/activelearning/first", {})["id"] == min(unlabelled)
     assert server.json("POST", "/activelearning/random", {})["id"] in unlabelled
     server.json("POST", "/scoring/epistemic?run_sync=true")
-    images = server.json("GET", "/datastore/?output=all")["objects"]
-    scores = {i: images[i]["image"]["info"]["epistemic_entropy"] for i in unlabelled}
+    deadline, scores = time.monotonic() + 60, {}
+    while len(scores) < len(unlabelled) and time.monotonic() < deadline:  # the datastore file is re-read on change
+        images = server.json("GET", "/datastore/?output=all")["objects"]
+        scores = {i: images[i]["image"]["info"]["epistemic_entropy"] for i in unlabelled
+                  if "epistemic_entropy" in images[i]["image"]["info"]}
+        time.sleep(1)
+    assert set(scores) == unlabelled, f"{scores}\n{server.log_tail()}"
     assert all(score > 0 for score in scores.values()), scores
     chosen = server.json("POST", "/activelearning/epistemic", {})
     assert chosen["id"] == max(scores, key=scores.get), (chosen, scores)
