@@ -34,7 +34,8 @@ def test_every_bundle_has_the_model_zoo_layout():
     for spec in BUNDLES:
         root = REPO / "bundles" / spec.name
         for relative in ("configs/metadata.json", "configs/train.json", "configs/evaluate.json",
-                         "configs/inference.json", "configs/multi_gpu_train.json", "configs/logging.conf",
+                         "configs/inference.json", "configs/infer.json", "configs/multi_gpu_train.json",
+                         "configs/multi_gpu_evaluate.json", "configs/logging.conf",
                          "docs/README.md", "docs/data_license.txt", "LICENSE", "large_files.yml"):
             assert (root / relative).is_file(), f"{spec.name} lacks {relative}"
         assert not list((root / "models").glob("*.pt")), "weights must not be in git"
@@ -43,8 +44,23 @@ def test_every_bundle_has_the_model_zoo_layout():
             assert key in train
         assert "trainer" in train["train"] and "evaluator" in train["validate"]
         inference = json.loads((root / "configs" / "inference.json").read_text())
-        for key in ("inferer", "preprocessing", "postprocessing"):
+        for key in ("inferer", "preprocessing", "postprocessing", "dataset_dir", "datalist", "load_pretrain"):
             assert key in inference
+        for section in ("train", "validate"):
+            assert train[section]["preprocessing"]["_target_"] == "Compose"
+        assert not any("common" in i for i in train["imports"])  # code comes in through _target_ components
+        meta = json.loads((root / "configs" / "metadata.json").read_text())
+        assert meta["eval_metrics"] and "monai-label" in meta["supported_apps"]
+        assert "gdla-bundles" not in meta["required_packages_version"]
+
+
+def test_download_large_files_runs_on_a_checked_in_bundle(tmp_path):
+    """The repository's large_files.yml lists nothing to fetch rather than an entry without an address."""
+    from monai.bundle import download_large_files
+
+    bundle = copy_bundle(find_bundle("pvt_gdla_ph2_segmentation"), tmp_path)
+    download_large_files(bundle_path=str(bundle))
+    assert not list((bundle / "models").glob("*.pt"))
 
 
 def _metadata_check(bundle: Path) -> None:

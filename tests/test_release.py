@@ -190,7 +190,7 @@ def test_released_bundle_runs_in_a_fresh_environment(small_bundle, tmp_path, htt
     affine = np.diag([1.2, 1.2, 8.0, 1.0])
     nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(100, 30, (40, 36, 3)).astype(np.float32), affine),
              work / "images" / "case.nii.gz")
-    run("-m", "monai.bundle", "download_large_files", "--bundle_dir", NAME)
+    run("-m", "monai.bundle", "download_large_files", "--bundle_path", NAME)
     run("-m", "monai.bundle", "run", "--config_file", f"{NAME}/configs/inference.json", "--bundle_root", NAME,
         "--dataset_dir", "images", "--output_dir", "masks", "--num_workers", "0")
     mask = nib.load(work / "masks" / "case_seg.nii.gz")
