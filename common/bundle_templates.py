@@ -625,7 +625,7 @@ def metadata(spec: BundleSpec) -> dict:
 
 #: what ``common`` imports beyond torch, numpy and MONAI (a release archive carries ``common`` itself), and what
 #: ``python -m monai.bundle`` needs for its command line (fire) and large_files.yml (pyyaml)
-REQUIRED_PACKAGES = ("nibabel", "pytorch-ignite", "timm", "scipy", "pillow", "h5py", "fire", "pyyaml")
+REQUIRED_PACKAGES = ("nibabel", "pytorch-ignite", "timm", "scipy", "pillow", "h5py", "pydicom", "fire", "pyyaml")
 #: the MONAI Label release ``monailabel_app/`` serves the bundles with (constraints-label.txt)
 MONAI_LABEL_VERSION = "0.8.5"
 #: TorchScript export traces the network (torch.jit.script cannot compile timm's PVT-v2 encoder and the decoders'
