@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from .transforms import eval_transforms_config
 from .bundle_templates import (
     GDLA_CITATION,
     INPUT_SIZE,
@@ -12,6 +13,7 @@ from .bundle_templates import (
     checkpoint_selection,
     class_names,
     dataset_reader,
+    metadata,
     published_metrics,
     uses_pvt_encoder,
 )
@@ -117,6 +119,19 @@ def _held_out_note(spec: BundleSpec) -> str:
     return ("; `--validation held_out` selects it on 4 of the 18 training cases instead (14 left for training)")
 
 
+#: an argument of each intensity transform worth showing in a command-line override, with a value
+INTENSITY_OVERRIDES = {"ScaleIntensityRanged": ("a_max", "400"), "ScaleIntensityd": ("maxv", "255.0"),
+                       "NormalizeIntensityd": ("nonzero", "True"), "Orientationd": ("axcodes", "RAS")}
+
+
+def _override_example(spec: BundleSpec) -> str:
+    """A command-line override of the validation intensity transform, with its real position in the list."""
+    transforms = eval_transforms_config(dataset_reader(spec), "@spatial_size")["transforms"]
+    index, step = next((i, t) for i, t in enumerate(transforms) if t["_target_"] in INTENSITY_OVERRIDES)
+    argument, value = INTENSITY_OVERRIDES[step["_target_"]]
+    return f"`--validate#preprocessing#transforms#{index}#{argument} {value}` sets `{argument}` of `{step['_target_']}`"
+
+
 def model_card(spec: BundleSpec) -> str:
     """docs/README.md: what the model is, the data and its licence, the recipe, results, how to reproduce."""
     reader, card = dataset_reader(spec), spec.dataset_card
@@ -129,6 +144,10 @@ def model_card(spec: BundleSpec) -> str:
                     "nearest out)")
     else:
         protocol = "foreground Dice per image at 224 x 224, over images with a non-empty mask"
+    meta = metadata(spec)
+    monai, torch, version = meta["monai_version"], meta["pytorch_version"], meta["version"]
+    packages = " ".join(f'"{name}=={v}"' for name, v in meta["required_packages_version"].items())
+    suffix, ext = ("*.nii*", ".nii.gz") if reader.spatial_dims == 3 else ("*.png", ".png")
     return f"""# {spec.paper_model} for {card.title}
 
 {ARCHITECTURES[spec.network]}
@@ -158,25 +177,67 @@ Evaluation prints two metric modes: `paper` (the rules of the code behind the ta
 
 {_results_table(spec)}
 
+## Get and run it outside the repository
+
+A release archive (`python -m common release pack`) is the whole bundle: configs, this card, the weights
+(`models/model.pt`) and the code its configs import (`scripts/common`). It needs only the packages in
+`configs/metadata.json` (`torch`, `numpy`, `monai` and `required_packages_version`), all on PyPI:
+
+```bash
+pip install "monai=={monai}" "torch=={torch}" {packages}
+python -m monai.bundle download --name {spec.name} --url <release URL>/{spec.name}_v{version}.zip --bundle_dir .
+python -m monai.bundle run --config_file {spec.name}/configs/inference.json --bundle_root {spec.name} \\
+    --dataset_dir /path/to/images --output_dir masks
+```
+
+`python -m common release download --url ... --sha256 ...` does the same download but checks the archive's published
+SHA-256 first. Inference reads every `{suffix}` file in `dataset_dir` (`input_dir` is the same setting), or the files
+given as `--datalist "['a{ext}', 'b{ext}']"` (paths, or dicts with an `image` key); it stops with an error when there
+is nothing to segment. `--load_pretrain False` runs without weights (a smoke test).
+
 ## Reproduce
 
 From this folder (add `--dataset_dir /path/to/data` to each command):
 
 ```bash
 python -m monai.bundle run --config_file configs/train.json{" --encoder_weights /path/to/pvt_v2_b2.pth" if uses_pvt_encoder(spec) else ""}
-python -m monai.bundle run --config_file configs/evaluate.json
-python -m monai.bundle run --config_file configs/inference.json --input_dir /path/to/images
+python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']"
+python -m monai.bundle run --config_file configs/inference.json --dataset_dir /path/to/images
 torchrun --standalone --nproc_per_node=2 -m monai.bundle run \\
     --config_file "['configs/train.json','configs/multi_gpu_train.json']"
+torchrun --standalone --nproc_per_node=2 -m monai.bundle run \\
+    --config_file "['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']"
 ```
+
+`evaluate.json` is an overlay on `train.json`: it points `validate#datalist` at the test split and adds the
+per-case metric writer. `train.json` starts from `models/model.pt` with `--load_pretrain True` (fine-tuning).
+The transforms are in the configs as lists of MONAI transforms (`train#preprocessing`, `validate#preprocessing`,
+`preprocessing` and `postprocessing` in `inference.json`); change one from the command line by its id, e.g.
+{_override_example(spec)}.
 
 A killed training run started again with the same command resumes from its last complete epoch
 (`models/last_checkpoint_*.pt`). Evaluation writes `eval/cases.csv` and `eval/summary.csv` and prints our row
 beside the published one.{REFERENCE_NOTE if spec.network in REFERENCE_NETWORKS else ""}
 
-Evaluation runs the network in float32, as the authors did (`"precision": "float32"` in `evaluate.json`).
+Evaluation runs the network in float32, as the authors did (`"precision": "float32"` in `validate#inferer`).
 Inference runs `"precision": "auto"`: float16 autocast on CUDA, bfloat16 on CPUs with native bfloat16
 (AVX512-BF16, AMX), float32 elsewhere; add `--inferer#precision float32` for the authors' arithmetic.
+
+## Export
+
+MONAI's export commands work on the trained bundle. TorchScript export traces the network (`torch.jit.script`
+cannot compile it; `torchscript_export` in the metadata says so), with the input shape from the metadata:
+
+```bash
+python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt \\
+    --meta_file configs/metadata.json --config_file configs/inference.json --use_trace True
+python -m monai.bundle onnx_export network_def --filepath models/model.onnx --ckpt_file models/model.pt \\
+    --meta_file configs/metadata.json --config_file configs/inference.json
+```
+
+`monai.bundle.load("{spec.name}", bundle_dir=..., workflow_type="infer")` returns the network with the weights
+(`configs/infer.json` is `inference.json` under the name `load` looks for; `workflow_type="train"` reads
+`train.json`).
 
 ## Limitations
 
@@ -207,9 +268,16 @@ Model weights trained on third-party data are subject to that data's licence as 
 
 
 def large_files(url: str = "", hash_val: str = "") -> str:
-    """large_files.yml: the weights are not in git; a release archive's copy has their address and SHA-256."""
+    """large_files.yml: the weights are not in git, so the repository's copy lists nothing to download (an entry
+    without an address would make ``monai.bundle download_large_files`` fail); a release archive's copy, written by
+    ``release pack``, lists ``models/model.pt`` with its SHA-256 and, given ``--url-base``, its address."""
+    if not hash_val:
+        return ("# Weights are not kept in git: nothing to download here. A release archive made by\n"
+                "# `python -m common release pack` lists models/model.pt with its address and SHA-256.\n"
+                "large_files: []\n")
     return (
-        "# Weights are not kept in git. `python -m common release pack` fills url and hash_val in a release archive.\n"
+        "# Written by `python -m common release pack`: `python -m monai.bundle download_large_files` fetches and checks\n"
+        "# models/model.pt (the archive already holds it; the file is kept when its SHA-256 matches).\n"
         "large_files:\n"
         '  - path: "models/model.pt"\n'
         f"    url: {json.dumps(url)}\n"

@@ -18,6 +18,7 @@ from .bundle_templates import (
     inference_config,
     metadata,
     multi_gpu_config,
+    multi_gpu_evaluate_config,
     train_config,
 )
 
@@ -60,7 +61,10 @@ def bundle_files(spec: BundleSpec) -> dict[str, str]:
         "configs/train.json": _json(train_config(spec)),
         "configs/evaluate.json": _json(evaluate_config(spec)),
         "configs/inference.json": _json(inference_config(spec)),
+        # monai.bundle.load(..., workflow_type="infer") reads configs/infer.json: the same inference config
+        "configs/infer.json": _json(inference_config(spec)),
         "configs/multi_gpu_train.json": _json(multi_gpu_config(spec)),
+        "configs/multi_gpu_evaluate.json": _json(multi_gpu_evaluate_config(spec)),
         "configs/logging.conf": LOGGING_CONF,
         "docs/README.md": model_card(spec),
         "docs/data_license.txt": data_license(spec),

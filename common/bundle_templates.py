@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from .data import get_dataset
 from .io.volumes import DISPLAY_AXCODES
+from .transforms import eval_transforms_config, intensity_config, train_transforms_config, volume_transforms_config
 
 SCHEMA_URL = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
@@ -169,7 +170,13 @@ BUNDLES = [
     BundleSpec("cvt", "uwmgi", "CvT (KV)", network_args={"attention": "kv"}),
 ]
 
-IMPORTS = ["$import os", "$import torch", "$import ignite", "$import monai", "$import common"]
+IMPORTS = ["$import os", "$import sys", "$import torch", "$import ignite", "$import monai"]
+
+#: puts a released bundle's own copy of ``common`` (``scripts/common``, written by ``release pack``) first on the
+#: import path; in the repository (no ``scripts/``) ``common`` comes from the environment. Every component that
+#: imports ``common`` requires it, so the configs work in both places and from any working folder.
+BUNDLED_CODE = ("$sys.path.insert(0, @scripts_dir) if os.path.isdir(os.path.join(@scripts_dir, 'common')) "
+                "and @scripts_dir not in sys.path else None")
 
 
 def find_bundle(name: str) -> BundleSpec:
@@ -236,16 +243,18 @@ def _network_def(spec: BundleSpec, weights: str) -> dict:
     }
     if uses_pvt_encoder(spec):
         definition.update(deep_supervision=True, encoder_weights=weights)
-    return {**definition, **spec.network_args}
+    return {"_requires_": "@bundled_code", **definition, **spec.network_args}
 
 
 def _reader(spec: BundleSpec) -> dict:
     """The dataset reader; Synapse's ``validation`` switch picks the checkpoint-selection set."""
+    reader = {"_target_": "common.data.get_dataset", "_requires_": "@bundled_code", "name": "@dataset_name",
+              "root": "@dataset_dir"}
     if spec.dataset != "synapse":
-        return {"reader": "$common.data.get_dataset(@dataset_name, root=@dataset_dir)"}
-    return {"validation": "test_set",
-            "reader": "$common.data.get_dataset(@dataset_name, root=@dataset_dir, "
-                      "validation_cases=common.data.synapse.validation_cases_for(@validation))"}
+        return {"reader": reader}
+    validation_cases = {"_target_": "common.data.synapse.validation_cases_for", "_requires_": "@bundled_code",
+                        "validation": "@validation"}
+    return {"validation": "test_set", "reader": {**reader, "validation_cases": validation_cases}}
 
 
 def checkpoint_selection(spec: BundleSpec) -> str:
@@ -260,6 +269,8 @@ def _shared(spec: BundleSpec, encoder_weights: str | None) -> dict:
     return {
         "imports": IMPORTS,
         "bundle_root": ".",
+        "scripts_dir": "$os.path.join(@bundle_root, 'scripts')",
+        "bundled_code": BUNDLED_CODE,
         "ckpt_dir": "$@bundle_root + '/models'",
         "dataset_dir": card.folder,
         "dataset_name": spec.dataset,
@@ -275,19 +286,17 @@ def _shared(spec: BundleSpec, encoder_weights: str | None) -> dict:
     }
 
 
-def _evaluation_section(spec: BundleSpec, split: str, handlers: list) -> dict:
-    """Dataset, loader, inferer, post-processing and evaluator over the ``split`` datalist."""
+def _evaluation_section(spec: BundleSpec, handlers: list) -> dict:
+    """``validate``: datalist, preprocessing, loader, inferer, post-processing and evaluator (validation split)."""
     reader = dataset_reader(spec)
     postprocessing = [] if reader.multilabel else [
         {"_target_": "AsDiscreted", "keys": ["pred", "label"], "to_onehot": [reader.num_classes] * 2}
     ]
     return {
-        "datalist": f"$@reader.datalists(@dataset_dir, @split_file)['{split}']",
-        "preprocessing": {"_target_": "common.transforms.eval_transforms", "dataset": "@reader",
-                          "spatial_size": "@spatial_size"},
-        "dataset": {"_target_": "Dataset", "data": f"@{_section(split)}#datalist",
-                    "transform": f"@{_section(split)}#preprocessing"},
-        "dataloader": {"_target_": "DataLoader", "dataset": f"@{_section(split)}#dataset", "batch_size": 1,
+        "datalist": "$@reader.datalists(@dataset_dir, @split_file)['validation']",
+        "preprocessing": eval_transforms_config(reader, "@spatial_size"),
+        "dataset": {"_target_": "Dataset", "data": "@validate#datalist", "transform": "@validate#preprocessing"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1,
                        "shuffle": False, "num_workers": "@num_workers"},
         "inferer": _inferer(spec, "float32"),
         "postprocessing": {"_target_": "Compose", "transforms": postprocessing},
@@ -302,19 +311,15 @@ def _evaluation_section(spec: BundleSpec, split: str, handlers: list) -> dict:
         "evaluator": {
             "_target_": "SupervisedEvaluator",
             "device": "@device",
-            "val_data_loader": f"@{_section(split)}#dataloader",
+            "val_data_loader": "@validate#dataloader",
             "network": "@network",
-            "inferer": f"@{_section(split)}#inferer",
-            "postprocessing": f"@{_section(split)}#postprocessing",
-            "key_val_metric": f"@{_section(split)}#key_metric",
-            "val_handlers": f"@{_section(split)}#handlers",
+            "inferer": "@validate#inferer",
+            "postprocessing": "@validate#postprocessing",
+            "key_val_metric": "@validate#key_metric",
+            "val_handlers": "@validate#handlers",
             "amp": "@amp",
         },
     }
-
-
-def _section(split: str) -> str:
-    return {"validation": "validate", "test": "evaluate"}[split]
 
 
 def _loss(spec: BundleSpec) -> dict:
@@ -327,20 +332,46 @@ def _loss(spec: BundleSpec) -> dict:
     return {"_target_": "common.losses.DeepSupervisionLoss", "loss": base}
 
 
+def _checkpoint_loader(load_path: str = "@pretrained_path", switch: str | None = "load_pretrain") -> dict:
+    """Loads ``models/model.pt`` (a plain state dict) into the network; ``switch`` names the config flag for it."""
+    loader = {"_target_": "CheckpointLoader", "load_path": load_path, "load_dict": {"model": "@network"},
+              "map_location": "@device"}
+    return {"_disabled_": f"$not @{switch}", **loader} if switch else loader
+
+
+def _training_dataset(reader, datalist: str, seed: str) -> dict:
+    """``train#dataset``: pictures map one to one; volumes are cut into axial slices (common.data.slices)."""
+    dataset = {"_target_": "common.data.slices.training_dataset", "dataset": "@reader", "datalist": datalist,
+               "transform": "@train#preprocessing", "seed": seed}
+    if reader.stored_as != "slices":
+        dataset["volume_transform"] = "@train#volume_preprocessing"
+    return dataset
+
+
 def train_config(spec: BundleSpec) -> dict:
-    """``configs/train.json``: the published recipe through MONAI's SupervisedTrainer."""
+    """``configs/train.json``: the published recipe through MONAI's SupervisedTrainer.
+
+    ``train#preprocessing`` is the augmentation of one picture or slice; bundles whose dataset is stored as volumes
+    also have ``train#volume_preprocessing`` (load, orient, normalise a volume before it is sliced).
+    """
     recipe = spec.training_recipe
+    reader = dataset_reader(spec)
     resume_objects = {"network": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"}
     loss_output = "$monai.handlers.from_engine(['loss'], first=True)"
-    validate = _evaluation_section(spec, "validation", [
+    validate = _evaluation_section(spec, [
         {"_target_": "StatsHandler", "iteration_log": False},
         {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "iteration_log": False},
         {"_target_": "CheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": {"model": "@network"},
          "save_key_metric": True, "key_metric_filename": "model.pt"},
     ])
+    preprocessing = {"preprocessing": train_transforms_config(reader, "@spatial_size")}
+    if reader.stored_as != "slices":
+        preprocessing["volume_preprocessing"] = volume_transforms_config(reader)
     return {
         **_shared(spec, encoder_weights=None),
         "output_dir": "$@bundle_root + '/runs'",
+        "load_pretrain": False,
+        "pretrained_path": "$@ckpt_dir + '/model.pt'",
         "epochs": recipe.epochs,
         "warmup_epochs": recipe.warmup_epochs,
         "batch_size": recipe.batch_size,
@@ -348,11 +379,13 @@ def train_config(spec: BundleSpec) -> dict:
         "weight_decay": recipe.weight_decay,
         "val_interval": 1,
         "seed": 42,
-        "iterations_per_epoch": "$common.training.iterations_per_epoch(@train#dataset, @batch_size, @reader)",
+        "iterations_per_epoch": {"_target_": "common.training.iterations_per_epoch", "dataset": "@train#dataset",
+                                 "batch_size": "@batch_size", "reader": "@reader"},
         "loss": _loss(spec),
         "optimizer": {
             "_target_": "torch.optim.AdamW",
-            "params": "$common.training.decay_param_groups(@network, @weight_decay)",
+            "params": {"_target_": "common.training.decay_param_groups", "network": "@network",
+                       "weight_decay": "@weight_decay"},
             "lr": "@learning_rate",
             "betas": [0.9, 0.999],
             "eps": 1e-8,
@@ -361,17 +394,12 @@ def train_config(spec: BundleSpec) -> dict:
             "_target_": "common.training.WarmupCosineLR",
             "optimizer": "@optimizer",
             "warmup_steps": "$@warmup_epochs * @iterations_per_epoch",
-            "total_steps": "$@epochs * @iterations_per_epoch",
+            "total_steps": "$@train#trainer#max_epochs * @iterations_per_epoch",
         },
         "train": {
             "datalist": "$@reader.datalists(@dataset_dir, @split_file)['train']",
-            "dataset": {
-                "_target_": "common.data.slices.training_dataset",
-                "dataset": "@reader",
-                "datalist": "@train#datalist",
-                "spatial_size": "@spatial_size",
-                "seed": "@seed",
-            },
+            **preprocessing,
+            "dataset": _training_dataset(reader, "@train#datalist", "@seed"),
             "dataloader": {
                 "_target_": "DataLoader",
                 "dataset": "@train#dataset",
@@ -381,6 +409,7 @@ def train_config(spec: BundleSpec) -> dict:
             },
             "inferer": {"_target_": "SimpleInferer"},
             "handlers": [
+                _checkpoint_loader(),
                 {"_target_": "common.training.ResumeFromLatest", "directory": "@ckpt_dir",
                  "objects": resume_objects, "map_location": "@device"},
                 {"_target_": "common.training.GradientClipping", "max_norm": 1.0},
@@ -409,13 +438,15 @@ def train_config(spec: BundleSpec) -> dict:
             },
         },
         "validate": validate,
-        "initialize": ["$monai.utils.set_determinism(seed=@seed)"],
+        "initialize": ["@bundled_code", "$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@train#trainer.run()"],
     }
 
 
 def evaluate_config(spec: BundleSpec) -> dict:
-    """``configs/evaluate.json``: the paper's protocol on the test split, per-case and summary CSVs."""
+    """``configs/evaluate.json``: an overlay on train.json (the model zoo's
+    ``--config_file "['configs/train.json','configs/evaluate.json']"``) that runs ``validate#evaluator`` on the test
+    split with the paper's protocol and writes per-case and summary CSVs."""
     reader = dataset_reader(spec)
     mode = "multilabel" if reader.multilabel else ("volume" if reader.spatial_dims == 3 else "image")
     names = class_names(spec)
@@ -427,64 +458,71 @@ def evaluate_config(spec: BundleSpec) -> dict:
         "published": "@published",
         "title": "ours",
         "paper_rule": "transunet" if spec.dataset == "synapse" else "per_class",
-        "selection": ("$common.data.synapse.SELECTION_TEXT[@validation]" if spec.dataset == "synapse"
-                      else checkpoint_selection(spec)),
+        "selection": ({"_target_": "common.data.synapse.selection_text", "_requires_": "@bundled_code",
+                       "validation": "@validation"} if spec.dataset == "synapse" else checkpoint_selection(spec)),
     }
-    evaluate = _evaluation_section(spec, "test", [
-        {"_target_": "CheckpointLoader", "load_path": "$@ckpt_dir + '/model.pt'", "load_dict": {"model": "@network"},
-         "map_location": "@device"},
-        {"_target_": "StatsHandler", "iteration_log": False},
-        writer,
-    ])
     return {
-        **_shared(spec, encoder_weights="random"),
+        "encoder_weights": "random",
         "output_dir": "$@bundle_root + '/eval'",
         "published": published_metrics(spec),
-        "evaluate": evaluate,
-        "initialize": ["$monai.utils.set_determinism(seed=0)"],
-        "run": ["$@evaluate#evaluator.run()"],
+        "validate#datalist": "$@reader.datalists(@dataset_dir, @split_file)['test']",
+        "validate#handlers": [
+            _checkpoint_loader("$@ckpt_dir + '/model.pt'", switch=None),
+            {"_target_": "StatsHandler", "iteration_log": False},
+            writer,
+        ],
+        "dataset": "@validate#dataset",
+        "inferer": "@validate#inferer",
+        "evaluator": "@validate#evaluator",
+        "initialize": ["@bundled_code", "$monai.utils.set_determinism(seed=0)"],
+        "run": ["$@validate#evaluator.run()"],
     }
 
 
 def inference_config(spec: BundleSpec) -> dict:
-    """``configs/inference.json``: every image in ``input_dir`` -> a mask of the same size in ``output_dir``."""
+    """``configs/inference.json``: every image in ``dataset_dir`` (or ``datalist``) -> a mask of the same size."""
     reader = dataset_reader(spec)
     three_d = reader.spatial_dims == 3
     suffix = "*.nii*" if three_d else "*.png"
+    intensity = intensity_config(
+        ("ct_window" if spec.dataset_card.modality == "CT" else "minmax") if three_d else "minmax")
     if three_d:
         load = [{"_target_": "LoadImaged", "keys": "image", "image_only": False},
                 {"_target_": "EnsureChannelFirstd", "keys": "image"},
                 {"_target_": "Orientationd", "keys": "image", "axcodes": DISPLAY_AXCODES}]
-        intensity = ({"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -125, "a_max": 275, "b_min": 0.0,
-                      "b_max": 1.0, "clip": True} if spec.dataset_card.modality == "CT"
-                     else {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0})
         save = {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
                 "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False}
     else:
         load = [{"_target_": "common.transforms.LoadImage2Dd", "keys": "image", "channels": reader.image_channels}]
-        intensity = {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0}
         save = {"_target_": "common.io.mask_saving.SaveMask2Dd", "keys": "pred", "output_dir": "@output_dir",
                 "num_classes": reader.num_classes}
         if reader.multilabel:
             save["channel_names"] = list(reader.label_names)
     postprocessing = [{"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
                        "nearest_interp": True}] if three_d else []
+    shared = {k: v for k, v in _shared(spec, encoder_weights="random").items()
+              if k not in ("reader", "dataset_name", "split_file")}
     return {
-        **_shared(spec, encoder_weights="random"),
+        **shared,
         "imports": IMPORTS + ["$import glob", "$import numpy"],
-        "input_dir": "$@bundle_root + '/sample_data'",
+        "dataset_dir": "$@bundle_root + '/sample_data'",
+        "input_dir": "@dataset_dir",
         "output_dir": "$@bundle_root + '/predictions'",
-        "datalist": f"$[{{'image': f, 'source': f}} for f in sorted(glob.glob(os.path.join(@input_dir, '{suffix}')))]",
+        "load_pretrain": True,
+        "pretrained_path": "$@ckpt_dir + '/model.pt'",
+        "datalist": f"$sorted(glob.glob(os.path.join(@input_dir, '{suffix}')))",
         "preprocessing": {"_target_": "Compose", "transforms": [
             *load, intensity, {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"}]},
-        "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+        "dataset": {"_target_": "Dataset",
+                    "data": {"_target_": "common.data.inputs.inference_datalist", "_requires_": "@bundled_code",
+                             "items": "@datalist", "where": f"$os.path.join(@input_dir, '{suffix}')"},
+                    "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
                        "num_workers": "@num_workers"},
         "inferer": _inferer(spec, "auto"),
         "postprocessing": {"_target_": "Compose", "transforms": [*postprocessing, save]},
         "handlers": [
-            {"_target_": "CheckpointLoader", "load_path": "$@ckpt_dir + '/model.pt'",
-             "load_dict": {"model": "@network"}, "map_location": "@device"},
+            _checkpoint_loader(),
             {"_target_": "StatsHandler", "iteration_log": False},
         ],
         "evaluator": {
@@ -497,39 +535,57 @@ def inference_config(spec: BundleSpec) -> dict:
             "val_handlers": "@handlers",
             "amp": "@amp",
         },
-        "initialize": ["$monai.utils.set_determinism(seed=0)"],
+        "initialize": ["@bundled_code", "$monai.utils.set_determinism(seed=0)"],
         "run": ["$@evaluator.run()"],
     }
 
 
+_DDP_DEVICE = "$torch.device(f'cuda:{os.environ[\"LOCAL_RANK\"]}' if torch.cuda.is_available() else 'cpu')"
+_DDP_NETWORK = {"_target_": "torch.nn.parallel.DistributedDataParallel", "module": "$@network_def.to(@device)",
+                "device_ids": "$[@device] if torch.cuda.is_available() else None"}
+_DDP_INIT = [
+    "@bundled_code",
+    "$import torch.distributed as dist",
+    "$dist.is_initialized() or dist.init_process_group(backend=@backend)",
+    "$torch.cuda.set_device(@device) if torch.cuda.is_available() else None",
+]
+_RANK_SLICE = "[torch.distributed.get_rank()::torch.distributed.get_world_size()]"
+
+
 def multi_gpu_config(spec: BundleSpec) -> dict:
     """``configs/multi_gpu_train.json``: overrides of train.json for ``torchrun`` (NCCL on GPUs, gloo on CPUs)."""
+    reader = dataset_reader(spec)
     return {
-        "device": "$torch.device(f'cuda:{os.environ[\"LOCAL_RANK\"]}' if torch.cuda.is_available() else 'cpu')",
+        "device": _DDP_DEVICE,
         "backend": "$'nccl' if torch.cuda.is_available() else 'gloo'",
-        "network": {"_target_": "torch.nn.parallel.DistributedDataParallel",
-                    "module": "$@network_def.to(@device)",
-                    "device_ids": "$[@device] if torch.cuda.is_available() else None"},
-        "train#dataset": {
-            "_target_": "common.data.slices.training_dataset",
-            "dataset": "@reader",
-            "datalist": "$@train#datalist[torch.distributed.get_rank()::torch.distributed.get_world_size()]",
-            "spatial_size": "@spatial_size",
-            "seed": "$@seed + torch.distributed.get_rank()",
-        },
-        "validate#datalist": "$@reader.datalists(@dataset_dir, @split_file)['validation']"
-                             "[torch.distributed.get_rank()::torch.distributed.get_world_size()]",
+        "network": _DDP_NETWORK,
+        "train#dataset": _training_dataset(reader, f"$@train#datalist{_RANK_SLICE}",
+                                           "$@seed + torch.distributed.get_rank()"),
+        "validate#datalist": f"$@reader.datalists(@dataset_dir, @split_file)['validation']{_RANK_SLICE}",
         "train#trainer#train_handlers": "$@train#handlers if torch.distributed.get_rank() == 0 else "
-                                        "[h for h in @train#handlers if type(h).__name__ in ('ResumeFromLatest', "
-                                        "'GradientClipping', 'LrScheduleHandler', 'ValidationHandler')]",
+                                        "[h for h in @train#handlers if type(h).__name__ in ('CheckpointLoader', "
+                                        "'ResumeFromLatest', 'GradientClipping', 'LrScheduleHandler', "
+                                        "'ValidationHandler')]",
         "validate#evaluator#val_handlers": "$@validate#handlers if torch.distributed.get_rank() == 0 else None",
-        "initialize": [
-            "$import torch.distributed as dist",
-            "$dist.is_initialized() or dist.init_process_group(backend=@backend)",
-            "$torch.cuda.set_device(@device) if torch.cuda.is_available() else None",
-            "$monai.utils.set_determinism(seed=@seed)",
-        ],
+        "initialize": [*_DDP_INIT, "$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@train#trainer.run()"],
+        "finalize": ["$dist.is_initialized() and dist.destroy_process_group()"],
+    }
+
+
+def multi_gpu_evaluate_config(spec: BundleSpec) -> dict:
+    """``configs/multi_gpu_evaluate.json``: overrides of train.json + evaluate.json for ``torchrun``.
+
+    Each process evaluates every ``world_size``-th test case; MeanDice is gathered across processes, and the
+    per-case CSV writer gathers the rows of every process on rank 0.
+    """
+    return {
+        "device": _DDP_DEVICE,
+        "backend": "$'nccl' if torch.cuda.is_available() else 'gloo'",
+        "network": _DDP_NETWORK,
+        "validate#datalist": f"$@reader.datalists(@dataset_dir, @split_file)['test']{_RANK_SLICE}",
+        "initialize": [*_DDP_INIT, "$monai.utils.set_determinism(seed=0)"],
+        "run": ["$@validate#evaluator.run()"],
         "finalize": ["$dist.is_initialized() and dist.destroy_process_group()"],
     }
 
@@ -551,8 +607,9 @@ def metadata(spec: BundleSpec) -> dict:
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": numpy.__version__,
-        "required_packages_version": {"gdla-bundles": BUNDLE_VERSION, "timm": _version("timm"),
-                                      "nibabel": _version("nibabel"), "pytorch-ignite": _version("pytorch-ignite")},
+        "required_packages_version": {package: _version(package) for package in REQUIRED_PACKAGES},
+        "supported_apps": {"monai-label": MONAI_LABEL_VERSION},
+        "torchscript_export": TORCHSCRIPT_EXPORT,
         "name": f"{spec.paper_model} {card.title.split(' (')[0]} segmentation",
         "task": f"2-D segmentation of {', '.join(names[1:])} in {card.modality} images",
         "description": (
@@ -566,7 +623,7 @@ def metadata(spec: BundleSpec) -> dict:
         "image_classes": f"{reader.image_channels}-channel image, intensity scaled to [0, 1]",
         "label_classes": ", ".join(f"{i} {n}" for i, n in enumerate(names)),
         "pred_classes": f"{reader.num_classes} channels, argmax gives the label map",
-        "eval_metrics": published_metrics(spec),
+        "eval_metrics": published_metrics(spec) or {"mean_dice": NOT_PUBLISHED},
         "checkpoint_selection": checkpoint_selection(spec),
         "intended_use": "Research use only: not for clinical diagnosis or treatment decisions.",
         "references": citations(spec),
@@ -585,6 +642,21 @@ def metadata(spec: BundleSpec) -> dict:
             }},
         },
     }
+
+
+#: what ``common`` imports beyond torch, numpy and MONAI (a release archive carries ``common`` itself), and what
+#: ``python -m monai.bundle`` needs for its command line (fire) and large_files.yml (pyyaml)
+REQUIRED_PACKAGES = ("nibabel", "pytorch-ignite", "timm", "scipy", "pillow", "h5py", "pydicom", "fire", "pyyaml")
+#: the MONAI Label release ``monailabel_app/`` serves the bundles with (constraints-label.txt)
+MONAI_LABEL_VERSION = "0.8.5"
+#: TorchScript export traces the network (torch.jit.script cannot compile timm's PVT-v2 encoder and the decoders'
+#: Python); ``monai.bundle ckpt_export`` needs ``--use_trace True`` and takes the input shape from this metadata
+TORCHSCRIPT_EXPORT = {
+    "use_trace": True,
+    "command": "python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt "
+               "--meta_file configs/metadata.json --config_file configs/inference.json --use_trace True",
+}
+NOT_PUBLISHED = "not published: the cited papers report no row for this model on this dataset"
 
 
 def _version(package: str) -> str:

@@ -231,13 +231,14 @@ def write_bundle(spec: BundleSpec, folder: Path, split_file: Path, settings: Dem
     return folder
 
 
-def _workflow(bundle: Path, config: str):
-    """The bundle's ``config`` as a MONAI workflow, logging as ``monai.bundle run`` would."""
+def _workflow(bundle: Path, *config: str):
+    """The bundle's ``config`` files (an overlay after train.json) as a MONAI workflow, logging as
+    ``monai.bundle run`` would."""
     from monai.bundle import ConfigWorkflow
 
     configs = bundle / "configs"
     return ConfigWorkflow(
-        config_file=str(configs / config), meta_file=str(configs / "metadata.json"),
+        config_file=[str(configs / name) for name in config], meta_file=str(configs / "metadata.json"),
         logging_file=str(configs / "logging.conf"), workflow_type=None, bundle_root=str(bundle),
     )
 
@@ -272,7 +273,7 @@ def train(bundle: Path, settings: DemoSettings) -> LearningCurve:
 
 def evaluate(bundle: Path) -> list[dict]:
     """Run the bundle's ``evaluate.json`` on the test split; returns its summary rows (per class, then mean)."""
-    workflow = _workflow(bundle, "evaluate.json")
+    workflow = _workflow(bundle, "train.json", "evaluate.json")
     workflow.initialize()
     workflow.run()
     workflow.finalize()

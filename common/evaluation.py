@@ -145,6 +145,13 @@ class CaseMetricsWriter:
         return volume_scores(case, pred, ref, self.class_names, _spacing(label), paper_rule=self.paper_rule)
 
     def _finish(self, engine: Engine) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, (self.rows, self.failures))
+            if torch.distributed.get_rank() != 0:
+                return  # multi-process evaluation: rank 0 writes every process's rows
+            self.rows = [row for rows, _ in gathered for row in rows]
+            self.failures = [failure for _, failures in gathered for failure in failures]
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_csv(self.output_dir / "cases.csv", self.rows)
         summary = summarize(self.rows)

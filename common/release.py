@@ -7,8 +7,11 @@
 ``pack`` checks that the weights load (``weights_only=True``) into the bundle's ``network_def`` and that its
 ``inference.json`` builds, then writes to the output folder, each file atomically:
 
-- ``<bundle>_v<version>.zip``: the bundle folder (configs, docs, licence) with the weights as ``models/model.pt``
-  and a ``large_files.yml`` that holds their SHA-256 and, with ``--url-base``, the address of
+- ``<bundle>_v<version>.zip``: the bundle folder (configs, docs, licence) with the weights as ``models/model.pt``,
+  the code its configs import (the ``common`` package, as ``scripts/common``; the configs put ``scripts/`` first on
+  the import path when it holds ``common``, so the archive runs where only the metadata's
+  ``required_packages_version`` are installed) and a ``large_files.yml`` that holds their SHA-256 and, with
+  ``--url-base``, the address of
 - ``<bundle>_v<version>_model.pt``: the weights alone, for ``python -m monai.bundle download_large_files``;
 - ``SHA256SUMS``: the checksums of both, in ``sha256sum`` format (``sha256sum -c SHA256SUMS`` checks them).
 
@@ -38,6 +41,9 @@ from .io.atomic import atomic_path
 SUMS_FILE = "SHA256SUMS"
 WEIGHTS = "models/model.pt"
 PACKED = ("configs", "docs", "LICENSE")
+#: the package the configs import, carried into the archive as ``scripts/common``
+CODE = Path(__file__).resolve().parent
+CODE_SUFFIXES = (".py", ".json", ".typed")
 
 
 class ReleaseError(Exception):
@@ -82,6 +88,9 @@ def pack(bundle: Path, weights: Path, output: Path, url_base: str = "") -> list[
             files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
             for path in files:
                 zipped.write(path, f"{name}/{path.relative_to(bundle).as_posix()}")
+        for path in sorted(p for p in CODE.rglob("*") if p.is_file() and p.suffix in CODE_SUFFIXES
+                           and "__pycache__" not in p.parts):
+            zipped.write(path, f"{name}/scripts/common/{path.relative_to(CODE).as_posix()}")
         zipped.writestr(f"{name}/large_files.yml", large_files(url, weights_sha))
         zipped.write(weights, f"{name}/{WEIGHTS}")
     with atomic_path(weights_copy) as temporary:

@@ -38,26 +38,7 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import (
-    AsDiscreted,
-    Compose,
-    EnsureTyped,
-    Identityd,
-    MapLabelValued,
-    MapTransform,
-    NormalizeIntensityd,
-    OneOf,
-    Orientationd,
-    RandAxisFlipd,
-    RandFlipd,
-    Randomizable,
-    RandomizableTransform,
-    RandRotate90d,
-    RandRotated,
-    Resized,
-    ScaleIntensityd,
-    ScaleIntensityRanged,
-)
+from monai.transforms import Compose, MapTransform, OneOf, Randomizable, RandomizableTransform
 from scipy.ndimage import gaussian_filter, rotate
 
 from common.data.base import DatasetReader
@@ -66,7 +47,6 @@ from common.data.splits import DEFAULT_SEED
 from common.data.uwmgi import decode_rle
 from common.io.images import read_binary_mask, read_image_2d
 from common.io.volumes import DISPLAY_AXCODES, VolumeReadError, load_volume
-from common.resize import ResizePictured, ZoomSliced
 
 CT_WINDOW_HU = (-125.0, 275.0)
 INPUT_SIZE = (224, 224)
@@ -404,22 +384,52 @@ class RandElasticd(RandomizableTransform, MapTransform):
 
 def transunet_augmentation(keys: Sequence[str] = KEYS) -> OneOf:
     """TransUNet's RandomGenerator without the resize: p 0.5 rot90 + flip, else p 0.5 integer-angle rotation."""
-    rot90_flip = Compose([RandRotate90d(keys, prob=0.75, max_k=3), RandAxisFlipd(keys, prob=1.0)])
-    integer_rotation = RandIntegerRotated(keys, max_degrees=20, order=0)
-    return OneOf([rot90_flip, integer_rotation, Identityd(keys)], weights=(0.5, 0.25, 0.25))
+    return build_transform(transunet_augmentation_config(keys))
+
+
+def transunet_augmentation_config(keys: Sequence[str] = KEYS) -> dict:
+    """:func:`transunet_augmentation` as a bundle-config component."""
+    keys = list(keys)
+    rot90_flip = _compose([{"_target_": "RandRotate90d", "keys": keys, "prob": 0.75, "max_k": 3},
+                           {"_target_": "RandAxisFlipd", "keys": keys, "prob": 1.0}])
+    integer_rotation = {"_target_": "common.transforms.RandIntegerRotated", "keys": keys, "max_degrees": 20, "order": 0}
+    return {"_target_": "OneOf", "transforms": [rot90_flip, integer_rotation, {"_target_": "Identityd", "keys": keys}],
+            "weights": [0.5, 0.25, 0.25]}
 
 
 def photo_augmentation(keys: Sequence[str] = KEYS) -> list:
     """Rotation up to 30 degrees, both flips, brightness/contrast, Gaussian blur, elastic (images 0-255)."""
-    image, label = keys
+    return [build_transform(config) for config in photo_augmentation_configs(keys)]
+
+
+def photo_augmentation_configs(keys: Sequence[str] = KEYS) -> list[dict]:
+    """:func:`photo_augmentation` as bundle-config components."""
+    keys = list(keys)
+    image = keys[0]
     return [
-        RandRotated(keys, range_x=np.deg2rad(30), prob=0.5, mode=("bilinear", "nearest"), padding_mode="reflection"),
-        RandFlipd(keys, prob=0.5, spatial_axis=1),
-        RandFlipd(keys, prob=0.5, spatial_axis=0),
-        RandBrightnessContrastd(image, brightness=0.2, contrast=0.2, prob=0.2, max_value=255.0),
-        RandGaussianBlurd(image, kernel_sizes=(3, 5, 7), prob=0.3),
-        RandElasticd(keys, prob=0.3, mode=("bilinear", "nearest")),
+        {"_target_": "RandRotated", "keys": keys, "range_x": float(np.deg2rad(30)), "prob": 0.5,
+         "mode": ["bilinear", "nearest"], "padding_mode": "reflection"},
+        {"_target_": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": 1},
+        {"_target_": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": 0},
+        {"_target_": "common.transforms.RandBrightnessContrastd", "keys": image, "brightness": 0.2, "contrast": 0.2,
+         "prob": 0.2, "max_value": 255.0},
+        {"_target_": "common.transforms.RandGaussianBlurd", "keys": image, "kernel_sizes": [3, 5, 7], "prob": 0.3},
+        {"_target_": "common.transforms.RandElasticd", "keys": keys, "prob": 0.3, "mode": ["bilinear", "nearest"]},
     ]
+
+
+# ----------------------------------------------------------------------------- recipes as configs
+
+
+def build_transform(config: dict | list) -> object:
+    """Instantiate a transform (or a list of them) from bundle-config components, as ``monai.bundle`` does."""
+    from monai.bundle import ConfigParser
+
+    return ConfigParser({"transform": config}).get_parsed_content("transform", instantiate=True)
+
+
+def _compose(transforms: list[dict]) -> dict:
+    return {"_target_": "Compose", "transforms": transforms}
 
 
 # ----------------------------------------------------------------------------- pipelines
@@ -435,17 +445,27 @@ def volume_transforms(
     ``intensity``: "ct_window", "minmax" (per volume), "zscore" (per volume) or "none"; default: the
     dataset's. Labels are mapped to training values where the dataset stores others (raw BTCV).
     """
+    return build_transform(volume_transforms_config(dataset, intensity, axcodes))
+
+
+def volume_transforms_config(
+    dataset: str | DatasetReader, intensity: str | None = None, axcodes: str = DISPLAY_AXCODES
+) -> dict:
+    """:func:`volume_transforms` as a bundle-config ``Compose`` component (what ``configs/*.json`` show)."""
     reader = get_dataset(dataset)
+    keys = list(KEYS)
     transforms = [
-        LoadVolumed(KEYS, allow_missing_keys=True),
-        Orientationd(KEYS, axcodes=axcodes, labels=RAS_AXIS_LABELS, allow_missing_keys=True),
-        _intensity_transform(intensity or reader.intensity),
+        {"_target_": "common.transforms.LoadVolumed", "keys": keys, "allow_missing_keys": True},
+        {"_target_": "Orientationd", "keys": keys, "axcodes": axcodes, "labels": [list(a) for a in RAS_AXIS_LABELS],
+         "allow_missing_keys": True},
+        intensity_config(intensity or reader.intensity),
     ]
     if reader.label_mapping:
         mapping = reader.label_mapping
-        transforms.append(MapLabelValued("label", list(mapping), list(mapping.values()), allow_missing_keys=True))
-    transforms.append(EnsureTyped(KEYS, dtype=torch.float32, allow_missing_keys=True))
-    return Compose(transforms)
+        transforms.append({"_target_": "MapLabelValued", "keys": "label", "orig_labels": list(mapping),
+                           "target_labels": list(mapping.values()), "allow_missing_keys": True})
+    transforms.append({"_target_": "EnsureTyped", "keys": keys, "dtype": "$torch.float32", "allow_missing_keys": True})
+    return _compose(transforms)
 
 
 def train_transforms(
@@ -456,18 +476,29 @@ def train_transforms(
     Output: {"image": (C, *spatial_size) float32, "label": (L, *spatial_size) float32}. Datasets
     stored as volumes expect slice dicts from :class:`AxialSlicesd` (already normalised per volume).
     """
+    return build_transform(train_transforms_config(dataset, spatial_size)).set_random_state(seed=seed)
+
+
+def train_transforms_config(dataset: str | DatasetReader, spatial_size: Sequence[int] | str = INPUT_SIZE) -> dict:
+    """:func:`train_transforms` (unseeded) as a bundle-config ``Compose`` component.
+
+    ``spatial_size`` may be a config reference such as ``"@spatial_size"``.
+    """
     reader = get_dataset(dataset)
-    spatial_size = tuple(spatial_size)
-    steps = _load_2d(reader) if reader.stored_as == "slices" else []
+    keys, size = list(KEYS), _size(spatial_size)
+    steps = _load_2d_configs(reader) if reader.stored_as == "slices" else []
     if reader.augmentation == "photo":
-        steps += [ResizePictured(KEYS, spatial_size), *photo_augmentation(KEYS)]
-        steps += [ScaleIntensityd("image", minv=0.0, maxv=1.0), AsDiscreted("label", threshold=0.5)]
+        steps += [{"_target_": "common.resize.ResizePictured", "keys": keys, "spatial_size": size},
+                  *photo_augmentation_configs(KEYS)]
+        steps += [{"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
+                  {"_target_": "AsDiscreted", "keys": "label", "threshold": 0.5}]
     else:
         if reader.stored_as == "slices":
-            steps.append(_intensity_transform(reader.intensity))
-        steps += [transunet_augmentation(KEYS), ZoomSliced(KEYS, spatial_size)]
-    steps.append(EnsureTyped(KEYS, dtype=torch.float32, track_meta=False))
-    return Compose(steps).set_random_state(seed=seed)
+            steps.append(intensity_config(reader.intensity))
+        steps += [transunet_augmentation_config(KEYS),
+                  {"_target_": "common.resize.ZoomSliced", "keys": keys, "spatial_size": size}]
+    steps.append({"_target_": "EnsureTyped", "keys": keys, "dtype": "$torch.float32", "track_meta": False})
+    return _compose(steps)
 
 
 def eval_transforms(dataset: str | DatasetReader, spatial_size: Sequence[int] = INPUT_SIZE) -> Compose:
@@ -476,46 +507,62 @@ def eval_transforms(dataset: str | DatasetReader, spatial_size: Sequence[int] = 
     2-D output: {"image": (C, *spatial_size), "label": (L, *spatial_size)} (labels optional).
     3-D datasets (evaluated per volume) get :func:`volume_transforms`.
     """
+    return build_transform(eval_transforms_config(dataset, spatial_size))
+
+
+def eval_transforms_config(dataset: str | DatasetReader, spatial_size: Sequence[int] | str = INPUT_SIZE) -> dict:
+    """:func:`eval_transforms` as a bundle-config ``Compose`` component."""
     reader = get_dataset(dataset)
     if reader.spatial_dims == 3:
-        return volume_transforms(reader)
-    steps = _load_2d(reader, allow_missing_labels=True)
+        return volume_transforms_config(reader)
+    keys = list(KEYS)
+    steps = _load_2d_configs(reader, allow_missing_labels=True)
     if reader.augmentation != "photo":
-        steps.append(_intensity_transform(reader.intensity))
+        steps.append(intensity_config(reader.intensity))
     if reader.augmentation == "photo":
-        steps.append(ResizePictured(KEYS, spatial_size, allow_missing_keys=True))
+        steps.append({"_target_": "common.resize.ResizePictured", "keys": keys, "spatial_size": _size(spatial_size),
+                      "allow_missing_keys": True})
     else:
-        steps.append(Resized(KEYS, tuple(spatial_size), mode=("bicubic", "nearest-exact"), allow_missing_keys=True))
+        steps.append({"_target_": "Resized", "keys": keys, "spatial_size": _size(spatial_size),
+                      "mode": ["bicubic", "nearest-exact"], "allow_missing_keys": True})
     if reader.augmentation == "photo":
         steps += [
-            ScaleIntensityd("image", minv=0.0, maxv=1.0),
-            AsDiscreted("label", threshold=0.5, allow_missing_keys=True),
+            {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
+            {"_target_": "AsDiscreted", "keys": "label", "threshold": 0.5, "allow_missing_keys": True},
         ]
-    steps.append(EnsureTyped(KEYS, dtype=torch.float32, track_meta=False, allow_missing_keys=True))
-    return Compose(steps)
+    steps.append({"_target_": "EnsureTyped", "keys": keys, "dtype": "$torch.float32", "track_meta": False,
+                  "allow_missing_keys": True})
+    return _compose(steps)
 
 
-def _load_2d(reader: DatasetReader, allow_missing_labels: bool = False) -> list:
+def _size(spatial_size: Sequence[int] | str) -> list[int] | str:
+    return spatial_size if isinstance(spatial_size, str) else [int(s) for s in spatial_size]
+
+
+def _load_2d_configs(reader: DatasetReader, allow_missing_labels: bool = False) -> list[dict]:
     """Transforms that read a 2-D datalist entry: image (C, H, W) in its stored range, label (L, H, W)."""
-    steps = [LoadImage2Dd("image", channels=reader.image_channels)]
+    steps = [{"_target_": "common.transforms.LoadImage2Dd", "keys": "image", "channels": reader.image_channels}]
+    optional = {"allow_missing_keys": True} if allow_missing_labels else {}
     if reader.label_kind == "binary_mask":
-        steps.append(LoadMask2Dd("label", allow_missing_keys=allow_missing_labels))
+        steps.append({"_target_": "common.transforms.LoadMask2Dd", "keys": "label", **optional})
     elif reader.label_kind == "run_length":
-        steps.append(DecodeRunLengthd("label_rle", "label", allow_missing_keys=allow_missing_labels))
+        steps.append({"_target_": "common.transforms.DecodeRunLengthd", "rle_key": "label_rle", "label_key": "label",
+                      **optional})
     else:
-        steps.append(LoadImage2Dd("label", channels=1, allow_missing_keys=allow_missing_labels))
+        steps.append({"_target_": "common.transforms.LoadImage2Dd", "keys": "label", "channels": 1, **optional})
     return steps
 
 
-def _intensity_transform(intensity: str) -> MapTransform:
-    """Image intensity normalisation, over the whole item (volume or picture)."""
+def intensity_config(intensity: str) -> dict:
+    """Image intensity normalisation over the whole item (volume or picture), as a bundle-config component."""
     if intensity == "ct_window":
         low, high = CT_WINDOW_HU
-        return ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
+        return {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": low, "a_max": high, "b_min": 0.0,
+                "b_max": 1.0, "clip": True}
     if intensity == "minmax":
-        return ScaleIntensityd("image", minv=0.0, maxv=1.0)
+        return {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0}
     if intensity == "zscore":
-        return NormalizeIntensityd("image")
+        return {"_target_": "NormalizeIntensityd", "keys": "image"}
     if intensity == "none":
-        return Identityd("image")
+        return {"_target_": "Identityd", "keys": "image"}
     raise ValueError(f"unknown intensity recipe {intensity!r}; expected ct_window, minmax, zscore or none")

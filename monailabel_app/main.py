@@ -3,8 +3,11 @@
     .venv-label/bin/python -m monailabel.main start_server --app monailabel_app --studies DIR --conf models all
 
 Conf keys: ``models`` ("all", the default, or comma-separated bundle folder names), ``bundles`` (the folder
-holding them; default: the repository's ``bundles/``) and MONAI Label's ``preload``. Every selected bundle
-with ``models/model.pt`` is offered for inference, every one with ``configs/train.json`` for training.
+holding them; default: the repository's ``bundles/``), ``epistemic_model`` (the bundle whose test-time-flip
+uncertainty ranks images for the ``epistemic`` strategy; default: the first selected bundle with weights) and
+MONAI Label's ``preload``. Every selected bundle with ``models/model.pt`` is offered for inference, every one with
+``configs/train.json`` for training. Active learning: ``random``, ``first`` (the first unlabelled image by name)
+and ``epistemic`` (the highest flip-entropy score, computed by the ``epistemic`` scoring method).
 """
 
 from __future__ import annotations
@@ -13,10 +16,16 @@ import logging
 
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.epistemic import Epistemic
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
 
 from lib.bundles import DEFAULT_BUNDLES_DIR, select_bundles
 from lib.infer import BundleSegmentation
+from lib.scoring import FlipEntropyScoring
 from lib.train import BundleTraining
 
 logger = logging.getLogger(__name__)
@@ -44,3 +53,15 @@ class BundlesApp(MONAILabelApp):
     def init_trainers(self) -> dict[str, TrainTask]:
         tasks = {name: BundleTraining(bundle, self.conf) for name, bundle in self.bundles.items()}
         return {name: task for name, task in tasks.items() if task.is_valid()}
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        return {"random": Random(), "first": First(), "epistemic": Epistemic()}
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        name = self.conf.get("epistemic_model") or next(
+            (n for n, b in self.bundles.items() if (b.path / "models" / "model.pt").is_file()), None)
+        if name is None:
+            return {}
+        if name not in self.bundles:
+            raise ValueError(f"epistemic_model {name!r}: expected one of the served models {', '.join(self.bundles)}")
+        return {"epistemic": FlipEntropyScoring(self.bundles[name])}

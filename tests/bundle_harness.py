@@ -51,10 +51,19 @@ def write_dataset(spec: BundleSpec, tmp_path: Path) -> Path:
     return WRITERS[spec.dataset](tmp_path / "data")
 
 
+#: configs that are overlays, run on top of train.json as the model zoo does
+OVERLAYS = {"evaluate": ["train", "evaluate"], "multi_gpu_evaluate": ["train", "evaluate", "multi_gpu_evaluate"]}
+
+
+def config_files(bundle: Path, config: str) -> list[str]:
+    """The files ``monai.bundle run --config_file`` gets for ``config`` (evaluate.json overlays train.json)."""
+    return [str(bundle / "configs" / f"{name}.json") for name in OVERLAYS.get(config, [config])]
+
+
 def run_config(bundle: Path, config: str, **overrides) -> None:
     """``python -m monai.bundle run --config_file configs/<config>.json`` in-process, from the bundle folder."""
     run_bundle(
-        config_file=str(bundle / "configs" / f"{config}.json"),
+        config_file=config_files(bundle, config),
         logging_file=str(bundle / "configs" / "logging.conf"),
         bundle_root=str(bundle),
         **overrides,

@@ -17,7 +17,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 
-from bundle_harness import copy_bundle, read_output, run_config, small_overrides, write_dataset, write_sample_inputs
+from bundle_harness import config_files, copy_bundle, read_output, run_config, small_overrides, write_dataset, write_sample_inputs
 from common.bundle_render import stale_files
 from common.bundle_templates import BUNDLES, class_names, find_bundle
 from common.data import get_dataset
@@ -34,7 +34,8 @@ def test_every_bundle_has_the_model_zoo_layout():
     for spec in BUNDLES:
         root = REPO / "bundles" / spec.name
         for relative in ("configs/metadata.json", "configs/train.json", "configs/evaluate.json",
-                         "configs/inference.json", "configs/multi_gpu_train.json", "configs/logging.conf",
+                         "configs/inference.json", "configs/infer.json", "configs/multi_gpu_train.json",
+                         "configs/multi_gpu_evaluate.json", "configs/logging.conf",
                          "docs/README.md", "docs/data_license.txt", "LICENSE", "large_files.yml"):
             assert (root / relative).is_file(), f"{spec.name} lacks {relative}"
         assert not list((root / "models").glob("*.pt")), "weights must not be in git"
@@ -43,8 +44,23 @@ def test_every_bundle_has_the_model_zoo_layout():
             assert key in train
         assert "trainer" in train["train"] and "evaluator" in train["validate"]
         inference = json.loads((root / "configs" / "inference.json").read_text())
-        for key in ("inferer", "preprocessing", "postprocessing"):
+        for key in ("inferer", "preprocessing", "postprocessing", "dataset_dir", "datalist", "load_pretrain"):
             assert key in inference
+        for section in ("train", "validate"):
+            assert train[section]["preprocessing"]["_target_"] == "Compose"
+        assert not any("common" in i for i in train["imports"])  # code comes in through _target_ components
+        meta = json.loads((root / "configs" / "metadata.json").read_text())
+        assert meta["eval_metrics"] and "monai-label" in meta["supported_apps"]
+        assert "gdla-bundles" not in meta["required_packages_version"]
+
+
+def test_download_large_files_runs_on_a_checked_in_bundle(tmp_path):
+    """The repository's large_files.yml lists nothing to fetch rather than an entry without an address."""
+    from monai.bundle import download_large_files
+
+    bundle = copy_bundle(find_bundle("pvt_gdla_ph2_segmentation"), tmp_path)
+    download_large_files(bundle_path=str(bundle))
+    assert not list((bundle / "models").glob("*.pt"))
 
 
 def _metadata_check(bundle: Path) -> None:
@@ -57,26 +73,64 @@ def _metadata_check(bundle: Path) -> None:
 
 
 def _export_check(bundle: Path, tmp_path: Path, small: dict) -> None:
-    """TorchScript (traced) and ONNX exports of the trained network match eager output within 1e-4."""
+    """MONAI's own exports: ``ckpt_export`` (traced, as the metadata declares) and ``onnx_export`` with its defaults
+    (the dynamo exporter) of the trained network; both match the eager output within 1e-4."""
+    from monai.bundle import ckpt_export, onnx_export
+
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert meta["torchscript_export"]["use_trace"] is True
+    network_args = {k: v for k, v in small.items() if k.startswith("network_def#")}
+    common = {"net_id": "network_def", "ckpt_file": str(bundle / "models" / "model.pt"), "bundle_root": str(bundle),
+              "meta_file": str(bundle / "configs" / "metadata.json"),
+              "config_file": str(bundle / "configs" / "inference.json"), **network_args}
+    channels = meta["network_data_format"]["inputs"]["image"]["num_channels"]
+    shape = [1, channels, *small["spatial_size"]]
+    ckpt_export(filepath=str(tmp_path / "model.ts"), use_trace=True, input_shape=shape, **common)
+    onnx_export(filepath=str(tmp_path / "model.onnx"), input_shape=shape, **common)
+
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
     parser.update({**small, "bundle_root": str(bundle)})
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
     network.eval()
-    channels = network.in_channels
-    x = torch.rand(1, channels, 64, 64)
+    x = torch.rand(*shape)
     with torch.no_grad():
         eager = network(x)
-        traced = torch.jit.trace(network, x)
-    torch.jit.save(traced, tmp_path / "model.ts")
-    loaded = torch.jit.load(tmp_path / "model.ts")
-    torch.testing.assert_close(loaded(x), eager, rtol=0, atol=1e-4)
-    torch.onnx.export(network, (x,), tmp_path / "model.onnx", input_names=["image"], output_names=["pred"],
-                      opset_version=18, dynamo=False)
+        torch.testing.assert_close(torch.jit.load(tmp_path / "model.ts")(x), eager, rtol=0, atol=1e-4)
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
-    onnx_out = session.run(None, {"image": x.numpy()})[0]
+    onnx_out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(onnx_out, eager.numpy(), rtol=0, atol=1e-4)
+
+
+def _load_check(bundle: Path, small: dict) -> None:
+    """``monai.bundle.load`` returns the bundle's network with the trained weights, for training and inference."""
+    from monai.bundle import load
+
+    trained = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    network_args = {k.split("#", 1)[1]: v for k, v in small.items() if k.startswith("network_def#")}
+    for workflow_type in ("train", "infer"):
+        network = load(bundle.name, bundle_dir=str(bundle.parent), workflow_type=workflow_type, device="cpu",
+                       net_override=network_args)
+        assert isinstance(network, torch.nn.Module), f"{workflow_type}: {type(network)}"
+        for key, value in network.state_dict().items():
+            torch.testing.assert_close(value, trained[key], rtol=0, atol=0)
+
+
+def _properties_check(bundle: Path, data: Path, small: dict) -> None:
+    """``ConfigWorkflow.check_properties()`` finds every property MONAI requires of a train, evaluate and infer
+    workflow (the properties are built, so this also builds the datasets and engines)."""
+    from monai.bundle import ConfigWorkflow
+
+    runs = {"train": (config_files(bundle, "train"), str(data)),
+            "eval": (config_files(bundle, "evaluate"), str(data)),
+            "infer": (config_files(bundle, "inference"), str(bundle / "sample_data"))}
+    for workflow_type, (files, dataset_dir) in runs.items():
+        workflow = ConfigWorkflow(config_file=files, workflow_type=workflow_type, bundle_root=str(bundle),
+                                  meta_file=str(bundle / "configs" / "metadata.json"), dataset_dir=dataset_dir,
+                                  **small)
+        workflow.initialize()
+        assert workflow.check_properties() == [], workflow_type
 
 
 @pytest.mark.slow
@@ -123,6 +177,8 @@ def test_bundle_end_to_end_on_miniature_data(name, tmp_path):
                       config_file=str(bundle / "configs" / "inference.json"),
                       **{k: v for k, v in small.items() if k not in ("spatial_size", "network_def#image_size")})
     _export_check(bundle, tmp_path, small)
+    _load_check(bundle, small)
+    _properties_check(bundle, data, small)
 
 
 def test_evaluation_rows_agree_with_monai_mean_dice(tmp_path):
@@ -130,7 +186,7 @@ def test_evaluation_rows_agree_with_monai_mean_dice(tmp_path):
     spec = find_bundle("pvt_gdla_ph2_segmentation")
     bundle, data = copy_bundle(spec, tmp_path), write_dataset(spec, tmp_path)
     parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "evaluate.json"))
+    parser.read_config(config_files(bundle, "evaluate"))
     parser.update({**small_overrides(spec), "bundle_root": str(bundle), "dataset_dir": str(data)})
     network = parser.get_parsed_content("network")
     torch.manual_seed(0)
@@ -138,7 +194,7 @@ def test_evaluation_rows_agree_with_monai_mean_dice(tmp_path):
         for p in network.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     torch.save(network.state_dict(), bundle / "models" / "model.pt")
-    evaluator = parser.get_parsed_content("evaluate#evaluator")
+    evaluator = parser.get_parsed_content("validate#evaluator")
     evaluator.run()
     with open(bundle / "eval" / "summary.csv") as f:
         ours = {row["class"]: float(row["dice"]) for row in csv.DictReader(f)}
@@ -201,6 +257,16 @@ def test_torchrun_trains_one_epoch_on_two_cpu_processes(tmp_path):
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "DDP wrapper names leaked into model.pt"
 
+    evaluate = [*command[:command.index("--config_file") + 1],
+                "['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']",
+                *command[command.index("--config_file") + 2:]]
+    result = subprocess.run(evaluate, cwd=bundle, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(bundle / "eval" / "cases.csv") as f:  # rank 0 wrote the cases of both processes
+        cases = {row["case"] for row in csv.DictReader(f)}
+    assert len(cases) == len(get_dataset(spec.dataset).datalists(data)["test"]) == 2
+
 
 def test_inference_feeds_slices_in_the_training_layout(tmp_path):
     """inference.json's preprocessing and the training/evaluation volume pipeline give the same arrays."""
@@ -232,3 +298,70 @@ def test_synapse_bundle_trains_on_raw_btcv_volumes(tmp_path):
     run_config(bundle, "evaluate", dataset_dir=str(data), dataset_name="synapse_raw", **small)
     with open(bundle / "eval" / "summary.csv") as f:
         assert {row["class"] for row in csv.DictReader(f)} == set(class_names(spec)[1:]) | {"mean"}
+
+
+# ----------------------------------------------------------------------------- the model zoo's habits
+
+
+def test_request_max_epochs_drives_the_learning_rate_schedule():
+    """MONAI Label (and a user) set ``train#trainer#max_epochs``; the cosine schedule ends with it."""
+    spec = find_bundle("pvt_gdla_busi_segmentation")
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / spec.name / "configs" / "train.json"))
+    parser.update({**small_overrides(spec), "iterations_per_epoch": 10, "warmup_epochs": 1,
+                   "train#trainer#max_epochs": 3})
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    base = parser.get_parsed_content("learning_rate")
+    assert scheduler.lr_lambdas[0](30) * base == pytest.approx(1e-6)  # the end of 3 epochs of 10 iterations
+    assert scheduler.lr_lambdas[0](15) * base > 1e-4
+
+
+def test_preprocessing_in_the_configs_is_the_code_recipe_and_can_be_overridden(tmp_path):
+    """``validate#preprocessing`` is a readable list of MONAI transforms that gives what the code's
+    ``eval_transforms`` gives; a user replaces one transform's argument by its config id."""
+    from common.transforms import eval_transforms, train_transforms_config
+
+    spec = find_bundle("pvt_gdla_busi_segmentation")
+    bundle, data = copy_bundle(spec, tmp_path), write_dataset(spec, tmp_path)
+    train = json.loads((bundle / "configs" / "train.json").read_text())
+    targets = [t["_target_"] for t in train["validate"]["preprocessing"]["transforms"]]
+    assert targets == ["common.transforms.LoadImage2Dd", "common.transforms.LoadMask2Dd", "Resized", "ScaleIntensityd",
+                       "AsDiscreted", "EnsureTyped"]
+    assert train["train"]["preprocessing"] == json.loads(json.dumps(train_transforms_config("busi", "@spatial_size")))
+    item = get_dataset("busi").datalists(data)["validation"][0]
+
+    def validation_item(**overrides):
+        parser = ConfigParser()
+        parser.read_config(str(bundle / "configs" / "train.json"))
+        parser.update({"bundle_root": str(bundle), "dataset_dir": str(data), **overrides})
+        return parser.get_parsed_content("validate#preprocessing")(dict(item))
+
+    configured, coded = validation_item(), eval_transforms("busi")(dict(item))
+    torch.testing.assert_close(configured["image"], coded["image"], rtol=0, atol=0)
+    torch.testing.assert_close(configured["label"], coded["label"], rtol=0, atol=0)
+    assert float(configured["image"].max()) == 1.0
+    overridden = validation_item(**{"validate#preprocessing#transforms#3#maxv": 0.5})
+    assert float(overridden["image"].max()) == 0.5
+
+
+def test_inference_takes_dataset_dir_datalist_and_refuses_nothing(tmp_path):
+    """``--dataset_dir`` (``input_dir`` is its alias), ``--datalist`` as paths or dicts, ``load_pretrain``, a
+    post-processing argument overridden from the command line, and a non-zero exit when nothing matches."""
+    spec = find_bundle("pvt_gdla_busi_segmentation")
+    bundle = copy_bundle(spec, tmp_path)
+    first, second = write_sample_inputs(spec, tmp_path / "in")
+    small = {**small_overrides(spec), "load_pretrain": False}  # random weights: no models/model.pt
+    run_config(bundle, "inference", dataset_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "all"), **small)
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["first image (1)_seg.png", "second_seg.png"]
+    run_config(bundle, "inference", datalist=[str(first)], output_dir=str(tmp_path / "paths"), **small)
+    assert [p.name for p in (tmp_path / "paths").iterdir()] == ["first image (1)_seg.png"]
+    run_config(bundle, "inference", datalist=[{"image": str(second)}], output_dir=str(tmp_path / "dicts"),
+               **{"postprocessing#transforms#0#postfix": "mask"}, **small)
+    assert [p.name for p in (tmp_path / "dicts").iterdir()] == ["second_mask.png"]
+
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run(_bundle_command(bundle, "configs/inference.json", "--dataset_dir", str(tmp_path / "empty"),
+                                            "--load_pretrain", "False", "--network_def#encoder", "pvt_v2_b0"),
+                            cwd=bundle, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "nothing to segment" in result.stderr and str(tmp_path / "empty") in result.stderr

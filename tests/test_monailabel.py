@@ -44,9 +44,11 @@ TRAINING_TIMEOUT_S = 900
 
 VOLUME_MODEL = "pvt_gdla_mni152_segmentation"
 PICTURE_MODEL = "pvt_gdla_photo_segmentation"
+MULTILABEL_MODEL = "pvt_gdla_multilabel_segmentation"
 TISSUES = {"0": "background", "1": "CSF", "2": "grey matter", "3": "white matter"}
 PICTURE_LABELS = {"0": "background", "1": "brain"}
-VOLUME_ID, PICTURE_ID = "mni152_las", "mni152_axial"
+CHANNELS = {"0": "large_bowel", "1": "small_bowel", "2": "stomach"}  # sigmoid channels, no background channel
+VOLUME_ID, PICTURE_ID, SECOND_PICTURE_ID = "mni152_las", "mni152_axial", "mni152_coronal"
 
 
 # ----------------------------------------------------------------------------- the environment
@@ -103,6 +105,8 @@ def studies(tmp_path_factory) -> Path:
     axial = np.rot90(template.get_fdata()[:, :, template.shape[2] // 2])  # (H, W) = (117, 99), anterior up
     grey_levels = np.round(255 * axial / axial.max()).astype(np.uint8)
     Image.fromarray(np.stack([grey_levels] * 3, axis=-1)).save(root / f"{PICTURE_ID}.png")
+    coronal = np.rot90(template.get_fdata()[:, template.shape[1] // 2, :])
+    Image.fromarray(np.round(255 * coronal / coronal.max()).astype(np.uint8)).save(root / f"{SECOND_PICTURE_ID}.png")
     return root
 
 
@@ -114,7 +118,8 @@ def write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2))
 
 
-def metadata(data_type: str, in_channels: int, channel_def: dict[str, str], size: list[int]) -> dict:
+def metadata(data_type: str, in_channels: int, channel_def: dict[str, str], size: list[int],
+             output_format: str = "segmentation") -> dict:
     return {
         "version": "0.1.0",
         "name": f"miniature {data_type} bundle",
@@ -122,7 +127,7 @@ def metadata(data_type: str, in_channels: int, channel_def: dict[str, str], size
         "data_type": data_type,
         "network_data_format": {
             "inputs": {"image": {"type": "image", "num_channels": in_channels, "spatial_shape": size}},
-            "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": len(channel_def),
+            "outputs": {"pred": {"type": "image", "format": output_format, "num_channels": len(channel_def),
                                  "spatial_shape": size, "channel_def": channel_def}},
         },
     }
@@ -223,23 +228,27 @@ def volume_training(size: list[int]) -> dict:
     }
 
 
-def picture_inference(size: list[int]) -> dict:
-    """inference.json of the picture bundle: the repository's 2-D loader and mask saver."""
+def picture_inference(size: list[int], labels: dict[str, str] = PICTURE_LABELS, multilabel: bool = False) -> dict:
+    """inference.json of a picture bundle: the repository's 2-D loader and mask saver; ``multilabel``: one sigmoid
+    channel per structure (as the UW-Madison bundles)."""
+    saver = {"_target_": "common.io.mask_saving.SaveMask2Dd", "keys": "pred", "output_dir": "@output_dir",
+             "num_classes": len(labels)}
+    inferer = {"_target_": "common.inference.SliceInferer2D", "roi_size": "@spatial_size",
+               "interpolation": "bilinear", "align_corners": False}
+    if multilabel:
+        saver["channel_names"] = list(labels.values())
+        inferer["activation"] = "sigmoid"
     return {
         **COMMON_IDS,
         "spatial_size": size,
-        "network_def": network_def(3, len(PICTURE_LABELS)),
+        "network_def": network_def(3, len(labels)),
         "preprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "common.transforms.LoadImage2Dd", "keys": "image", "channels": 3},
             {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
             {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
         ]},
-        "inferer": {"_target_": "common.inference.SliceInferer2D", "roi_size": "@spatial_size",
-                    "interpolation": "bilinear", "align_corners": False},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "common.io.mask_saving.SaveMask2Dd", "keys": "pred", "output_dir": "@output_dir",
-             "num_classes": len(PICTURE_LABELS)},
-        ]},
+        "inferer": inferer,
+        "postprocessing": {"_target_": "Compose", "transforms": [saver]},
     }
 
 
@@ -255,16 +264,20 @@ def save_random_weights(bundle: Path, in_channels: int, num_classes: int) -> dic
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> Path:
-    """Two bundles in the repository layout: a 1-channel MRI volume bundle and a 3-channel picture bundle."""
+    """Three bundles in the repository layout: a 1-channel MRI volume bundle (the model zoo's data_type "nibabel"),
+    a 3-channel picture bundle and a 3-channel multi-label (sigmoid) picture bundle (the zoo's data_type "image")."""
     root = tmp_path_factory.mktemp("bundles")
-    volume, picture = root / VOLUME_MODEL, root / PICTURE_MODEL
-    write_json(volume / "configs" / "metadata.json", metadata("nifti", 1, TISSUES, [64, 64]))
+    volume, picture, multilabel = root / VOLUME_MODEL, root / PICTURE_MODEL, root / MULTILABEL_MODEL
+    write_json(volume / "configs" / "metadata.json", metadata("nibabel", 1, TISSUES, [64, 64]))
     write_json(volume / "configs" / "inference.json", volume_inference([64, 64]))
     write_json(volume / "configs" / "train.json", volume_training([64, 64]))
     save_random_weights(volume, 1, len(TISSUES))
     write_json(picture / "configs" / "metadata.json", metadata("png", 3, PICTURE_LABELS, [64, 64]))
     write_json(picture / "configs" / "inference.json", picture_inference([64, 64]))
     save_random_weights(picture, 3, len(PICTURE_LABELS))
+    write_json(multilabel / "configs" / "metadata.json", metadata("image", 3, CHANNELS, [64, 64], "classes"))
+    write_json(multilabel / "configs" / "inference.json", picture_inference([64, 64], CHANNELS, multilabel=True))
+    save_random_weights(multilabel, 3, len(CHANNELS))
     return root
 
 
@@ -386,11 +399,15 @@ def server(label_env, studies, bundles, tmp_path_factory):
     port, log = free_port(), work / "server.log"
     command = [
         str(label_env / "bin" / "python"), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
-        "--conf", "bundles", str(bundles), "--conf", "models", f"{VOLUME_MODEL},{PICTURE_MODEL}",
+        "--conf", "bundles", str(bundles), "--conf", "models", f"{VOLUME_MODEL},{PICTURE_MODEL},{MULTILABEL_MODEL}",
+        "--conf", "epistemic_model", MULTILABEL_MODEL,
         "--host", "127.0.0.1", "--port", str(port),
     ]
+    # scoring runs when asked (below), not in the background at start-up and after each request
+    env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
     with open(log, "wb") as output:
-        process = subprocess.Popen(command, cwd=work, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, cwd=work, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=env)
     running = Server(f"http://127.0.0.1:{port}", log)
     try:
         wait_until_ready(process, running)
@@ -405,11 +422,14 @@ def server(label_env, studies, bundles, tmp_path_factory):
 @pytest.mark.slow
 def test_monailabel_serves_and_trains_bundles(server: Server, studies: Path, bundles: Path):
     info = server.json("GET", "/info/")
-    assert set(info["models"]) == {VOLUME_MODEL, PICTURE_MODEL}
+    assert set(info["models"]) == {VOLUME_MODEL, PICTURE_MODEL, MULTILABEL_MODEL}
     volume_info, picture_info = info["models"][VOLUME_MODEL], info["models"][PICTURE_MODEL]
     assert volume_info["labels"] == {"csf": 1, "grey matter": 2, "white matter": 3}
     assert picture_info["labels"] == {"brain": 1}
-    assert (volume_info["dimension"], picture_info["dimension"]) == (3, 2)
+    assert info["models"][MULTILABEL_MODEL]["labels"] == {"large_bowel": 1, "small_bowel": 2, "stomach": 3}
+    assert (volume_info["dimension"], picture_info["dimension"], info["models"][MULTILABEL_MODEL]["dimension"]) == (
+        3, 2, 2)
+    assert {"random", "first", "epistemic"} <= set(info["strategies"]) and "epistemic" in info["scoring"]
     assert set(info["trainers"]) == {VOLUME_MODEL}  # the picture bundle has no train config
 
     source = nib.load(studies / f"{VOLUME_ID}.nii.gz")
@@ -427,8 +447,30 @@ def test_monailabel_serves_and_trains_bundles(server: Server, studies: Path, bun
     assert picture_mask.shape == (picture.height, picture.width)  # (H, W): no channel axis, not transposed
     assert set(np.unique(picture_mask)) <= {int(k) for k in PICTURE_LABELS}
 
+    status, content = server.infer(MULTILABEL_MODEL, PICTURE_ID)
+    assert status == 200, f"{content[:2000]!r}\n{server.log_tail()}"
+    channels_mask = np.asarray(Image.open(io.BytesIO(content)))
+    assert channels_mask.shape == (picture.height, picture.width)
+    values = set(np.unique(channels_mask))
+    assert values <= {0, 1, 2, 3} and len(values) > 1, values  # channel k is label k + 1, background 0
+
     status, content = server.infer(VOLUME_MODEL, PICTURE_ID)
     assert status == 422 and b"segments volumes" in content, content[:2000]
+
+    unlabelled = {PICTURE_ID, SECOND_PICTURE_ID}
+    assert server.json("POST", "/activelearning/first", {})["id"] == min(unlabelled)
+    assert server.json("POST", "/activelearning/random", {})["id"] in unlabelled
+    server.json("POST", "/scoring/epistemic?run_sync=true")
+    deadline, scores = time.monotonic() + 60, {}
+    while len(scores) < len(unlabelled) and time.monotonic() < deadline:  # the datastore file is re-read on change
+        images = server.json("GET", "/datastore/?output=all")["objects"]
+        scores = {i: images[i]["image"]["info"]["epistemic_entropy"] for i in unlabelled
+                  if "epistemic_entropy" in images[i]["image"]["info"]}
+        time.sleep(1)
+    assert set(scores) == unlabelled, f"{scores}\n{server.log_tail()}"
+    assert all(score > 0 for score in scores.values()), scores
+    chosen = server.json("POST", "/activelearning/epistemic", {})
+    assert chosen["id"] == max(scores, key=scores.get), (chosen, scores)
 
     weights = bundles / VOLUME_MODEL / "models" / "model.pt"
     before = torch.load(weights, weights_only=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import hashlib
 import json
 import shutil
@@ -131,3 +132,72 @@ def test_download_verifies_then_unpacks_a_working_bundle(small_bundle, tmp_path,
         download(url, digest(archive), tmp_path / "fetched")
     with pytest.raises(ReleaseError, match="download failed"):
         download(f"{base}/missing.zip", digest(archive), tmp_path / "other")
+
+
+def test_archive_carries_the_code_its_configs_import(small_bundle, tmp_path):
+    """The archive holds ``scripts/common`` and its metadata asks only for packages a package index serves."""
+    bundle, weights = small_bundle
+    archive = pack(bundle, weights, tmp_path / "dist")[0]
+    with zipfile.ZipFile(archive) as zipped:
+        names = set(zipped.namelist())
+        metadata = json.loads(zipped.read(f"{NAME}/configs/metadata.json"))
+    assert {f"{NAME}/scripts/common/__init__.py", f"{NAME}/scripts/common/networks/registry.py",
+            f"{NAME}/scripts/common/transforms.py", f"{NAME}/scripts/common/data/inputs.py"} <= names
+    assert not any("__pycache__" in n for n in names)
+    assert "gdla-bundles" not in metadata["required_packages_version"]
+
+
+@pytest.mark.slow
+def test_released_bundle_runs_in_a_fresh_environment(small_bundle, tmp_path, http_server):
+    """A user's path: a new virtual environment with only the metadata's packages, ``monai.bundle download`` of the
+    archive over HTTP, inference from an empty folder, TorchScript export; nothing from this repository."""
+    import subprocess
+    import sys
+    import time
+
+    import nibabel as nib
+    import numpy as np
+
+    bundle, weights = small_bundle
+    site, base = http_server
+    archive = pack(bundle, weights, site, url_base=base)[0]
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    packages = [f"torch=={metadata['pytorch_version']}", f"numpy=={metadata['numpy_version']}",
+                f"monai=={metadata['monai_version']}",
+                *(f"{name}=={version}" for name, version in metadata["required_packages_version"].items())]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    venv = tmp_path / "venv"
+    start = time.monotonic()
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    install = subprocess.run([python, "-m", "pip", "install", "-q", "--no-compile", *packages], env=env, capture_output=True,
+                             text=True, timeout=1500)
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    print(f"fresh environment with {len(packages)} packages: {time.monotonic() - start:.0f} s")
+
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([python, *args], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, f"{args}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        return result
+
+    assert subprocess.run([python, "-c", "import common"], cwd=work, env=env).returncode != 0
+    run("-m", "monai.bundle", "download", "--name", NAME, "--url", f"{base}/{archive.name}", "--bundle_dir", ".")
+    downloaded = work / NAME
+    (work / "images").mkdir()
+    affine = np.diag([1.2, 1.2, 8.0, 1.0])
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(100, 30, (40, 36, 3)).astype(np.float32), affine),
+             work / "images" / "case.nii.gz")
+    run("-m", "monai.bundle", "download_large_files", "--bundle_path", NAME)
+    run("-m", "monai.bundle", "run", "--config_file", f"{NAME}/configs/inference.json", "--bundle_root", NAME,
+        "--dataset_dir", "images", "--output_dir", "masks", "--num_workers", "0")
+    mask = nib.load(work / "masks" / "case_seg.nii.gz")
+    assert mask.shape[:3] == (40, 36, 3)
+    np.testing.assert_allclose(mask.affine, affine, atol=1e-4)
+    run("-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", "model.ts",
+        "--ckpt_file", f"{NAME}/models/model.pt", "--meta_file", f"{NAME}/configs/metadata.json",
+        "--config_file", f"{NAME}/configs/inference.json", "--bundle_root", NAME, "--use_trace", "True")
+    assert (work / "model.ts").stat().st_size > 1_000_000
+    assert downloaded.is_dir()

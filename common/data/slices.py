@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from monai.data import Dataset
-from monai.transforms import apply_transform
+from monai.transforms import Compose, apply_transform
 from torch.utils.data import IterableDataset, get_worker_info
 
 from common.data.base import DatasetReader
@@ -79,6 +79,8 @@ def training_dataset(
     seed: int = DEFAULT_SEED,
     slices: str = "all",
     volumes_in_memory: int | None = None,
+    transform: Compose | None = None,
+    volume_transform: Callable | None = None,
     **slicer_options,
 ) -> Dataset | VolumeSliceDataset:
     """The training dataset with the published pipeline: 2-D files map one to one, volumes are sliced.
@@ -86,12 +88,19 @@ def training_dataset(
     ``slices``: "all" axial slices of every volume (the published recipe) or "foreground"
     (``num_samples`` per volume, ``foreground_prob`` of them containing labels). ``volumes_in_memory``:
     ``None`` shuffles the slices across the whole split (the authors'), ``n`` within groups of ``n`` volumes.
+    ``transform`` (per picture or slice; seeded here with ``seed``) and ``volume_transform`` (per volume) replace
+    the dataset's published pipelines, :func:`~common.transforms.train_transforms` and
+    :func:`~common.transforms.volume_transforms`; the bundles pass them in from their ``train#preprocessing`` and
+    ``train#volume_preprocessing``.
     """
     reader = get_dataset(dataset)
-    augment = train_transforms(reader, spatial_size, seed)
+    if transform is None:
+        augment = train_transforms(reader, spatial_size, seed)
+    else:
+        augment = transform.set_random_state(seed=seed)
     if reader.stored_as == "slices":
         return Dataset(list(datalist), augment)
     slicer = AxialSlicesd(mode=slices, **slicer_options)
     slicer.set_random_state(seed)
-    return VolumeSliceDataset(datalist, volume_transforms(reader), slicer, augment, seed=seed,
-                              volumes_in_memory=volumes_in_memory)
+    volumes = volume_transform if volume_transform is not None else volume_transforms(reader)
+    return VolumeSliceDataset(datalist, volumes, slicer, augment, seed=seed, volumes_in_memory=volumes_in_memory)

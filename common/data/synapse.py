@@ -65,6 +65,12 @@ SELECTION_TEXT = {
 }
 
 
+def selection_text(validation: str) -> str:
+    """How the checkpoint is selected under a ``validation`` choice, in words (model cards, CSVs, printouts)."""
+    validation_cases_for(validation)  # refuses an unknown choice
+    return SELECTION_TEXT[validation]
+
+
 def validation_cases_for(validation: str) -> int:
     """``validation_cases`` for a ``validation`` choice: 0 (validate on the test cases) or the held-out count."""
     if validation not in VALIDATION_CHOICES:

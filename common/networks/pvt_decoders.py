@@ -197,7 +197,12 @@ class DifferentialAttention(nn.Module):
         k = k.reshape(b, n, h, 2, d // 2).permute(0, 2, 3, 1, 4)
         v = v.reshape(b, n, h, 1, d).permute(0, 2, 3, 1, 4).expand(b, h, 2, n, d)
         cos, sin = rotary_tables(n, d // 2, device=x.device, dtype=x.dtype)
-        both = F.scaled_dot_product_attention(apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v)
+        # the two attention maps as 2H heads of one 4-D call ([B, 2H, N, .]; ONNX exporters take 4-D inputs only)
+        both = F.scaled_dot_product_attention(
+            apply_rotary(q, cos, sin).reshape(b, 2 * h, n, d // 2),
+            apply_rotary(k, cos, sin).reshape(b, 2 * h, n, d // 2),
+            v.reshape(b, 2 * h, n, d),
+        ).reshape(b, h, 2, n, d)
         lam = (
             torch.exp((self.lambda_q1 * self.lambda_k1).sum())
             - torch.exp((self.lambda_q2 * self.lambda_k2).sum())

@@ -2,7 +2,10 @@
 
 A bundle is a folder ``<name>/`` with ``configs/inference.json`` and ``configs/metadata.json``; its label
 names come from ``network_data_format.outputs.pred.channel_def`` and its input kind from ``data_type``:
-``"nifti"``/``"dicom"`` bundles segment volumes slice by slice, the others (``"png"``, ...) 2-D pictures.
+volume bundles (``"nifti"``, ``"dicom"``, and the model zoo's ``"nibabel"``, ``"itk"``) segment volumes slice by
+slice, the others (``"png"``, the zoo's ``"image"``, ...) 2-D pictures. A multi-label bundle (output ``format``
+``"classes"``: one sigmoid channel per structure, no background channel) is served as a label map whose value
+``k + 1`` marks channel ``k``, 0 the background.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from pathlib import Path
 from common.io.images import PICTURE_SUFFIXES
 
 #: ``data_type`` values of bundles whose inputs are 3-D volumes.
-VOLUME_DATA_TYPES = ("nifti", "dicom")
+VOLUME_DATA_TYPES = ("nifti", "nibabel", "dicom", "itk", "nrrd")
+#: output ``format`` of multi-label bundles (independent channels, each thresholded)
+MULTILABEL_FORMATS = ("classes",)
 #: The repository's bundle folder: the default for the ``bundles`` conf key.
 DEFAULT_BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
 
@@ -31,14 +36,17 @@ class Bundle:
     Attributes:
         name: folder name, used as the MONAI Label model name.
         path: bundle folder.
-        label_names: label value -> name, from the prediction's ``channel_def`` (background included).
-        segments_volumes: True for volume bundles (data_type nifti/dicom), False for 2-D picture bundles.
+        label_names: label value -> name of the label maps the app returns (background 0 included), from the
+            prediction's ``channel_def``; a multi-label bundle's channel ``k`` is label ``k + 1``.
+        segments_volumes: True for volume bundles (data_type nifti/nibabel/dicom/...), False for 2-D pictures.
+        multilabel: True when the bundle predicts independent channels (``format`` "classes").
     """
 
     name: str
     path: Path
     label_names: dict[int, str]
     segments_volumes: bool
+    multilabel: bool = False
 
     @property
     def dimension(self) -> int:
@@ -64,7 +72,8 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     except (OSError, json.JSONDecodeError) as exc:
         raise BundleError(f"{metadata_file}: cannot read the bundle metadata ({exc})") from exc
     outputs = metadata.get("network_data_format", {}).get("outputs", {})
-    channel_def = next(iter(outputs.values()), {}).get("channel_def") if outputs else None
+    prediction = next(iter(outputs.values()), {}) if outputs else {}
+    channel_def = prediction.get("channel_def")
     if not channel_def:
         raise BundleError(
             f"{metadata_file}: expected network_data_format.outputs.pred.channel_def naming the labels, found none"
@@ -73,8 +82,11 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
         label_names = {int(value): str(name) for value, name in channel_def.items()}
     except ValueError:
         raise BundleError(f"{metadata_file}: channel_def keys must be label values, found {list(channel_def)}") from None
+    multilabel = str(prediction.get("format", "")).lower() in MULTILABEL_FORMATS
+    if multilabel:
+        label_names = {0: "background", **{value + 1: name for value, name in sorted(label_names.items())}}
     data_type = str(metadata.get("data_type", "")).lower()
-    return Bundle(path.name, path, label_names, data_type in VOLUME_DATA_TYPES)
+    return Bundle(path.name, path, label_names, data_type in VOLUME_DATA_TYPES, multilabel)
 
 
 def select_bundles(root: str | os.PathLike, names: str = "all") -> dict[str, Bundle]:

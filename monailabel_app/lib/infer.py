@@ -34,7 +34,8 @@ class BundleSegmentation(BundleInferTask):
 
     Volumes come back as NIfTI label maps ``[X, Y, Z]`` (uint8) with the affine the bundle's post-processing
     leaves on the prediction (the input's, when it inverts its orientation step); 2-D pictures as PNG masks
-    ``[H, W]`` of label values 0..K-1, row 0 at the top, the picture's size.
+    ``[H, W]`` of label values 0..K-1, row 0 at the top, the picture's size. A multi-label bundle's channels
+    ``[K, ...]`` become one label map with channel ``k`` as value ``k + 1`` (see :func:`label_map`).
     """
 
     def __init__(self, bundle: Bundle, conf: dict[str, str]):
@@ -43,6 +44,8 @@ class BundleSegmentation(BundleInferTask):
         )
         self.bundle = bundle
         self.dimension = bundle.dimension
+        # the label values of the maps this task returns (a multi-label bundle's channel k is value k + 1)
+        self.labels = {name.lower(): value for value, name in bundle.label_names.items() if value != 0}
 
     def __call__(self, request: dict, callbacks: dict | None = None) -> tuple[str | None, dict]:
         """Refuse images of the wrong kind (a picture for a volume bundle, or the reverse; HTTP 422), then infer."""
@@ -59,7 +62,7 @@ class BundleSegmentation(BundleInferTask):
         """Write the prediction (a ``[1, ...]`` label map) to a temporary file; returns (file, result json)."""
         source = str(data.get("image_path", data.get("image")))
         prediction = data[self.output_label_key]
-        labels = label_map(prediction, source)
+        labels = label_map(prediction, source, multilabel=self.bundle.multilabel)
         if self.bundle.segments_volumes:
             if not isinstance(prediction, MetaTensor):
                 raise MONAILabelException(
@@ -78,9 +81,19 @@ class BundleSegmentation(BundleInferTask):
         return str(output), data.get(self.output_json_key, {})
 
 
-def label_map(prediction: torch.Tensor | np.ndarray, source: str) -> np.ndarray:
-    """A ``[1, ...]`` label map as an array ``[...]`` without the channel axis (the writers check its values)."""
+def label_map(prediction: torch.Tensor | np.ndarray, source: str, multilabel: bool = False) -> np.ndarray:
+    """A ``[1, ...]`` label map as an array ``[...]`` without the channel axis (the writers check its values).
+
+    ``multilabel``: the prediction is ``[K, ...]`` binary channels (sigmoid, thresholded by the bundle's inferer);
+    the result is 0 where no channel is on and ``k + 1`` where channel ``k`` is (the highest such ``k`` where
+    channels overlap, since a label map holds one value per pixel).
+    """
     array = prediction.detach().cpu().numpy() if isinstance(prediction, torch.Tensor) else np.asarray(prediction)
+    if multilabel and array.ndim >= 3:
+        labels = np.zeros(array.shape[1:], dtype=np.uint8)
+        for channel in range(array.shape[0]):
+            labels[array[channel] > 0.5] = channel + 1
+        return labels
     if array.ndim < 3 or array.shape[0] != 1:
         raise MONAILabelException(
             MONAILabelError.INFERENCE_ERROR,

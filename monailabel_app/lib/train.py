@@ -2,12 +2,14 @@
 
 MONAI Label's bundle trainer runs the bundle's ``run`` with overrides; this project's train configs take their
 data from ``train#datalist`` and ``validate#datalist`` (the model zoo's ``train#dataset#data`` is an argument
-of the bundle's dataset factory here), so those are the ids overridden with the datastore's items.
+of the bundle's dataset factory here), so those are the ids overridden with the datastore's items. The request's
+``max_epochs`` sets ``train#trainer#max_epochs``, which the bundles' learning-rate schedule reads too.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
@@ -39,6 +41,20 @@ class BundleTraining(BundleTrainTask):
     def __init__(self, bundle: Bundle, conf: dict[str, str]):
         super().__init__(str(bundle.path), conf, const=DatalistIds(), load_strict=True)
         self.bundle = bundle
+
+    def _load_checkpoint(self, model_pytorch: str, pretrained: bool, train_handlers: list[dict]) -> None:
+        """Start from ``models/model.pt`` (request ``pretrained``, default true) through the bundle's own switch:
+        its disabled ``CheckpointLoader`` (``load_pretrain``) is enabled and pointed at the file. Bundles without
+        one get MONAI Label's loader."""
+        switchable = [h for h in train_handlers if h.get("_target_") == "CheckpointLoader" and "_disabled_" in h]
+        if not switchable:
+            super()._load_checkpoint(model_pytorch, pretrained, train_handlers)
+            return
+        use = bool(pretrained) and os.path.exists(model_pytorch)
+        for handler in switchable:
+            handler["_disabled_"] = not use
+            handler["load_path"] = model_pytorch
+        logger.info(f"{self.bundle.name}: {'starting from ' + model_pytorch if use else 'starting from scratch'}")
 
     def _fetch_datalist(self, request: dict, datastore: Datastore) -> list[dict]:
         """The labelled datastore items this bundle can read, as ``{"image", "label"}`` dicts."""
