@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 
 
 def published_row(eval_metrics: Mapping | None) -> PublishedRow | None:
-    """The metadata's ``eval_metrics`` (Dice in percent, HD95 in voxels, as published) as a :class:`PublishedRow`."""
-    if not eval_metrics or "mean_dice" not in eval_metrics:
+    """The metadata's ``eval_metrics`` (Dice in percent, HD95 in voxels, as published) as a :class:`PublishedRow`;
+    ``None`` where there is no published row (no entry, or the bundles' "not published" text)."""
+    if not eval_metrics or not isinstance(eval_metrics.get("mean_dice"), (int, float)):
         return None
     return PublishedRow(
         mean_dice=float(eval_metrics["mean_dice"]),

@@ -325,8 +325,8 @@ def test_preprocessing_in_the_configs_is_the_code_recipe_and_can_be_overridden(t
     bundle, data = copy_bundle(spec, tmp_path), write_dataset(spec, tmp_path)
     train = json.loads((bundle / "configs" / "train.json").read_text())
     targets = [t["_target_"] for t in train["validate"]["preprocessing"]["transforms"]]
-    assert targets == ["common.transforms.LoadImage2Dd", "common.transforms.LoadMask2Dd", "Resized", "ScaleIntensityd",
-                       "AsDiscreted", "EnsureTyped"]
+    assert targets == ["common.transforms.LoadImage2Dd", "common.transforms.LoadMask2Dd", "common.resize.ResizePictured",
+                       "ScaleIntensityd", "AsDiscreted", "EnsureTyped"]
     assert train["train"]["preprocessing"] == json.loads(json.dumps(train_transforms_config("busi", "@spatial_size")))
     item = get_dataset("busi").datalists(data)["validation"][0]
 
