@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .data import get_dataset
+from .networks import network_facts
 from .io.volumes import DISPLAY_AXCODES
 
 SCHEMA_URL = (
@@ -17,14 +18,6 @@ SCHEMA_URL = (
 )
 BUNDLE_VERSION = "0.1.0"
 INPUT_SIZE = (224, 224)
-GDLA_CITATION = (
-    "Zheng H., Bozorgpour A., Merhof D., Zhang M. Gated Differential Linear Attention: A Linear-Time Decoder for "
-    "High-Fidelity Medical Segmentation."
-)
-PVT_CITATION = (
-    "Wang W. et al. PVT v2: Improved Baselines with Pyramid Vision Transformer. Computational Visual Media 8, "
-    "415-424 (2022)."
-)
 
 
 @dataclass(frozen=True)
@@ -222,8 +215,13 @@ def _inferer(spec: BundleSpec, precision: str) -> dict:
 
 
 def uses_pvt_encoder(spec: BundleSpec) -> bool:
-    """PVT-encoder networks take ImageNet encoder weights and have deep-supervision heads."""
-    return spec.network.startswith("pvt_")
+    """Whether the bundle's network starts from ImageNet encoder weights (its registered facts say so)."""
+    return network_facts(spec.network).encoder_weights_file is not None
+
+
+def citations(spec: BundleSpec) -> list[str]:
+    """The papers behind the bundle's network (its registered facts) and data."""
+    return [*network_facts(spec.network).citations, spec.dataset_card.citation]
 
 
 def _network_def(spec: BundleSpec, weights: str) -> dict:
@@ -234,8 +232,11 @@ def _network_def(spec: BundleSpec, weights: str) -> dict:
         "in_channels": reader.image_channels,
         "num_classes": reader.num_classes,
     }
-    if uses_pvt_encoder(spec):
-        definition.update(deep_supervision=True, encoder_weights=weights)
+    facts = network_facts(spec.network)
+    if facts.deep_supervision:
+        definition["deep_supervision"] = True
+    if facts.encoder_weights_file is not None:
+        definition["encoder_weights"] = weights
     return {**definition, **spec.network_args}
 
 
@@ -518,8 +519,6 @@ def multi_gpu_config(spec: BundleSpec) -> dict:
 def metadata(spec: BundleSpec) -> dict:
     """``configs/metadata.json`` (MONAI bundle specification)."""
     import monai
-
-    from .bundle_cards import citations
     import numpy
     import torch
 

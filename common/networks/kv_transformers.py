@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from .layers import MLP, grid_to_tokens, rotary_tables, tokens_to_grid
+from .papers import KV_ATTENTION_CITATION
 from .registry import register_network
 
 AttentionKind = Literal["qkv", "kv", "kv_pos"]
@@ -556,19 +557,80 @@ class CvT(nn.Module):
         return self.head(self.decoder(f16, (f8, f4, None, None)))
 
 
-@register_network
-def setr(**kwargs) -> SETR:
-    """SETR-PUP with QKV, KV or KV+Pos attention (``attention=``); keyword arguments as :class:`SETR`."""
-    return SETR(**kwargs)
+@register_network(citations=(KV_ATTENTION_CITATION,))
+def setr(
+    in_channels: int = 1,
+    num_classes: int = 3,
+    attention: AttentionKind = "qkv",
+    image_size: int = 224,
+    patch_size: int = 16,
+    embed_dim: int = 384,
+    depth: int = 12,
+    num_heads: int = 6,
+    mlp_ratio: int = 4,
+    drop_path_rate: float = 0.1,
+    head_channels: int = 256,
+    deep_supervision: bool = False,
+    qkv_bias: bool = False,
+    pair_channels: int = PAIR_CHANNELS,
+    max_pair_tokens: int = MAX_PAIR_TOKENS,
+) -> SETR:
+    """SETR-PUP with QKV, KV or KV+Pos attention (``attention=``); arguments as :class:`SETR` and
+    :class:`KeyValueAttention`."""
+    return SETR(
+        in_channels, num_classes, attention, image_size, patch_size, embed_dim, depth, num_heads, mlp_ratio,
+        drop_path_rate, head_channels, deep_supervision,
+        qkv_bias=qkv_bias, pair_channels=pair_channels, max_pair_tokens=max_pair_tokens,
+    )
 
 
-@register_network
-def transunet(**kwargs) -> TransUNet:
-    """TransUNet with QKV, KV or KV+Pos attention (``attention=``); keyword arguments as :class:`TransUNet`."""
-    return TransUNet(**kwargs)
+@register_network(citations=(KV_ATTENTION_CITATION,))
+def transunet(
+    in_channels: int = 1,
+    num_classes: int = 3,
+    attention: AttentionKind = "qkv",
+    image_size: int = 224,
+    embed_dim: int = 384,
+    depth: int = 12,
+    num_heads: int = 6,
+    mlp_ratio: int = 4,
+    drop_path_rate: float = 0.1,
+    decoder_channels: Sequence[int] = (256, 128, 64, 16),
+    deep_supervision: bool = False,
+    qkv_bias: bool = False,
+    pair_channels: int = PAIR_CHANNELS,
+    max_pair_tokens: int = MAX_PAIR_TOKENS,
+) -> TransUNet:
+    """TransUNet with QKV, KV or KV+Pos attention (``attention=``); arguments as :class:`TransUNet` and
+    :class:`KeyValueAttention`."""
+    return TransUNet(
+        in_channels, num_classes, attention, image_size, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
+        decoder_channels, deep_supervision,
+        qkv_bias=qkv_bias, pair_channels=pair_channels, max_pair_tokens=max_pair_tokens,
+    )
 
 
-@register_network
-def cvt(**kwargs) -> CvT:
-    """CvT segmentation network with QKV, KV or KV+Pos attention (``attention=``); arguments as :class:`CvT`."""
-    return CvT(**kwargs)
+@register_network(citations=(KV_ATTENTION_CITATION,))
+def cvt(
+    in_channels: int = 1,
+    num_classes: int = 3,
+    attention: AttentionKind = "qkv",
+    embed_dims: Sequence[int] = (64, 192, 384),
+    depths: Sequence[int] = (1, 2, 10),
+    num_heads: Sequence[int] = (1, 3, 6),
+    mlp_ratio: int = 4,
+    drop_path_rate: float = 0.1,
+    decoder_channels: Sequence[int] = (256, 128, 64, 16),
+    deep_supervision: bool = False,
+    kv_stride: int = 2,
+    qkv_bias: bool = False,
+    pair_channels: int = PAIR_CHANNELS,
+    max_pair_tokens: int = MAX_PAIR_TOKENS,
+) -> CvT:
+    """CvT segmentation network with QKV, KV or KV+Pos attention (``attention=``); arguments as :class:`CvT`,
+    :class:`ConvProjectionAttention` and :class:`KeyValueAttention`."""
+    return CvT(
+        in_channels, num_classes, attention, embed_dims, depths, num_heads, mlp_ratio, drop_path_rate,
+        decoder_channels, deep_supervision,
+        kv_stride=kv_stride, qkv_bias=qkv_bias, pair_channels=pair_channels, max_pair_tokens=max_pair_tokens,
+    )

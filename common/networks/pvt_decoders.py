@@ -31,6 +31,7 @@ from .layers import (
     rotary_tables,
     tokens_to_grid,
 )
+from .papers import PVT_DECODER_CITATIONS, PVT_V2_B2_WEIGHTS
 from .registry import register_network
 
 MixerKind = Literal["gdla", "linear", "softmax", "differential"]
@@ -305,6 +306,8 @@ class PVTDecoderNet(nn.Module):
         **mixer_options,
     ):
         super().__init__()
+        if mixer != "gdla" and mixer_options:
+            raise ValueError(f"the {mixer!r} mixer has no options; got {sorted(mixer_options)}")
         if up_kernel_size % 2 != 1:
             raise ValueError(f"up_kernel_size must be odd, got {up_kernel_size}")
         self.in_channels, self.num_classes, self.deep_supervision = in_channels, num_classes, deep_supervision
@@ -385,40 +388,98 @@ class PVTDecoderNet(nn.Module):
             decoded.append(h)
         return self.predict(x, features, decoded, auxiliary)
 
-@register_network
+#: the facts every PVT decoder network shares (its encoder, weights file, deep-supervision heads and papers)
+PVT_DECODER_FACTS = dict(
+    encoder="pvt_v2", encoder_weights_file=PVT_V2_B2_WEIGHTS, deep_supervision=True, citations=PVT_DECODER_CITATIONS
+)
+
+
+@register_network(paper_model="PVT-GDLA", **PVT_DECODER_FACTS)
 def pvt_gdla(
+    in_channels: int = 1,
+    num_classes: int = 9,
+    deep_supervision: bool = True,
     ffn: FFNKind = "mixffn",
+    up_kernel_size: int = 3,
+    encoder: str = "pvt_v2_b2",
+    encoder_weights: str | None = None,
+    drop_path_rate: float = 0.1,
     differential: bool = True,
     local_mixing: bool = True,
     gate: GateKind | None = "sigmoid",
     mixer_kernel_size: int = 3,
-    **kwargs,
 ) -> PVTDecoderNet:
-    """PVT-GDLA (gated differential linear attention decoder); keyword arguments as :class:`PVTDecoderNet`."""
+    """PVT-GDLA (gated differential linear attention decoder); arguments as :class:`PVTDecoderNet`.
+
+    ``differential``, ``local_mixing``, ``gate`` and ``mixer_kernel_size`` are the GDLA ablations of
+    :class:`GatedDifferentialLinearAttention`; the defaults are the authors' published model.
+    """
     return PVTDecoderNet(
         "gdla",
-        ffn=ffn,
+        in_channels,
+        num_classes,
+        deep_supervision,
+        ffn,
+        up_kernel_size,
+        encoder,
+        encoder_weights,
+        drop_path_rate,
         differential=differential,
         local_mixing=local_mixing,
         gate=gate,
         mixer_kernel_size=mixer_kernel_size,
-        **kwargs,
     )
 
 
-@register_network
-def pvt_linearattn(ffn: FFNKind = "mlp", **kwargs) -> PVTDecoderNet:
-    """PVT-LinearAttn baseline (ELU+1 kernel linear attention, GELU MLP)."""
-    return PVTDecoderNet("linear", ffn=ffn, **kwargs)
+@register_network(paper_model="PVT-LinearAttn", **PVT_DECODER_FACTS)
+def pvt_linearattn(
+    in_channels: int = 1,
+    num_classes: int = 9,
+    deep_supervision: bool = True,
+    ffn: FFNKind = "mlp",
+    up_kernel_size: int = 3,
+    encoder: str = "pvt_v2_b2",
+    encoder_weights: str | None = None,
+    drop_path_rate: float = 0.1,
+) -> PVTDecoderNet:
+    """PVT-LinearAttn baseline (ELU+1 kernel linear attention, GELU MLP); arguments as :class:`PVTDecoderNet`."""
+    return PVTDecoderNet(
+        "linear", in_channels, num_classes, deep_supervision, ffn, up_kernel_size, encoder, encoder_weights,
+        drop_path_rate,
+    )
 
 
-@register_network
-def pvt_selfattn(ffn: FFNKind = "mlp", **kwargs) -> PVTDecoderNet:
-    """PVT-SelfAttn baseline (softmax attention with rotary embedding, GELU MLP)."""
-    return PVTDecoderNet("softmax", ffn=ffn, **kwargs)
+@register_network(paper_model="PVT-SelfAttn", **PVT_DECODER_FACTS)
+def pvt_selfattn(
+    in_channels: int = 1,
+    num_classes: int = 9,
+    deep_supervision: bool = True,
+    ffn: FFNKind = "mlp",
+    up_kernel_size: int = 3,
+    encoder: str = "pvt_v2_b2",
+    encoder_weights: str | None = None,
+    drop_path_rate: float = 0.1,
+) -> PVTDecoderNet:
+    """PVT-SelfAttn baseline (softmax attention with rotary embedding, GELU MLP); arguments as :class:`PVTDecoderNet`."""
+    return PVTDecoderNet(
+        "softmax", in_channels, num_classes, deep_supervision, ffn, up_kernel_size, encoder, encoder_weights,
+        drop_path_rate,
+    )
 
 
-@register_network
-def pvt_diffattn(ffn: FFNKind = "swiglu", **kwargs) -> PVTDecoderNet:
-    """PVT-DiffAttn baseline (Differential Transformer attention, SwiGLU FFN)."""
-    return PVTDecoderNet("differential", ffn=ffn, **kwargs)
+@register_network(paper_model="PVT-DiffAttn", **PVT_DECODER_FACTS)
+def pvt_diffattn(
+    in_channels: int = 1,
+    num_classes: int = 9,
+    deep_supervision: bool = True,
+    ffn: FFNKind = "swiglu",
+    up_kernel_size: int = 3,
+    encoder: str = "pvt_v2_b2",
+    encoder_weights: str | None = None,
+    drop_path_rate: float = 0.1,
+) -> PVTDecoderNet:
+    """PVT-DiffAttn baseline (Differential Transformer attention, SwiGLU FFN); arguments as :class:`PVTDecoderNet`."""
+    return PVTDecoderNet(
+        "differential", in_channels, num_classes, deep_supervision, ffn, up_kernel_size, encoder, encoder_weights,
+        drop_path_rate,
+    )
