@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from .data import get_dataset
 from .networks import network_facts
-from .io.volumes import DISPLAY_AXCODES
+from .io.orientation import DISPLAY_AXCODES
 
 SCHEMA_URL = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"

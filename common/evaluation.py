@@ -17,6 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 
+from .io.tables import write_csv
 from .metrics import (
     PublishedRow,
     format_comparison,
@@ -24,7 +25,6 @@ from .metrics import (
     multilabel_scores,
     summarize,
     volume_scores,
-    write_csv,
 )
 
 logger = logging.getLogger(__name__)

@@ -51,7 +51,7 @@ from common.io.writers import (
     write_nifti,
     write_volume_overlay,
 )
-from common.metrics import write_csv
+from common.io.tables import write_csv
 from common.networks.encoders import read_state_dict
 from common.transforms import LoadImage2Dd, LoadVolumed
 

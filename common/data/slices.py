@@ -45,10 +45,6 @@ class VolumeSliceDataset(IterableDataset):
         self.shuffle, self.volumes_in_memory, self.seed = shuffle, max(1, volumes_in_memory), seed
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Fix the epoch used to seed the shuffle (otherwise it counts iterations)."""
-        self.epoch = epoch
-
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)

@@ -23,7 +23,6 @@ from PIL import Image
 
 from common.io.volumes import Volume, ras_axial_to_display, reorient
 from common.io.atomic import atomic_path
-from common.metrics import write_csv
 
 PngValues = Literal["labels", "binary255"]
 ArrayLike = np.ndarray | torch.Tensor
@@ -220,10 +219,3 @@ def structure_volumes(
         }
         for value in values
     ]
-
-
-def write_volume_table(
-    labels: ArrayLike, affine: ArrayLike, path: str | os.PathLike, label_names: Mapping[int, str] | None = None
-) -> Path:
-    """Write :func:`structure_volumes` as CSV (columns label, name, voxels, volume_ml)."""
-    return write_csv(path, structure_volumes(labels, affine, label_names))
