@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import __version__
 from .data import get_dataset
 from .networks import network_facts
+from .transforms import INPUT_SIZE
 from .io.orientation import DISPLAY_AXCODES
 
 SCHEMA_URL = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 )
-BUNDLE_VERSION = "0.1.0"
-INPUT_SIZE = (224, 224)
+BUNDLE_VERSION = __version__  # a bundle carries the version of the package that renders it
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged
 from common.inference import Precision, SliceInferer2D
 from common.io.dicom_seg import write_dicom_seg
 from common.io.dicom_series import DicomSeries, read_dicom_series
-from common.io.images import read_image_2d
+from common.io.images import PICTURE_SUFFIXES, read_image_2d
 from common.io.mask_saving import SaveMask2Dd
 from common.io.volumes import VOLUME_SUFFIXES, Volume, load_volume, volume_suffix
 from common.io.writers import (
@@ -57,7 +57,6 @@ from common.transforms import LoadImage2Dd, LoadVolumed
 
 logger = logging.getLogger(__name__)
 
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 READER_TRANSFORMS = (LoadImaged, EnsureChannelFirstd, LoadImage2Dd, LoadVolumed)
 REPORT_FILE = "report.csv"
 VOLUMES_FILE = "volumes.csv"

@@ -15,6 +15,7 @@ from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 
+from common import __version__
 from lib.bundles import DEFAULT_BUNDLES_DIR, select_bundles
 from lib.infer import BundleSegmentation
 from lib.train import BundleTraining
@@ -34,7 +35,7 @@ class BundlesApp(MONAILabelApp):
             conf=conf,
             name="gdla-bundles",
             description="PVT-GDLA and related 2-D segmentation bundles; volumes are segmented slice by slice",
-            version="0.1.0",
+            version=__version__,
         )
 
     def init_infers(self) -> dict[str, InferTask]:

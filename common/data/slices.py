@@ -18,7 +18,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from common.data.base import DatasetReader
 from common.data.registry import get_dataset
 from common.data.splits import DEFAULT_SEED
-from common.transforms import AxialSlicesd, train_transforms, volume_transforms
+from common.transforms import INPUT_SIZE, AxialSlicesd, train_transforms, volume_transforms
 
 
 class VolumeSliceDataset(IterableDataset):
@@ -67,7 +67,7 @@ class VolumeSliceDataset(IterableDataset):
 def training_dataset(
     dataset: str | DatasetReader,
     datalist: Sequence[dict],
-    spatial_size: Sequence[int] = (224, 224),
+    spatial_size: Sequence[int] = INPUT_SIZE,
     seed: int = DEFAULT_SEED,
     slices: str = "all",
     **slicer_options,
