@@ -107,9 +107,7 @@ def test_no_module_imports_a_higher_layer():
             if name == "common" or target == "common" or (name, target) in ALLOWED_UPWARD:
                 continue
             if layer(target) > layer(name):
-                upward.append(
-                    f"{name} ({LAYER_NAMES[layer(name)]}) imports {target} ({LAYER_NAMES[layer(target)]})"
-                )
+                upward.append(f"{name} ({LAYER_NAMES[layer(name)]}) imports {target} ({LAYER_NAMES[layer(target)]})")
     assert not upward, "upward imports:\n" + "\n".join(sorted(upward))
 
 
@@ -129,7 +127,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for target in sorted(graph.get(node, ())):
             if state.get(target) == 1:
-                return [*path[path.index(target):], target]
+                return [*path[path.index(target) :], target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         path.pop()

@@ -17,7 +17,9 @@ def test_an_option_the_network_does_not_have_is_refused_naming_the_network_and_i
 
 
 def test_a_misspelt_option_is_refused_with_the_closest_name():
-    with pytest.raises(ValueError, match=r"'pvt_gdla' has no option 'deep_supervison' \(did you mean 'deep_supervision'"):
+    with pytest.raises(
+        ValueError, match=r"'pvt_gdla' has no option 'deep_supervison' \(did you mean 'deep_supervision'"
+    ):
         create_network("pvt_gdla", deep_supervison=False)
 
 

@@ -49,8 +49,9 @@ class NetworkFacts:
     def defaults(self) -> dict[str, Any]:
         """Keyword arguments and their defaults: what ``create_network(name)`` builds."""
         return {
-            p.name: p.default for p in inspect.signature(self.factory).parameters.values() if p.kind == p.KEYWORD_ONLY
-            or p.kind == p.POSITIONAL_OR_KEYWORD
+            p.name: p.default
+            for p in inspect.signature(self.factory).parameters.values()
+            if p.kind == p.KEYWORD_ONLY or p.kind == p.POSITIONAL_OR_KEYWORD
         }
 
     @property
@@ -79,8 +80,10 @@ class NetworkFacts:
         if not unknown:
             return
         hints = [
-            f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, self.options, 1)) else
-            repr(key) for key in unknown
+            f"{key!r} (did you mean {close[0]!r}?)"
+            if (close := difflib.get_close_matches(key, self.options, 1))
+            else repr(key)
+            for key in unknown
         ]
         raise ValueError(
             f"network {self.name!r} has no option {', '.join(hints)}; its options are: {', '.join(self.options)}"
