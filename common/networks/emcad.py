@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .blocks import DeepSupervisionForward, check_image_batch
 from .encoders import create_pvt_v2, load_encoder_weights, pvt_v2_features
 from .papers import EMCAD_CITATION, PVT_DECODER_CITATIONS, PVT_V2_B2_WEIGHTS
 from .registry import register_network
@@ -68,14 +69,6 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """ShuffleNet channel shuffle of ``[B, C, H, W]``: view the channels as ``[groups, C / groups]``, transpose."""
     b, c, h, w = x.shape
     return x.reshape(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-
-def check_image_batch(x: torch.Tensor, in_channels: int) -> None:
-    """Refuse anything but ``[B, in_channels, H, W]`` with H and W divisible by 32 (the encoder's stride)."""
-    if x.ndim != 4 or x.shape[1] != in_channels or x.shape[-2] % 32 or x.shape[-1] % 32:
-        raise ValueError(
-            f"expected input [B, {in_channels}, H, W] with H and W divisible by 32, got {tuple(x.shape)}"
-        )
 
 
 def conv_bn(
@@ -271,7 +264,7 @@ def _init_decoder_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class EMCADNet(nn.Module):
+class EMCADNet(DeepSupervisionForward):
     """PVT-v2 encoder + EMCAD decoder + four prediction heads.
 
     Implements the stage protocol of :mod:`common.networks.xattnres` (``encode``, ``bottleneck``, ``fuse``,
@@ -329,14 +322,6 @@ class EMCADNet(nn.Module):
             self.aux_heads = nn.ModuleList(nn.Conv2d(c, num_classes, 1) for c in encoder_channels[:0:-1])
         self.history_channels = (*encoder_channels, encoder_channels[-1])
         self.stage_channels = encoder_channels[-2::-1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """``[B, in, H, W]`` -> ``[B, K, H, W]``; in training with deep supervision ``[out4, out3, out2, out1]``."""
-        return self.forward_all(x) if self.training and self.deep_supervision else self._forward(x, False)[-1]
-
-    def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """All outputs, coarse to fine: ``[out4, out3, out2, out1]`` (``[out1]`` without deep supervision)."""
-        return self._forward(x, self.deep_supervision)
 
     def _forward(self, x: torch.Tensor, auxiliary: bool) -> list[torch.Tensor]:
         features = self.encode(x)

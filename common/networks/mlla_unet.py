@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from .attention import elu_feature_map
+from .blocks import check_image_batch, refuse_deep_supervision
 from .layers import MLP, apply_rotary, grid_to_tokens, rotary_tables, tokens_to_grid
 from .papers import MLLA_UNET_CITATION
 from .registry import register_network
@@ -280,8 +281,7 @@ class MLLAUNet(nn.Module):
         deep_supervision: bool = False,
     ):
         super().__init__()
-        if deep_supervision:
-            raise ValueError("mlla_unet has no deep supervision heads; build it with deep_supervision=False")
+        refuse_deep_supervision("mlla_unet", deep_supervision)
         if len(depths) != 4 or len(num_heads) != 4 or len(decoder_depths) != 3:
             raise ValueError(
                 f"expected 4 encoder depths and heads and 3 decoder depths, got {depths}, {num_heads}, {decoder_depths}"
@@ -309,11 +309,7 @@ class MLLAUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in, H, W]`` -> logits ``[B, K, H, W]``."""
-        height, width = x.shape[-2:]
-        if x.ndim != 4 or x.shape[1] != self.in_channels or height % 32 or width % 32:
-            raise ValueError(
-                f"expected input [B, {self.in_channels}, H, W] with H and W divisible by 32, got {tuple(x.shape)}"
-            )
+        check_image_batch(x, self.in_channels)
         x = self.stem(x.expand(-1, 3, -1, -1) if self.in_channels == 1 else x)
         size = (x.shape[-2], x.shape[-1])
         x = grid_to_tokens(x)

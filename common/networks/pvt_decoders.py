@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import elu_feature_map, linear_attention
+from .blocks import DeepSupervisionForward, check_image_batch
 from .encoders import create_pvt_v2, load_encoder_weights, pvt_v2_features
 from .layers import (
     FFNKind,
@@ -266,7 +267,7 @@ def build_mixer(
     raise ValueError(f"unknown mixer {kind!r}; expected 'gdla', 'linear', 'softmax' or 'differential'")
 
 
-class PVTDecoderNet(nn.Module):
+class PVTDecoderNet(DeepSupervisionForward):
     """PVT-v2 encoder + three-stage transformer decoder + full-resolution residual branch.
 
     ``d3 = de1(up1(x4) + x3)``, ``d2 = de2(up2(d3) + x2)``, ``d1 = de3(up3(d2) + x1)``;
@@ -330,14 +331,6 @@ class PVTDecoderNet(nn.Module):
             self.head3 = nn.Conv2d(c3, num_classes, 1)
             self.head4 = nn.Conv2d(c4, num_classes, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """``[B, in, H, W]`` -> ``[B, K, H, W]``; in training with deep supervision ``[out4, out3, out2, out1]``."""
-        return self.forward_all(x) if self.training and self.deep_supervision else self._forward(x, False)[-1]
-
-    def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """All outputs, coarse to fine: ``[out4, out3, out2, out1]`` (``[out1]`` without deep supervision)."""
-        return self._forward(x, self.deep_supervision)
-
     @staticmethod
     def _decode(block: DecoderBlock, x: torch.Tensor) -> torch.Tensor:
         size = (x.shape[-2], x.shape[-1])
@@ -345,11 +338,7 @@ class PVTDecoderNet(nn.Module):
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Checked input ``[B, in, H, W]`` -> the four encoder stage outputs ``[x1, x2, x3, x4]``."""
-        height, width = x.shape[-2:]
-        if x.ndim != 4 or x.shape[1] != self.in_channels or height % 32 or width % 32:
-            raise ValueError(
-                f"expected input [B, {self.in_channels}, H, W] with H and W divisible by 32, got {tuple(x.shape)}"
-            )
+        check_image_batch(x, self.in_channels)
         return pvt_v2_features(self.backbone, x.expand(-1, 3, -1, -1) if self.in_channels == 1 else x)
 
     def fuse(self, stage: int, previous: torch.Tensor, features: list[torch.Tensor], skip: bool = True) -> torch.Tensor:
