@@ -76,6 +76,13 @@ class CvT(nn.Module):
     Stochastic depth rises linearly over all blocks. KV forms: see :class:`ConvProjectionAttention`.
 
     Args: as :class:`SETR` (``embed_dims``, ``depths``, ``num_heads`` per stage), plus ``decoder_channels``.
+
+    Examples::
+
+        >>> import torch
+        >>> net = CvT(num_classes=3, attention="kv", embed_dims=(16, 32, 64), depths=(1, 1, 2), num_heads=(1, 2, 2))
+        >>> net.eval()(torch.zeros(1, 1, 64, 64)).shape
+        torch.Size([1, 3, 64, 64])
     """
 
     EMBEDDINGS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
@@ -146,7 +153,18 @@ def cvt(
     """CvT segmentation network with QKV, KV or KV+Pos attention (``attention=``); arguments as :class:`CvT`,
     :class:`ConvProjectionAttention` and :class:`KeyValueAttention`."""
     return CvT(
-        in_channels, num_classes, attention, embed_dims, depths, num_heads, mlp_ratio, drop_path_rate,
-        decoder_channels, deep_supervision,
-        kv_stride=kv_stride, qkv_bias=qkv_bias, pair_channels=pair_channels, max_pair_tokens=max_pair_tokens,
+        in_channels,
+        num_classes,
+        attention,
+        embed_dims,
+        depths,
+        num_heads,
+        mlp_ratio,
+        drop_path_rate,
+        decoder_channels,
+        deep_supervision,
+        kv_stride=kv_stride,
+        qkv_bias=qkv_bias,
+        pair_channels=pair_channels,
+        max_pair_tokens=max_pair_tokens,
     )

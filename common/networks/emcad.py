@@ -280,6 +280,13 @@ class EMCADNet(DeepSupervisionForward):
         kernel_sizes, expansion_factor, lgag_kernel_size, activation, gate_activation, skip_connections:
             as :class:`EMCADDecoder`.
         gray_stem: ``"conv"`` (Conv1x1 1 -> 3 + BN + ReLU, the authors' code) or ``"repeat"``.
+
+    Examples::
+
+        >>> import torch
+        >>> net = EMCADNet(num_classes=4, encoder="pvt_v2_b0", encoder_weights="random").eval()
+        >>> net(torch.zeros(1, 1, 64, 64)).shape
+        torch.Size([1, 4, 64, 64])
     """
 
     def __init__(

@@ -30,7 +30,8 @@ Decisions where the papers are silent:
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -257,9 +258,7 @@ class CascadedUpsampler(nn.Module):
             raise ValueError(f"{len(skip_channels)} skips for {len(decoder_channels)} decoder blocks")
         self.conv_more = conv_bn_relu(in_channels, width)
         inputs = [width, *decoder_channels[:-1]]
-        self.blocks = nn.ModuleList(
-            UpBlock(i, s, o) for i, s, o in zip(inputs, skip_channels, decoder_channels)
-        )
+        self.blocks = nn.ModuleList(UpBlock(i, s, o) for i, s, o in zip(inputs, skip_channels, decoder_channels))
 
     def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor | None]) -> torch.Tensor:
         x = self.conv_more(x)

@@ -21,7 +21,7 @@ Open decisions (the paper and spec are silent; chosen here):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -218,9 +218,7 @@ class UpSampling(nn.Module):
         self.conv = nn.Sequential(
             nn.Conv2d(dim, hidden, 1),
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(
-                hidden, hidden, 3, stride=2, padding=1, output_padding=1, groups=hidden, bias=False
-            ),
+            nn.ConvTranspose2d(hidden, hidden, 3, stride=2, padding=1, output_padding=1, groups=hidden, bias=False),
             nn.Conv2d(hidden, dim // 2, 1),
             nn.BatchNorm2d(dim // 2),
         )
@@ -265,6 +263,13 @@ class MLLAUNet(nn.Module):
         qkv_bias: bias of the q/k projection.
         drop_path_rate: largest stochastic depth rate.
         deep_supervision: must be False; MLLA-UNet has one output (accepted for a uniform factory signature).
+
+    Examples::
+
+        >>> import torch
+        >>> net = MLLAUNet(num_classes=4, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)).eval()
+        >>> net(torch.zeros(1, 1, 64, 64)).shape
+        torch.Size([1, 4, 64, 64])
     """
 
     def __init__(
@@ -344,6 +349,14 @@ def mlla_unet(
 ) -> MLLAUNet:
     """MLLA-UNet, MLLA-T configuration by default; arguments as :class:`MLLAUNet`."""
     return MLLAUNet(
-        in_channels, num_classes, embed_dim, depths, num_heads, decoder_depths, mlp_ratio, qkv_bias, drop_path_rate,
+        in_channels,
+        num_classes,
+        embed_dim,
+        depths,
+        num_heads,
+        decoder_depths,
+        mlp_ratio,
+        qkv_bias,
+        drop_path_rate,
         deep_supervision,
     )

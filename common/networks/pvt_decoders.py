@@ -291,6 +291,15 @@ class PVTDecoderNet(DeepSupervisionForward):
         encoder_weights: ImageNet weights file; ``None`` warns that the encoder is random, ``"random"`` does not.
         drop_path_rate: encoder stochastic depth.
         mixer_options: GDLA ablations (``differential``, ``local_mixing``, ``gate``, ``mixer_kernel_size``).
+
+    Examples::
+
+        >>> import torch
+        >>> net = PVTDecoderNet("gdla", num_classes=4, encoder="pvt_v2_b0", encoder_weights="random").eval()
+        >>> net(torch.zeros(1, 1, 64, 64)).shape
+        torch.Size([1, 4, 64, 64])
+        >>> [out.shape[1] for out in net.forward_all(torch.zeros(1, 1, 64, 64))]
+        [4, 4, 4, 4]
     """
 
     def __init__(
@@ -377,6 +386,7 @@ class PVTDecoderNet(DeepSupervisionForward):
             decoded.append(h)
         return self.predict(x, features, decoded, auxiliary)
 
+
 #: the facts every PVT decoder network shares (its encoder, weights file, deep-supervision heads and papers)
 PVT_DECODER_FACTS = dict(
     encoder="pvt_v2", encoder_weights_file=PVT_V2_B2_WEIGHTS, deep_supervision=True, citations=PVT_DECODER_CITATIONS
@@ -433,7 +443,14 @@ def pvt_linearattn(
 ) -> PVTDecoderNet:
     """PVT-LinearAttn baseline (ELU+1 kernel linear attention, GELU MLP); arguments as :class:`PVTDecoderNet`."""
     return PVTDecoderNet(
-        "linear", in_channels, num_classes, deep_supervision, ffn, up_kernel_size, encoder, encoder_weights,
+        "linear",
+        in_channels,
+        num_classes,
+        deep_supervision,
+        ffn,
+        up_kernel_size,
+        encoder,
+        encoder_weights,
         drop_path_rate,
     )
 
@@ -451,7 +468,14 @@ def pvt_selfattn(
 ) -> PVTDecoderNet:
     """PVT-SelfAttn baseline (softmax attention with rotary embedding, GELU MLP); arguments as :class:`PVTDecoderNet`."""
     return PVTDecoderNet(
-        "softmax", in_channels, num_classes, deep_supervision, ffn, up_kernel_size, encoder, encoder_weights,
+        "softmax",
+        in_channels,
+        num_classes,
+        deep_supervision,
+        ffn,
+        up_kernel_size,
+        encoder,
+        encoder_weights,
         drop_path_rate,
     )
 
@@ -469,6 +493,13 @@ def pvt_diffattn(
 ) -> PVTDecoderNet:
     """PVT-DiffAttn baseline (Differential Transformer attention, SwiGLU FFN); arguments as :class:`PVTDecoderNet`."""
     return PVTDecoderNet(
-        "differential", in_channels, num_classes, deep_supervision, ffn, up_kernel_size, encoder, encoder_weights,
+        "differential",
+        in_channels,
+        num_classes,
+        deep_supervision,
+        ffn,
+        up_kernel_size,
+        encoder,
+        encoder_weights,
         drop_path_rate,
     )

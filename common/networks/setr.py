@@ -54,6 +54,13 @@ class SETR(nn.Module):
         head_channels: width of the upsampling head.
         deep_supervision: must be False.
         attention_options: ``qkv_bias``, ``pair_channels``, ``max_pair_tokens`` of :class:`KeyValueAttention`.
+
+    Examples::
+
+        >>> import torch
+        >>> net = SETR(num_classes=3, attention="kv", image_size=64, embed_dim=32, depth=2, num_heads=2).eval()
+        >>> net(torch.zeros(1, 1, 64, 64)).shape
+        torch.Size([1, 3, 64, 64])
     """
 
     def __init__(
@@ -114,7 +121,19 @@ def setr(
     """SETR-PUP with QKV, KV or KV+Pos attention (``attention=``); arguments as :class:`SETR` and
     :class:`KeyValueAttention`."""
     return SETR(
-        in_channels, num_classes, attention, image_size, patch_size, embed_dim, depth, num_heads, mlp_ratio,
-        drop_path_rate, head_channels, deep_supervision,
-        qkv_bias=qkv_bias, pair_channels=pair_channels, max_pair_tokens=max_pair_tokens,
+        in_channels,
+        num_classes,
+        attention,
+        image_size,
+        patch_size,
+        embed_dim,
+        depth,
+        num_heads,
+        mlp_ratio,
+        drop_path_rate,
+        head_channels,
+        deep_supervision,
+        qkv_bias=qkv_bias,
+        pair_channels=pair_channels,
+        max_pair_tokens=max_pair_tokens,
     )

@@ -31,6 +31,13 @@ class TransUNet(nn.Module):
     GroupNorm and weight standardisation for its BiT weights).
 
     Args: as :class:`SETR`, plus ``decoder_channels``; the input is used with ``in_channels`` as given.
+
+    Examples::
+
+        >>> import torch
+        >>> net = TransUNet(num_classes=3, attention="kv", image_size=64, embed_dim=32, depth=2, num_heads=2).eval()
+        >>> net(torch.zeros(1, 1, 64, 64)).shape
+        torch.Size([1, 3, 64, 64])
     """
 
     def __init__(
@@ -93,7 +100,18 @@ def transunet(
     """TransUNet with QKV, KV or KV+Pos attention (``attention=``); arguments as :class:`TransUNet` and
     :class:`KeyValueAttention`."""
     return TransUNet(
-        in_channels, num_classes, attention, image_size, embed_dim, depth, num_heads, mlp_ratio, drop_path_rate,
-        decoder_channels, deep_supervision,
-        qkv_bias=qkv_bias, pair_channels=pair_channels, max_pair_tokens=max_pair_tokens,
+        in_channels,
+        num_classes,
+        attention,
+        image_size,
+        embed_dim,
+        depth,
+        num_heads,
+        mlp_ratio,
+        drop_path_rate,
+        decoder_channels,
+        deep_supervision,
+        qkv_bias=qkv_bias,
+        pair_channels=pair_channels,
+        max_pair_tokens=max_pair_tokens,
     )

@@ -205,6 +205,14 @@ class XAttnResNet(nn.Module):
         stages: the host's stage view when ``network`` does not implement :class:`StagedEncoderDecoder`
             itself (e.g. :class:`PVTDecoderStages`).
         downsample, combine: as :class:`CrossStageAggregation`.
+
+    Examples::
+
+        >>> import torch
+        >>> from common.networks.emcad import EMCADNet
+        >>> net = XAttnResNet(EMCADNet(num_classes=4, encoder="pvt_v2_b0", encoder_weights="random")).eval()
+        >>> net(torch.zeros(1, 1, 64, 64)).shape
+        torch.Size([1, 4, 64, 64])
     """
 
     def __init__(
