@@ -466,7 +466,7 @@ def pvt_selfattn(
     encoder_weights: str | None = None,
     drop_path_rate: float = 0.1,
 ) -> PVTDecoderNet:
-    """PVT-SelfAttn baseline (softmax attention with rotary embedding, GELU MLP); arguments as :class:`PVTDecoderNet`."""
+    """PVT-SelfAttn baseline (softmax attention, rotary embedding, GELU MLP); arguments as :class:`PVTDecoderNet`."""
     return PVTDecoderNet(
         "softmax",
         in_channels,
