@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # two workers share the two cores (tests/conftest.py gives each one torch thread)
 PYTEST_WORKERS ?= 2
 
-.PHONY: install test test-quick demo bench clean pacs-deps
+.PHONY: install lint test test-quick demo bench clean pacs-deps
 
 install: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt torch torchvision
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
+
+# ruff, configured in pyproject.toml: lint rules and the formatter's layout (`ruff format .` applies it)
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test: $(STAMP) pacs-deps
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)

@@ -6,17 +6,17 @@ import json
 
 from .transforms import eval_transforms_config
 from .bundle_templates import (
-    GDLA_CITATION,
     INPUT_SIZE,
-    PVT_CITATION,
     BundleSpec,
     checkpoint_selection,
+    citations,
     class_names,
     dataset_reader,
     metadata,
     published_metrics,
     uses_pvt_encoder,
 )
+from .networks import network_facts
 
 ARCHITECTURES = {
     "pvt_gdla": "PVT-v2-b2 encoder; three decoder blocks with Gated Differential Linear Attention (two linear-attention "
@@ -48,33 +48,6 @@ ARCHITECTURES = {
     "the strided tokens by default, `attention` = qkv / kv / kv_pos.",
 }
 
-PAPERS = {
-    "pvt_emcad": "Rahman M. M., Munir M., Marculescu R. EMCAD: Efficient Multi-scale Convolutional Attention "
-    "Decoding for Medical Image Segmentation. CVPR (2024).",
-    "xattnres": "XAttnRes: Cross-Stage Attention Residuals for Medical Image Segmentation. arXiv:2604.03297; "
-    "building on Attention Residuals, arXiv:2603.15031.",
-    "mlla_unet": "Jiang Y., Li Z., Chen X., Xie H., Cai J. MLLA-UNet: Mamba-like Linear Attention in an Efficient "
-    "U-Shape Model for Medical Image Segmentation. arXiv:2410.23738.",
-    "kv": "Hwa, Holmes, Drechsler. Exploring the Integration of Key-Value Attention Into Pure and Hybrid "
-    "Transformers for Semantic Segmentation. arXiv:2503.18862; Borji A. Key-Value Transformer. arXiv:2305.19129.",
-}
-
-
-def citations(spec: BundleSpec) -> list[str]:
-    """The papers behind the bundle's network and data."""
-    if spec.network in ("setr", "transunet", "cvt"):
-        papers = [PAPERS["kv"]]
-    elif spec.network == "mlla_unet":
-        papers = [PAPERS["mlla_unet"]]
-    else:
-        papers = [GDLA_CITATION, PVT_CITATION]
-        if "emcad" in spec.network:
-            papers.append(PAPERS["pvt_emcad"])
-        if "xattnres" in spec.network:
-            papers.append(PAPERS["xattnres"])
-    return [*papers, spec.dataset_card.citation]
-
-
 REFERENCE_NETWORKS = ("pvt_gdla", "pvt_linearattn", "pvt_selfattn", "pvt_diffattn")
 REFERENCE_NOTE = (" The authors' published checkpoint loads with\n"
                   "`common.convert.load_reference_checkpoint(network, path)`.")
@@ -84,9 +57,12 @@ def _recipe_text(spec: BundleSpec) -> str:
     recipe = spec.training_recipe
     loss = ("Boundary DoU loss" if recipe.loss == "boundary_dou"
             else f"{recipe.ce_weight} cross-entropy + {recipe.dice_weight} Dice loss")
-    if uses_pvt_encoder(spec):
+    facts = network_facts(spec.network)
+    if facts.deep_supervision:
         loss += " summed over the four deep-supervision outputs"
-        encoder = ("The encoder starts from the ImageNet PVT-v2-b2 weights (`pvt_v2_b2.pth` of the PVT v2 release): "
+    if facts.encoder_weights_file is not None:
+        encoder = (f"The encoder starts from the ImageNet PVT-v2-b2 weights (`{facts.encoder_weights_file}` of the "
+                   "PVT v2 release): "
                    "pass them with `--encoder_weights`; without them the run warns that the encoder is random and "
                    "will not reach the published numbers.")
     else:
@@ -98,6 +74,12 @@ def _recipe_text(spec: BundleSpec) -> str:
         f"to 1e-6; timm's CosineLRScheduler as the authors use it), {recipe.epochs} epochs, "
         f"batch {recipe.batch_size}, fp32, seed 42, {loss}; best checkpoint by mean validation Dice. {encoder}"
     )
+
+
+def _encoder_weights_option(spec: BundleSpec) -> str:
+    """The training command's ``--encoder_weights`` option, for networks that start from encoder weights."""
+    weights_file = network_facts(spec.network).encoder_weights_file
+    return f" --encoder_weights /path/to/{weights_file}" if weights_file else ""
 
 
 def _results_table(spec: BundleSpec) -> str:
@@ -200,7 +182,7 @@ is nothing to segment. `--load_pretrain False` runs without weights (a smoke tes
 From this folder (add `--dataset_dir /path/to/data` to each command):
 
 ```bash
-python -m monai.bundle run --config_file configs/train.json{" --encoder_weights /path/to/pvt_v2_b2.pth" if uses_pvt_encoder(spec) else ""}
+python -m monai.bundle run --config_file configs/train.json{_encoder_weights_option(spec)}
 python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']"
 python -m monai.bundle run --config_file configs/inference.json --dataset_dir /path/to/images
 torchrun --standalone --nproc_per_node=2 -m monai.bundle run \\

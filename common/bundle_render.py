@@ -86,13 +86,53 @@ def render(root: str | Path = DEFAULT_ROOT) -> list[Path]:
     return written
 
 
+#: metadata.json fields that record the versions installed where the bundle was rendered, not the templates
+ENVIRONMENT_FIELDS = ("monai_version", "pytorch_version", "numpy_version")
+#: ``required_packages_version`` entries that are this package, not the environment
+OWN_PACKAGES = ("gdla-bundles",)
+
+
+def _with_recorded_environment(rendered: str, checked_in: str) -> str:
+    """``rendered`` metadata text with the installed-version fields taken from ``checked_in``.
+
+    The checked-in bundles record the versions of the environment that rendered them; another environment renders
+    other numbers there and nothing else differs, so those fields are not compared (everything else is, as text).
+    """
+    try:
+        recorded = json.loads(checked_in)
+    except json.JSONDecodeError:
+        return rendered
+    if not isinstance(recorded, dict):
+        return rendered
+    metadata = json.loads(rendered)
+    for key in ENVIRONMENT_FIELDS:
+        if key in recorded:
+            metadata[key] = recorded[key]
+    packages, recorded_packages = metadata.get("required_packages_version"), recorded.get("required_packages_version")
+    if isinstance(packages, dict) and isinstance(recorded_packages, dict):
+        for name in packages:
+            if name not in OWN_PACKAGES and name in recorded_packages:
+                packages[name] = recorded_packages[name]
+    return _json(metadata)
+
+
 def stale_files(root: str | Path = DEFAULT_ROOT) -> list[str]:
-    """Files under ``root`` that are missing or differ from their rendering (version strings included)."""
+    """Files under ``root`` that are missing or differ from their rendering.
+
+    ``configs/metadata.json`` is compared except for the versions of the installed packages it records
+    (:data:`ENVIRONMENT_FIELDS`, third-party ``required_packages_version``), so the check holds in any environment.
+    """
     stale = []
     for spec in BUNDLES:
         for relative, text in bundle_files(spec).items():
             path = Path(root) / spec.name / relative
-            if not path.is_file() or path.read_text() != text:
+            if not path.is_file():
+                stale.append(f"{spec.name}/{relative}")
+                continue
+            checked_in = path.read_text()
+            if relative == "configs/metadata.json":
+                text = _with_recorded_environment(text, checked_in)
+            if checked_in != text:
                 stale.append(f"{spec.name}/{relative}")
     return stale
 

@@ -9,23 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import __version__
 from .data import get_dataset
-from .io.volumes import DISPLAY_AXCODES
-from .transforms import eval_transforms_config, intensity_config, train_transforms_config, volume_transforms_config
+from .io.orientation import DISPLAY_AXCODES
+from .networks import network_facts
+from .transforms import (
+    INPUT_SIZE,
+    eval_transforms_config,
+    intensity_config,
+    train_transforms_config,
+    volume_transforms_config,
+)
 
 SCHEMA_URL = (
     "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 )
-BUNDLE_VERSION = "0.1.0"
-INPUT_SIZE = (224, 224)
-GDLA_CITATION = (
-    "Zheng H., Bozorgpour A., Merhof D., Zhang M. Gated Differential Linear Attention: A Linear-Time Decoder for "
-    "High-Fidelity Medical Segmentation."
-)
-PVT_CITATION = (
-    "Wang W. et al. PVT v2: Improved Baselines with Pyramid Vision Transformer. Computational Visual Media 8, "
-    "415-424 (2022)."
-)
+BUNDLE_VERSION = __version__  # a bundle carries the version of the package that renders it
 
 
 @dataclass(frozen=True)
@@ -229,8 +228,13 @@ def _inferer(spec: BundleSpec, precision: str) -> dict:
 
 
 def uses_pvt_encoder(spec: BundleSpec) -> bool:
-    """PVT-encoder networks take ImageNet encoder weights and have deep-supervision heads."""
-    return spec.network.startswith("pvt_")
+    """Whether the bundle's network starts from ImageNet encoder weights (its registered facts say so)."""
+    return network_facts(spec.network).encoder_weights_file is not None
+
+
+def citations(spec: BundleSpec) -> list[str]:
+    """The papers behind the bundle's network (its registered facts) and data."""
+    return [*network_facts(spec.network).citations, spec.dataset_card.citation]
 
 
 def _network_def(spec: BundleSpec, weights: str) -> dict:
@@ -241,8 +245,11 @@ def _network_def(spec: BundleSpec, weights: str) -> dict:
         "in_channels": reader.image_channels,
         "num_classes": reader.num_classes,
     }
-    if uses_pvt_encoder(spec):
-        definition.update(deep_supervision=True, encoder_weights=weights)
+    facts = network_facts(spec.network)
+    if facts.deep_supervision:
+        definition["deep_supervision"] = True
+    if facts.encoder_weights_file is not None:
+        definition["encoder_weights"] = weights
     return {"_requires_": "@bundled_code", **definition, **spec.network_args}
 
 
@@ -593,8 +600,6 @@ def multi_gpu_evaluate_config(spec: BundleSpec) -> dict:
 def metadata(spec: BundleSpec) -> dict:
     """``configs/metadata.json`` (MONAI bundle specification)."""
     import monai
-
-    from .bundle_cards import citations
     import numpy
     import torch
 

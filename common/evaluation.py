@@ -21,6 +21,7 @@ from monai.handlers import IgniteMetricHandler
 from monai.metrics import DiceMetric
 
 from .io.volumes import HDF5_SUFFIXES
+from .io.tables import write_csv
 from .metrics import (
     PublishedRow,
     excluded_pairs,
@@ -29,7 +30,6 @@ from .metrics import (
     multilabel_scores,
     summarize,
     volume_scores,
-    write_csv,
 )
 
 logger = logging.getLogger(__name__)

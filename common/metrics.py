@@ -40,7 +40,6 @@ import torch
 from scipy import ndimage
 
 from .data.synapse import SYNAPSE_LABEL_NAMES
-from .io.atomic import atomic_path
 
 MEAN_ROW = "mean"
 TEXT_COLUMNS = ("case", "class", "checkpoint_selection")
@@ -250,22 +249,8 @@ def summarize(rows: Sequence[Mapping[str, object]]) -> list[Row]:
     return summary + [mean]
 
 
-def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, object]]) -> Path:
-    """Write ``rows`` (per-case or summary) to a CSV at ``path`` atomically; columns in first-seen order."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns: dict[str, None] = {}
-    for row in rows:
-        columns.update((key, None) for key in row)
-    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def read_csv(path: str | os.PathLike) -> list[Row]:
-    """Rows written by :func:`write_csv`: text columns as strings, others as int or float, empty cells left out."""
+    """Rows written by :func:`common.io.tables.write_csv`: text columns as strings, others as int or float, empty cells left out."""
     path = Path(path)
     rows: list[Row] = []
     with path.open(newline="") as handle:

@@ -49,7 +49,7 @@ from common.inference import Precision, SliceInferer2D
 from common.io.dicom_seg import read_source_datasets, seg_obstacle, write_dicom_seg
 from common.io.dicom_series import DicomSeries
 from common.io.dicomweb import DicomWebError
-from common.io.images import read_image_2d
+from common.io.images import PICTURE_SUFFIXES, read_image_2d
 from common.io.lazy_volumes import (
     LazyVolume,
     as_lazy_volume,
@@ -65,15 +65,14 @@ from common.io.writers import (
     write_nifti,
     write_volume_overlay,
 )
-from common.metrics import write_csv
 from common.convert import fit_state_dict
+from common.io.tables import write_csv
 from common.networks.encoders import read_state_dict
 from common.transforms import LoadImage2Dd, LoadVolumed
 from common.volume_streaming import StreamingPlan, segment_streamed, streaming_plan
 
 logger = logging.getLogger(__name__)
 
-PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 READER_TRANSFORMS = (LoadImaged, EnsureChannelFirstd, LoadImage2Dd, LoadVolumed)
 REPORT_FILE = "report.csv"
 VOLUMES_FILE = "volumes.csv"

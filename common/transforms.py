@@ -5,7 +5,7 @@ Pipelines (bundle configs reference them as ``"_target_": "common.transforms.tra
 - :func:`volume_transforms`: a datalist entry of volume files -> MetaTensors (C, H, W, Z) in display orientation
   orientation, intensities windowed (CT: [-125, 275] HU -> [0, 1]) or normalised (MRI: per-volume
   min-max to [0, 1]; ``intensity="zscore"`` for zero mean, unit variance), labels mapped to training
-  values, oriented to :data:`common.io.volumes.DISPLAY_AXCODES` so that :class:`AxialSlicesd` draws 2-D
+  values, oriented to :data:`common.io.orientation.DISPLAY_AXCODES` so that :class:`AxialSlicesd` draws 2-D
   slices, (C, H, W), already in the display layout of :func:`common.io.volumes.ras_axial_to_display`.
 - :func:`train_transforms`: the published augmentation, as seeded transforms moving image and label
   together. For datasets stored as volumes it works on slice dicts (see
@@ -46,7 +46,8 @@ from common.data.registry import get_dataset
 from common.data.splits import DEFAULT_SEED
 from common.data.uwmgi import decode_rle
 from common.io.images import read_binary_mask, read_image_2d
-from common.io.volumes import DISPLAY_AXCODES, VolumeReadError, load_volume
+from common.io.orientation import DISPLAY_AXCODES
+from common.io.volumes import VolumeReadError, load_volume
 
 CT_WINDOW_HU = (-125.0, 275.0)
 INPUT_SIZE = (224, 224)
@@ -144,7 +145,7 @@ class DecodeRunLengthd(MapTransform):
 class AxialSlicesd(Randomizable, MapTransform):
     """Cut a (C, H, W, Z) volume dict into 2-D slice dicts (C, H, W), the slices taken as stored.
 
-    :func:`volume_transforms` orients volumes to :data:`~common.io.volumes.DISPLAY_AXCODES`, so the slices are
+    :func:`volume_transforms` orients volumes to :data:`~common.io.orientation.DISPLAY_AXCODES`, so the slices are
     in the display layout, the same the slice-wise inferer sees at evaluation and inference.
 
     ``mode="all"`` yields every axial slice in order; ``mode="foreground"`` draws ``num_samples``

@@ -23,6 +23,7 @@ from monailabel.tasks.activelearning.epistemic import Epistemic
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
+from common import __version__
 from lib.bundles import DEFAULT_BUNDLES_DIR, select_bundles
 from lib.infer import BundleSegmentation
 from lib.scoring import FlipEntropyScoring
@@ -43,7 +44,7 @@ class BundlesApp(MONAILabelApp):
             conf=conf,
             name="gdla-bundles",
             description="PVT-GDLA and related 2-D segmentation bundles; volumes are segmented slice by slice",
-            version="0.1.0",
+            version=__version__,
         )
 
     def init_infers(self) -> dict[str, InferTask]:

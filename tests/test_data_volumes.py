@@ -134,7 +134,7 @@ def test_volume_slice_dataset_reads_each_volume_once(mni_nnunet):
     assert len(first) == 2 * t1_data.shape[2] and len(set(first)) == len(first)
     second = [(s["case"], s["slice"]) for s in dataset]
     assert second != first and sorted(second) == sorted(first)  # reshuffled each epoch
-    dataset.set_epoch(0)
+    dataset.epoch = 0  # the shuffle is seeded by (seed, epoch, worker)
     assert [(s["case"], s["slice"]) for s in dataset] == first  # and reproducible
 
 

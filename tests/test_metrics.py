@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.io.tables import write_csv
 from common.metrics import (
     MEAN_ROW,
     PUBLISHED_RESULTS,
@@ -20,7 +21,6 @@ from common.metrics import (
     read_csv,
     summarize,
     volume_scores,
-    write_csv,
 )
 
 nan = math.nan

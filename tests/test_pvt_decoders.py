@@ -8,8 +8,14 @@ import torch.nn.functional as F
 
 from common.networks import create_network, list_networks
 from common.networks import pvt_decoders
-from common.networks.attention import elu_feature_map, linear_attention, linear_attention_explicit
+from common.networks.attention import elu_feature_map, linear_attention
 from common.networks.layers import ResBlock, RMSNorm, grid_to_tokens, tokens_to_grid
+
+
+def linear_attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Reference: linear attention through the explicit ``[..., N, M]`` similarity map (quadratic in N)."""
+    scores = q @ k.transpose(-2, -1)
+    return (scores @ v) / (scores.sum(dim=-1, keepdim=True) + eps)
 
 NAMES = ["pvt_gdla", "pvt_linearattn", "pvt_selfattn", "pvt_diffattn"]
 DECODER_WIDTHS = (320, 128, 64)  # de1, de2, de3 of a PVT-v2-b2 encoder

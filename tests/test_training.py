@@ -102,6 +102,43 @@ def test_gradient_clipping_bounds_the_norm_before_the_step():
     assert len(norms) == 3 and max(norms) <= 1e-3 + 1e-9
 
 
+def test_gradient_clipping_under_amp_unscales_before_clipping():
+    """The AMP step: backward on the scaled loss, then the handler unscales before clipping, then the scaler steps.
+
+    A CPU GradScaler (scale 1024) stands in for CUDA's; the run must end with the same weights as the unscaled run,
+    and the clipped norm is measured on true gradients (clipping scaled ones would leave updates 1024x too small).
+    """
+    from ignite.engine import Events
+    from monai.engines.utils import IterationEvents
+
+    def run(amp: bool) -> tuple[list[float], list[torch.Tensor]]:
+        norms = []
+        trainer = toy_trainer(1, [GradientClipping(max_norm=1e-3)], lr=1.0)
+        if amp:
+            trainer.amp = True
+            trainer.amp_kwargs = {"enabled": False}  # autocast("cuda") has nothing to cast on CPU tensors
+
+            @trainer.on(Events.STARTED)
+            def use_a_cpu_scaler(engine):  # SupervisedTrainer.run() has just made its (CUDA) scaler
+                engine.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+
+        @trainer.on(IterationEvents.BACKWARD_COMPLETED)
+        def record(engine):  # runs after the clipping handler, which was attached first
+            norms.append(torch.nn.utils.get_total_norm([p.grad for p in engine.network.parameters()]).item())
+
+        trainer.run()
+        if amp:
+            assert trainer.scaler.get_scale() == 1024.0  # no overflow skipped a step
+        return norms, [p.detach().clone() for p in trainer.network.parameters()]
+
+    amp_norms, amp_weights = run(amp=True)
+    plain_norms, plain_weights = run(amp=False)
+    assert len(amp_norms) == 3 and max(amp_norms) <= 1e-3 + 1e-9
+    assert amp_norms == pytest.approx(plain_norms, rel=1e-5)
+    for amp_weight, plain_weight in zip(amp_weights, plain_weights, strict=True):
+        torch.testing.assert_close(amp_weight, plain_weight)
+
+
 def test_a_stopped_run_resumes_with_epoch_count_optimizer_and_scheduler(tmp_path):
     def run(max_epochs: int, stop_after: int | None = None) -> SupervisedTrainer:
         trainer = toy_trainer(max_epochs, [])

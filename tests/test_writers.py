@@ -18,6 +18,7 @@ from pydicom.uid import generate_uid
 from common.io import writers
 from common.io.dicom_series import read_dicom_series
 from common.io.dicom_seg import write_dicom_seg
+from common.io.tables import write_csv
 from common.io.writers import (
     label_colors,
     preview_slices,
@@ -26,7 +27,6 @@ from common.io.writers import (
     write_nifti,
     write_png_mask,
     write_volume_overlay,
-    write_volume_table,
 )
 
 
@@ -124,7 +124,7 @@ def test_volume_table_in_millilitres(tmp_path):
     labels[:10, :10, :10] = 1  # 1000 voxels
     labels[15:, 15:, :4] = 3  # 100 voxels
     affine = oblique_affine()  # voxel volume 0.7 * 0.9 * 2.5 mm^3
-    path = write_volume_table(labels, affine, tmp_path / "volumes.csv", {1: "liver", 2: "spleen"})
+    path = write_csv(tmp_path / "volumes.csv", structure_volumes(labels, affine, {1: "liver", 2: "spleen"}))
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["label"], r["name"], r["voxels"]) for r in rows] == [

@@ -24,10 +24,9 @@ import numpy as np
 
 from common.data.base import Cases, DatasetReader, Entry, Scan, describe_folder, layout_error
 from common.data.splits import DEFAULT_SEED, Splits, fraction_split
-from common.io.images import picture_size, read_image_2d
+from common.io.images import PICTURE_SUFFIXES, picture_size, read_image_2d
 from common.io.volumes import load_volume, volume_shape
 
-PICTURE_ENDINGS = (".png", ".bmp", ".tif", ".tiff", ".jpg")
 _CHANNEL = re.compile(r"^(.+)_(\d{4})$")
 
 
@@ -123,7 +122,7 @@ class NnUNetRaw(DatasetReader):
 
     @property
     def spatial_dims(self) -> int:
-        return 2 if self.root is not None and self.description().file_ending.lower() in PICTURE_ENDINGS else 3
+        return 2 if self.root is not None and self.description().file_ending.lower() in PICTURE_SUFFIXES else 3
 
     @property
     def stored_as(self) -> str:

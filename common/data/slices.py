@@ -21,7 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from common.data.base import DatasetReader
 from common.data.registry import get_dataset
 from common.data.splits import DEFAULT_SEED
-from common.transforms import AxialSlicesd, train_transforms, volume_transforms
+from common.transforms import INPUT_SIZE, AxialSlicesd, train_transforms, volume_transforms
 
 
 class VolumeSliceDataset(IterableDataset):
@@ -49,10 +49,6 @@ class VolumeSliceDataset(IterableDataset):
         self.shuffle, self.volumes_in_memory, self.seed = shuffle, max(1, in_memory), seed
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Fix the epoch used to seed the shuffle (otherwise it counts iterations)."""
-        self.epoch = epoch
-
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
         worker_id, workers = (worker.id, worker.num_workers) if worker is not None else (0, 1)
@@ -75,7 +71,7 @@ class VolumeSliceDataset(IterableDataset):
 def training_dataset(
     dataset: str | DatasetReader,
     datalist: Sequence[dict],
-    spatial_size: Sequence[int] = (224, 224),
+    spatial_size: Sequence[int] = INPUT_SIZE,
     seed: int = DEFAULT_SEED,
     slices: str = "all",
     volumes_in_memory: int | None = None,

@@ -34,7 +34,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from common.io.volumes import LPS_TO_RAS
+from common.io.orientation import LPS_TO_RAS
 
 logger = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import nibabel as nib
 import numpy as np
 
+from common.io.orientation import LPS_TO_RAS
 from common.io.validation import (
     VolumeReadError,
     check_volume_header,
@@ -37,7 +38,6 @@ from common.io.validation import (
 if TYPE_CHECKING:
     import torch
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SIMPLEITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -177,13 +177,6 @@ def reorient(volume: Volume, axcodes: str = "RAS") -> Volume:
     array = nib.orientations.apply_orientation(volume.array, transform)
     affine = volume.affine @ nib.orientations.inv_ornt_aff(transform, volume.array.shape[:3])
     return Volume(np.ascontiguousarray(array), affine, volume.path)
-
-
-#: Orientation codes whose axial slices are already in the display layout: orienting a volume to "PLS" gives
-#: ``volume[h, w, z] == ras_axial_to_display(ras_volume[..., z])[h, w]`` (rows run to posterior, columns to the
-#: patient's left). Training, evaluation, inference and ``segment`` all bring volumes to this orientation, so the
-#: network sees the same in-plane layout everywhere, and MONAI's ``Invertd`` undoes it exactly.
-DISPLAY_AXCODES = "PLS"
 
 
 def ras_axial_to_display(array: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:

@@ -29,7 +29,6 @@ from common.io.lazy_volumes import (
     oriented_view,
 )
 from common.io.volumes import ras_axial_to_display
-from common.metrics import write_csv
 
 PngValues = Literal["labels", "binary255"]
 ArrayLike = np.ndarray | torch.Tensor
@@ -237,10 +236,3 @@ def structure_volumes(
         }
         for value in values
     ]
-
-
-def write_volume_table(
-    labels: ArrayLike, affine: ArrayLike, path: str | os.PathLike, label_names: Mapping[int, str] | None = None
-) -> Path:
-    """Write :func:`structure_volumes` as CSV (columns label, name, voxels, volume_ml)."""
-    return write_csv(path, structure_volumes(labels, affine, label_names))

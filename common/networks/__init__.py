@@ -1,8 +1,14 @@
-"""Segmentation networks, built by name with :func:`create_network`."""
+"""Segmentation networks, built by name with :func:`create_network`; their facts from :func:`network_facts`."""
 
-from . import pvt_decoders  # noqa: F401  (registers the PVT decoder family)
-from . import kv_transformers, mlla_unet  # noqa: F401
-from . import emcad, xattnres  # noqa: F401
-from .registry import create_network, list_networks, register_network
+from . import (  # noqa: F401  # noqa: F401
+    cvt,
+    emcad,
+    mlla_unet,
+    pvt_decoders,  # noqa: F401  (registers the PVT decoder family)
+    setr,
+    transunet,
+    xattnres,
+)
+from .registry import NetworkFacts, create_network, list_networks, network_facts, register_network
 
-__all__ = ["create_network", "list_networks", "register_network"]
+__all__ = ["NetworkFacts", "create_network", "list_networks", "network_facts", "register_network"]

@@ -39,9 +39,3 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: flo
         denominator = (q * k_sum).sum(dim=-1, keepdim=True)  # [..., N, 1]
         out = numerator / (denominator + eps)
     return out.to(dtype)
-
-
-def linear_attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """The same result through the explicit ``[..., N, M]`` similarity map; a test oracle, quadratic in N."""
-    scores = q @ k.transpose(-2, -1)
-    return (scores @ v) / (scores.sum(dim=-1, keepdim=True) + eps)

@@ -45,7 +45,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .blocks import DeepSupervisionForward, check_image_batch
 from .encoders import create_pvt_v2, load_encoder_weights, pvt_v2_features
+from .papers import EMCAD_CITATION, PVT_DECODER_CITATIONS, PVT_V2_B2_WEIGHTS
 from .registry import register_network
 
 ActivationKind = Literal["relu", "relu6"]
@@ -67,14 +69,6 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     """ShuffleNet channel shuffle of ``[B, C, H, W]``: view the channels as ``[groups, C / groups]``, transpose."""
     b, c, h, w = x.shape
     return x.reshape(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
-
-
-def check_image_batch(x: torch.Tensor, in_channels: int) -> None:
-    """Refuse anything but ``[B, in_channels, H, W]`` with H and W divisible by 32 (the encoder's stride)."""
-    if x.ndim != 4 or x.shape[1] != in_channels or x.shape[-2] % 32 or x.shape[-1] % 32:
-        raise ValueError(
-            f"expected input [B, {in_channels}, H, W] with H and W divisible by 32, got {tuple(x.shape)}"
-        )
 
 
 def conv_bn(
@@ -270,7 +264,7 @@ def _init_decoder_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class EMCADNet(nn.Module):
+class EMCADNet(DeepSupervisionForward):
     """PVT-v2 encoder + EMCAD decoder + four prediction heads.
 
     Implements the stage protocol of :mod:`common.networks.xattnres` (``encode``, ``bottleneck``, ``fuse``,
@@ -286,6 +280,13 @@ class EMCADNet(nn.Module):
         kernel_sizes, expansion_factor, lgag_kernel_size, activation, gate_activation, skip_connections:
             as :class:`EMCADDecoder`.
         gray_stem: ``"conv"`` (Conv1x1 1 -> 3 + BN + ReLU, the authors' code) or ``"repeat"``.
+
+    Examples::
+
+        >>> import torch
+        >>> net = EMCADNet(num_classes=4, encoder="pvt_v2_b0", encoder_weights="random").eval()
+        >>> net(torch.zeros(1, 1, 64, 64)).shape
+        torch.Size([1, 4, 64, 64])
     """
 
     def __init__(
@@ -329,14 +330,6 @@ class EMCADNet(nn.Module):
         self.history_channels = (*encoder_channels, encoder_channels[-1])
         self.stage_channels = encoder_channels[-2::-1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """``[B, in, H, W]`` -> ``[B, K, H, W]``; in training with deep supervision ``[out4, out3, out2, out1]``."""
-        return self.forward_all(x) if self.training and self.deep_supervision else self._forward(x, False)[-1]
-
-    def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """All outputs, coarse to fine: ``[out4, out3, out2, out1]`` (``[out1]`` without deep supervision)."""
-        return self._forward(x, self.deep_supervision)
-
     def _forward(self, x: torch.Tensor, auxiliary: bool) -> list[torch.Tensor]:
         features = self.encode(x)
         return self.predict(x, features, self.decoder(features), auxiliary)
@@ -372,7 +365,41 @@ class EMCADNet(nn.Module):
         return [F.interpolate(head(d), size=size, mode="bilinear", align_corners=False) for head, d in pairs]
 
 
-@register_network
-def pvt_emcad(**kwargs) -> EMCADNet:
-    """PVT-EMCAD-B2 (with ``encoder="pvt_v2_b2"``); keyword arguments as :class:`EMCADNet`."""
-    return EMCADNet(**kwargs)
+@register_network(
+    encoder="pvt_v2",
+    encoder_weights_file=PVT_V2_B2_WEIGHTS,
+    deep_supervision=True,
+    citations=(*PVT_DECODER_CITATIONS, EMCAD_CITATION),
+    paper_model="PVT-EMCAD-B2",
+)
+def pvt_emcad(
+    in_channels: int = 1,
+    num_classes: int = 9,
+    deep_supervision: bool = True,
+    encoder: str = "pvt_v2_b2",
+    encoder_weights: str | None = None,
+    drop_path_rate: float = 0.1,
+    kernel_sizes: Sequence[int] = (1, 3, 5),
+    expansion_factor: int = 2,
+    lgag_kernel_size: int = 3,
+    activation: ActivationKind = "relu6",
+    gate_activation: ActivationKind = "relu6",
+    gray_stem: GrayStem = "conv",
+    skip_connections: bool = True,
+) -> EMCADNet:
+    """PVT-EMCAD-B2 (with ``encoder="pvt_v2_b2"``); arguments as :class:`EMCADNet`."""
+    return EMCADNet(
+        in_channels,
+        num_classes,
+        deep_supervision,
+        encoder,
+        encoder_weights,
+        drop_path_rate,
+        kernel_sizes,
+        expansion_factor,
+        lgag_kernel_size,
+        activation,
+        gate_activation,
+        gray_stem,
+        skip_connections,
+    )

@@ -1,4 +1,6 @@
-"""Key-value (KV) attention and the SETR, TransUNet and CvT segmentation networks built with it.
+"""Key-value (KV) attention and the transformer and decoder parts of the networks built with it.
+
+The networks are :class:`~.setr.SETR`, :class:`~.transunet.TransUNet` and :class:`~.cvt.CvT` (one file each).
 
 References: Borji, "Key-Value Transformer" (arXiv 2305.19129); Hwa, Holmes and Drechsler, "Exploring the
 Integration of Key-Value Attention Into Pure and Hybrid Transformers for Semantic Segmentation"
@@ -18,7 +20,8 @@ Decisions where the papers are silent:
 - ``qkv_bias`` (off by default, as the KV papers' ``Linear(d -> 2d, no bias)``) applies to both forms, so QKV
   and KV differ by ``W_Q`` alone.
 - KV+Pos: ``d_p = 32`` pair channels; ``(a, w, b)`` start at ``(1, 0, 0)``, so KV+Pos starts as KV.
-- Default sizes are small for 224 x 224 MRI: see :class:`SETR`, :class:`TransUNet` and :class:`CvT`.
+- Default sizes are small for 224 x 224 MRI: see :class:`~.setr.SETR`, :class:`~.transunet.TransUNet` and
+  :class:`~.cvt.CvT`.
   At 224 x 224, 1 channel in, 3 out (ptflops 0.7.4 MACs, which omit the attention products), QKV -> KV:
   SETR 24.11 M / 14.15 G -> 22.34 M / 13.81 G; TransUNet 35.91 M / 14.94 G -> 34.14 M / 14.59 G;
   CvT 24.17 M / 9.75 G -> 22.57 M / 9.11 G. KV+Pos adds 33 parameters per block to KV.
@@ -27,16 +30,15 @@ Decisions where the papers are silent:
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
 from .layers import MLP, grid_to_tokens, rotary_tables, tokens_to_grid
-from .registry import register_network
 
 AttentionKind = Literal["qkv", "kv", "kv_pos"]
 ATTENTION_KINDS = ("qkv", "kv", "kv_pos")
@@ -223,22 +225,6 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> n
     )
 
 
-class ProgressiveUpsamplingHead(nn.Module):
-    """SETR-PUP head ``[B, C, h, w] -> [B, K, h * 2^n, w * 2^n]``: n x (Conv3x3 BN ReLU, bilinear x2), Conv1x1."""
-
-    def __init__(self, in_channels: int, channels: int, num_classes: int, num_upsamplings: int):
-        super().__init__()
-        self.convs = nn.ModuleList(
-            conv_bn_relu(in_channels if i == 0 else channels, channels) for i in range(num_upsamplings)
-        )
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv in self.convs:
-            x = F.interpolate(conv(x), scale_factor=2, mode="bilinear", align_corners=False)
-        return self.classifier(x)
-
-
 class UpBlock(nn.Module):
     """TransUNet decoder block ``[B, in, h, w]`` (+ skip ``[B, skip, 2h, 2w]``) -> ``[B, out, 2h, 2w]``.
 
@@ -272,137 +258,13 @@ class CascadedUpsampler(nn.Module):
             raise ValueError(f"{len(skip_channels)} skips for {len(decoder_channels)} decoder blocks")
         self.conv_more = conv_bn_relu(in_channels, width)
         inputs = [width, *decoder_channels[:-1]]
-        self.blocks = nn.ModuleList(
-            UpBlock(i, s, o) for i, s, o in zip(inputs, skip_channels, decoder_channels)
-        )
+        self.blocks = nn.ModuleList(UpBlock(i, s, o) for i, s, o in zip(inputs, skip_channels, decoder_channels))
 
     def forward(self, x: torch.Tensor, skips: Sequence[torch.Tensor | None]) -> torch.Tensor:
         x = self.conv_more(x)
         for block, skip in zip(self.blocks, skips):
             x = block(x, skip)
         return x
-
-
-def check_input(x: torch.Tensor, in_channels: int, multiple: int) -> None:
-    """Refuse anything but ``[B, in_channels, H, W]`` with H and W divisible by ``multiple``."""
-    if x.ndim != 4 or x.shape[1] != in_channels or x.shape[-2] % multiple or x.shape[-1] % multiple:
-        raise ValueError(
-            f"expected input [B, {in_channels}, H, W] with H and W divisible by {multiple}, got {tuple(x.shape)}"
-        )
-
-
-def refuse_deep_supervision(name: str, deep_supervision: bool) -> None:
-    """These networks have one output; ``deep_supervision`` exists only for a uniform factory signature."""
-    if deep_supervision:
-        raise ValueError(f"{name} has no deep supervision heads; build it with deep_supervision=False")
-
-
-class SETR(nn.Module):
-    """SETR-PUP: ViT encoder on non-overlapping patches + progressive upsampling head.
-
-    Default size ViT-S/16 (depth 12, width 384, 6 heads, MLP ratio 4), small enough for 224 x 224 MRI slices
-    trained from scratch; head width 256 as in SETR. The final encoder LayerNorm feeds the head.
-
-    Args:
-        in_channels: image channels (used as given; no pretrained weights expect three).
-        num_classes: output channels (logits).
-        attention: ``"qkv"``, ``"kv"`` or ``"kv_pos"``.
-        image_size: the size the position embedding is learned at (resized for other inputs).
-        patch_size: patch side, a power of two; H and W must be multiples of it.
-        embed_dim, depth, num_heads, mlp_ratio: ViT size.
-        drop_path_rate: largest stochastic depth rate (rising linearly over the blocks).
-        head_channels: width of the upsampling head.
-        deep_supervision: must be False.
-        attention_options: ``qkv_bias``, ``pair_channels``, ``max_pair_tokens`` of :class:`KeyValueAttention`.
-    """
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = 3,
-        attention: AttentionKind = "qkv",
-        image_size: int = 224,
-        patch_size: int = 16,
-        embed_dim: int = 384,
-        depth: int = 12,
-        num_heads: int = 6,
-        mlp_ratio: int = 4,
-        drop_path_rate: float = 0.1,
-        head_channels: int = 256,
-        deep_supervision: bool = False,
-        **attention_options,
-    ):
-        super().__init__()
-        refuse_deep_supervision("setr", deep_supervision)
-        if patch_size & (patch_size - 1) or patch_size < 2:
-            raise ValueError(f"patch_size must be a power of two, got {patch_size}")
-        self.in_channels, self.patch_size = in_channels, patch_size
-        grid = (image_size // patch_size, image_size // patch_size)
-        self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size)
-        self.encoder = TransformerEncoder(
-            embed_dim, depth, num_heads, grid, attention, mlp_ratio, drop_path_rate, **attention_options
-        )
-        self.head = ProgressiveUpsamplingHead(embed_dim, head_channels, num_classes, int(math.log2(patch_size)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, in, H, W]`` -> logits ``[B, K, H, W]``."""
-        check_input(x, self.in_channels, self.patch_size)
-        x = self.patch_embed(x)
-        size = (x.shape[-2], x.shape[-1])
-        x = self.encoder(grid_to_tokens(x), size)
-        return self.head(tokens_to_grid(x, size))
-
-
-class TransUNet(nn.Module):
-    """TransUNet: ResNet-50 stem and stages 1-3 (timm, random init), ViT on the 1/16 map, cascaded upsampler.
-
-    The 1/16 features (1024 channels) are embedded by a Conv1x1 ("patch size 1"), pass a ViT encoder
-    (default ViT-S: depth 12, width 384, 6 heads; TransUNet's ViT-B is heavy for 224 x 224 MRI from scratch), and
-    return through the upsampler with the 1/8, 1/4 and 1/2 ResNet features as skips; decoder widths
-    (256, 128, 64, 16) and a Conv3x3 head as TransUNet. The ResNet uses BatchNorm (TransUNet's R50 uses
-    GroupNorm and weight standardisation for its BiT weights).
-
-    Args: as :class:`SETR`, plus ``decoder_channels``; the input is used with ``in_channels`` as given.
-    """
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = 3,
-        attention: AttentionKind = "qkv",
-        image_size: int = 224,
-        embed_dim: int = 384,
-        depth: int = 12,
-        num_heads: int = 6,
-        mlp_ratio: int = 4,
-        drop_path_rate: float = 0.1,
-        decoder_channels: Sequence[int] = (256, 128, 64, 16),
-        deep_supervision: bool = False,
-        **attention_options,
-    ):
-        super().__init__()
-        refuse_deep_supervision("transunet", deep_supervision)
-        self.in_channels = in_channels
-        self.cnn = timm.create_model(
-            "resnet50", pretrained=False, features_only=True, out_indices=(0, 1, 2, 3), in_chans=in_channels
-        )
-        c2, c4, c8, c16 = self.cnn.feature_info.channels()
-        self.patch_embed = nn.Conv2d(c16, embed_dim, 1)
-        grid = (image_size // 16, image_size // 16)
-        self.encoder = TransformerEncoder(
-            embed_dim, depth, num_heads, grid, attention, mlp_ratio, drop_path_rate, **attention_options
-        )
-        self.decoder = CascadedUpsampler(embed_dim, (c8, c4, c2, 0), decoder_channels)
-        self.head = nn.Conv2d(decoder_channels[-1], num_classes, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, in, H, W]`` -> logits ``[B, K, H, W]``."""
-        check_input(x, self.in_channels, 16)
-        f2, f4, f8, f16 = self.cnn(x)
-        x = self.patch_embed(f16)
-        size = (x.shape[-2], x.shape[-1])
-        x = tokens_to_grid(self.encoder(grid_to_tokens(x), size), size)
-        return self.head(self.decoder(x, (f8, f4, f2, None)))
 
 
 def depthwise_conv_bn(dim: int, stride: int) -> nn.Sequential:
@@ -449,126 +311,3 @@ class ConvProjectionAttention(nn.Module):
         keys = self.key_value_conv(grid)
         queries = None if self.query_conv is None else grid_to_tokens(self.query_conv(grid))
         return grid_to_tokens(keys), (keys.shape[-2], keys.shape[-1]), queries
-
-
-class ConvEmbedding(nn.Module):
-    """CvT's convolutional token embedding ``[B, in, H, W] -> [B, C, H/s, W/s]``: Conv (bias) + LayerNorm."""
-
-    def __init__(self, in_channels: int, dim: int, kernel_size: int, stride: int, padding: int):
-        super().__init__()
-        self.proj = nn.Conv2d(in_channels, dim, kernel_size, stride, padding)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)
-        size = (x.shape[-2], x.shape[-1])
-        return tokens_to_grid(self.norm(grid_to_tokens(x)), size)
-
-
-class CvTStage(nn.Module):
-    """One CvT stage ``[B, in, H, W] -> [B, C, H/s, W/s]``: convolutional embedding, then transformer blocks."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        dim: int,
-        embedding: tuple[int, int, int],
-        num_heads: int,
-        drop_paths: Sequence[float],
-        attention: AttentionKind,
-        mlp_ratio: int,
-        **attention_options,
-    ):
-        super().__init__()
-        self.embed = ConvEmbedding(in_channels, dim, *embedding)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(
-                dim, ConvProjectionAttention(dim, num_heads, attention, **attention_options), mlp_ratio, rate
-            )
-            for rate in drop_paths
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.embed(x)
-        size = (x.shape[-2], x.shape[-1])
-        x = grid_to_tokens(x)
-        for block in self.blocks:
-            x = block(x, size)
-        return tokens_to_grid(x, size)
-
-
-class CvT(nn.Module):
-    """CvT-13 encoder (three stages at 1/4, 1/8, 1/16) + TransUNet's cascaded upsampler.
-
-    Stages: embeddings Conv7x7 s4 p2, Conv3x3 s2 p1, Conv3x3 s2 p1; widths (64, 192, 384), heads (1, 3, 6),
-    depths (1, 2, 10), MLP ratio 4, K/V stride 2, no class token. The decoder starts from the 1/16 map with the
-    1/8 and 1/4 stage outputs as skips and no skips at 1/2 and 1/1; Conv3x3 head.
-    Stochastic depth rises linearly over all blocks. KV forms: see :class:`ConvProjectionAttention`.
-
-    Args: as :class:`SETR` (``embed_dims``, ``depths``, ``num_heads`` per stage), plus ``decoder_channels``.
-    """
-
-    EMBEDDINGS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = 3,
-        attention: AttentionKind = "qkv",
-        embed_dims: Sequence[int] = (64, 192, 384),
-        depths: Sequence[int] = (1, 2, 10),
-        num_heads: Sequence[int] = (1, 3, 6),
-        mlp_ratio: int = 4,
-        drop_path_rate: float = 0.1,
-        decoder_channels: Sequence[int] = (256, 128, 64, 16),
-        deep_supervision: bool = False,
-        **attention_options,
-    ):
-        super().__init__()
-        refuse_deep_supervision("cvt", deep_supervision)
-        if not len(embed_dims) == len(depths) == len(num_heads) == 3:
-            raise ValueError(f"expected 3 stages, got widths {embed_dims}, depths {depths}, heads {num_heads}")
-        self.in_channels = in_channels
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        inputs = [in_channels, *embed_dims[:-1]]
-        self.stages = nn.ModuleList(
-            CvTStage(
-                inputs[i],
-                embed_dims[i],
-                self.EMBEDDINGS[i],
-                num_heads[i],
-                rates[sum(depths[:i]) : sum(depths[: i + 1])],
-                attention,
-                mlp_ratio,
-                **attention_options,
-            )
-            for i in range(3)
-        )
-        self.decoder = CascadedUpsampler(embed_dims[2], (embed_dims[1], embed_dims[0], 0, 0), decoder_channels)
-        self.head = nn.Conv2d(decoder_channels[-1], num_classes, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, in, H, W]`` -> logits ``[B, K, H, W]``."""
-        check_input(x, self.in_channels, 16)
-        f4 = self.stages[0](x)
-        f8 = self.stages[1](f4)
-        f16 = self.stages[2](f8)
-        return self.head(self.decoder(f16, (f8, f4, None, None)))
-
-
-@register_network
-def setr(**kwargs) -> SETR:
-    """SETR-PUP with QKV, KV or KV+Pos attention (``attention=``); keyword arguments as :class:`SETR`."""
-    return SETR(**kwargs)
-
-
-@register_network
-def transunet(**kwargs) -> TransUNet:
-    """TransUNet with QKV, KV or KV+Pos attention (``attention=``); keyword arguments as :class:`TransUNet`."""
-    return TransUNet(**kwargs)
-
-
-@register_network
-def cvt(**kwargs) -> CvT:
-    """CvT segmentation network with QKV, KV or KV+Pos attention (``attention=``); arguments as :class:`CvT`."""
-    return CvT(**kwargs)

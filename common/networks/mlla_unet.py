@@ -21,7 +21,7 @@ Open decisions (the paper and spec are silent; chosen here):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from .attention import elu_feature_map
+from .blocks import check_image_batch, refuse_deep_supervision
 from .layers import MLP, apply_rotary, grid_to_tokens, rotary_tables, tokens_to_grid
+from .papers import MLLA_UNET_CITATION
 from .registry import register_network
 
 MLLA_EPS = 1e-6
@@ -216,9 +218,7 @@ class UpSampling(nn.Module):
         self.conv = nn.Sequential(
             nn.Conv2d(dim, hidden, 1),
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(
-                hidden, hidden, 3, stride=2, padding=1, output_padding=1, groups=hidden, bias=False
-            ),
+            nn.ConvTranspose2d(hidden, hidden, 3, stride=2, padding=1, output_padding=1, groups=hidden, bias=False),
             nn.Conv2d(hidden, dim // 2, 1),
             nn.BatchNorm2d(dim // 2),
         )
@@ -263,6 +263,13 @@ class MLLAUNet(nn.Module):
         qkv_bias: bias of the q/k projection.
         drop_path_rate: largest stochastic depth rate.
         deep_supervision: must be False; MLLA-UNet has one output (accepted for a uniform factory signature).
+
+    Examples::
+
+        >>> import torch
+        >>> net = MLLAUNet(num_classes=4, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2)).eval()
+        >>> net(torch.zeros(1, 1, 64, 64)).shape
+        torch.Size([1, 4, 64, 64])
     """
 
     def __init__(
@@ -279,8 +286,7 @@ class MLLAUNet(nn.Module):
         deep_supervision: bool = False,
     ):
         super().__init__()
-        if deep_supervision:
-            raise ValueError("mlla_unet has no deep supervision heads; build it with deep_supervision=False")
+        refuse_deep_supervision("mlla_unet", deep_supervision)
         if len(depths) != 4 or len(num_heads) != 4 or len(decoder_depths) != 3:
             raise ValueError(
                 f"expected 4 encoder depths and heads and 3 decoder depths, got {depths}, {num_heads}, {decoder_depths}"
@@ -308,11 +314,7 @@ class MLLAUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in, H, W]`` -> logits ``[B, K, H, W]``."""
-        height, width = x.shape[-2:]
-        if x.ndim != 4 or x.shape[1] != self.in_channels or height % 32 or width % 32:
-            raise ValueError(
-                f"expected input [B, {self.in_channels}, H, W] with H and W divisible by 32, got {tuple(x.shape)}"
-            )
+        check_image_batch(x, self.in_channels)
         x = self.stem(x.expand(-1, 3, -1, -1) if self.in_channels == 1 else x)
         size = (x.shape[-2], x.shape[-1])
         x = grid_to_tokens(x)
@@ -332,7 +334,29 @@ class MLLAUNet(nn.Module):
         return self.head(self.decoder_norm(x), size)
 
 
-@register_network
-def mlla_unet(**kwargs) -> MLLAUNet:
-    """MLLA-UNet, MLLA-T configuration by default; keyword arguments as :class:`MLLAUNet`."""
-    return MLLAUNet(**kwargs)
+@register_network(citations=(MLLA_UNET_CITATION,), paper_model="MLLA-UNet")
+def mlla_unet(
+    in_channels: int = 1,
+    num_classes: int = 9,
+    embed_dim: int = 64,
+    depths: Sequence[int] = (2, 4, 8, 4),
+    num_heads: Sequence[int] = (2, 4, 8, 16),
+    decoder_depths: Sequence[int] = (2, 2, 2),
+    mlp_ratio: int = 4,
+    qkv_bias: bool = True,
+    drop_path_rate: float = 0.2,
+    deep_supervision: bool = False,
+) -> MLLAUNet:
+    """MLLA-UNet, MLLA-T configuration by default; arguments as :class:`MLLAUNet`."""
+    return MLLAUNet(
+        in_channels,
+        num_classes,
+        embed_dim,
+        depths,
+        num_heads,
+        decoder_depths,
+        mlp_ratio,
+        qkv_bias,
+        drop_path_rate,
+        deep_supervision,
+    )

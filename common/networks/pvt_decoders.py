@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import elu_feature_map, linear_attention
+from .blocks import DeepSupervisionForward, check_image_batch
 from .encoders import create_pvt_v2, load_encoder_weights, pvt_v2_features
 from .layers import (
     FFNKind,
@@ -31,6 +32,7 @@ from .layers import (
     rotary_tables,
     tokens_to_grid,
 )
+from .papers import PVT_DECODER_CITATIONS, PVT_V2_B2_WEIGHTS
 from .registry import register_network
 
 MixerKind = Literal["gdla", "linear", "softmax", "differential"]
@@ -270,7 +272,7 @@ def build_mixer(
     raise ValueError(f"unknown mixer {kind!r}; expected 'gdla', 'linear', 'softmax' or 'differential'")
 
 
-class PVTDecoderNet(nn.Module):
+class PVTDecoderNet(DeepSupervisionForward):
     """PVT-v2 encoder + three-stage transformer decoder + full-resolution residual branch.
 
     ``d3 = de1(up1(x4) + x3)``, ``d2 = de2(up2(d3) + x2)``, ``d1 = de3(up3(d2) + x1)``;
@@ -294,6 +296,15 @@ class PVTDecoderNet(nn.Module):
         encoder_weights: ImageNet weights file; ``None`` warns that the encoder is random, ``"random"`` does not.
         drop_path_rate: encoder stochastic depth.
         mixer_options: GDLA ablations (``differential``, ``local_mixing``, ``gate``, ``mixer_kernel_size``).
+
+    Examples::
+
+        >>> import torch
+        >>> net = PVTDecoderNet("gdla", num_classes=4, encoder="pvt_v2_b0", encoder_weights="random").eval()
+        >>> net(torch.zeros(1, 1, 64, 64)).shape
+        torch.Size([1, 4, 64, 64])
+        >>> [out.shape[1] for out in net.forward_all(torch.zeros(1, 1, 64, 64))]
+        [4, 4, 4, 4]
     """
 
     def __init__(
@@ -310,6 +321,8 @@ class PVTDecoderNet(nn.Module):
         **mixer_options,
     ):
         super().__init__()
+        if mixer != "gdla" and mixer_options:
+            raise ValueError(f"the {mixer!r} mixer has no options; got {sorted(mixer_options)}")
         if up_kernel_size % 2 != 1:
             raise ValueError(f"up_kernel_size must be odd, got {up_kernel_size}")
         self.in_channels, self.num_classes, self.deep_supervision = in_channels, num_classes, deep_supervision
@@ -332,14 +345,6 @@ class PVTDecoderNet(nn.Module):
             self.head3 = nn.Conv2d(c3, num_classes, 1)
             self.head4 = nn.Conv2d(c4, num_classes, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        """``[B, in, H, W]`` -> ``[B, K, H, W]``; in training with deep supervision ``[out4, out3, out2, out1]``."""
-        return self.forward_all(x) if self.training and self.deep_supervision else self._forward(x, False)[-1]
-
-    def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """All outputs, coarse to fine: ``[out4, out3, out2, out1]`` (``[out1]`` without deep supervision)."""
-        return self._forward(x, self.deep_supervision)
-
     @staticmethod
     def _decode(block: DecoderBlock, x: torch.Tensor) -> torch.Tensor:
         size = (x.shape[-2], x.shape[-1])
@@ -347,11 +352,7 @@ class PVTDecoderNet(nn.Module):
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Checked input ``[B, in, H, W]`` -> the four encoder stage outputs ``[x1, x2, x3, x4]``."""
-        height, width = x.shape[-2:]
-        if x.ndim != 4 or x.shape[1] != self.in_channels or height % 32 or width % 32:
-            raise ValueError(
-                f"expected input [B, {self.in_channels}, H, W] with H and W divisible by 32, got {tuple(x.shape)}"
-            )
+        check_image_batch(x, self.in_channels)
         return pvt_v2_features(self.backbone, x.expand(-1, 3, -1, -1) if self.in_channels == 1 else x)
 
     def fuse(self, stage: int, previous: torch.Tensor, features: list[torch.Tensor], skip: bool = True) -> torch.Tensor:
@@ -390,40 +391,120 @@ class PVTDecoderNet(nn.Module):
             decoded.append(h)
         return self.predict(x, features, decoded, auxiliary)
 
-@register_network
+
+#: the facts every PVT decoder network shares (its encoder, weights file, deep-supervision heads and papers)
+PVT_DECODER_FACTS = dict(
+    encoder="pvt_v2", encoder_weights_file=PVT_V2_B2_WEIGHTS, deep_supervision=True, citations=PVT_DECODER_CITATIONS
+)
+
+
+@register_network(paper_model="PVT-GDLA", **PVT_DECODER_FACTS)
 def pvt_gdla(
+    in_channels: int = 1,
+    num_classes: int = 9,
+    deep_supervision: bool = True,
     ffn: FFNKind = "mixffn",
+    up_kernel_size: int = 3,
+    encoder: str = "pvt_v2_b2",
+    encoder_weights: str | None = None,
+    drop_path_rate: float = 0.1,
     differential: bool = True,
     local_mixing: bool = True,
     gate: GateKind | None = "sigmoid",
     mixer_kernel_size: int = 3,
-    **kwargs,
 ) -> PVTDecoderNet:
-    """PVT-GDLA (gated differential linear attention decoder); keyword arguments as :class:`PVTDecoderNet`."""
+    """PVT-GDLA (gated differential linear attention decoder); arguments as :class:`PVTDecoderNet`.
+
+    ``differential``, ``local_mixing``, ``gate`` and ``mixer_kernel_size`` are the GDLA ablations of
+    :class:`GatedDifferentialLinearAttention`; the defaults are the authors' published model.
+    """
     return PVTDecoderNet(
         "gdla",
-        ffn=ffn,
+        in_channels,
+        num_classes,
+        deep_supervision,
+        ffn,
+        up_kernel_size,
+        encoder,
+        encoder_weights,
+        drop_path_rate,
         differential=differential,
         local_mixing=local_mixing,
         gate=gate,
         mixer_kernel_size=mixer_kernel_size,
-        **kwargs,
     )
 
 
-@register_network
-def pvt_linearattn(ffn: FFNKind = "mlp", **kwargs) -> PVTDecoderNet:
-    """PVT-LinearAttn baseline (ELU+1 kernel linear attention, GELU MLP)."""
-    return PVTDecoderNet("linear", ffn=ffn, **kwargs)
+@register_network(paper_model="PVT-LinearAttn", **PVT_DECODER_FACTS)
+def pvt_linearattn(
+    in_channels: int = 1,
+    num_classes: int = 9,
+    deep_supervision: bool = True,
+    ffn: FFNKind = "mlp",
+    up_kernel_size: int = 3,
+    encoder: str = "pvt_v2_b2",
+    encoder_weights: str | None = None,
+    drop_path_rate: float = 0.1,
+) -> PVTDecoderNet:
+    """PVT-LinearAttn baseline (ELU+1 kernel linear attention, GELU MLP); arguments as :class:`PVTDecoderNet`."""
+    return PVTDecoderNet(
+        "linear",
+        in_channels,
+        num_classes,
+        deep_supervision,
+        ffn,
+        up_kernel_size,
+        encoder,
+        encoder_weights,
+        drop_path_rate,
+    )
 
 
-@register_network
-def pvt_selfattn(ffn: FFNKind = "mlp", **kwargs) -> PVTDecoderNet:
-    """PVT-SelfAttn baseline (softmax attention with rotary embedding, GELU MLP)."""
-    return PVTDecoderNet("softmax", ffn=ffn, **kwargs)
+@register_network(paper_model="PVT-SelfAttn", **PVT_DECODER_FACTS)
+def pvt_selfattn(
+    in_channels: int = 1,
+    num_classes: int = 9,
+    deep_supervision: bool = True,
+    ffn: FFNKind = "mlp",
+    up_kernel_size: int = 3,
+    encoder: str = "pvt_v2_b2",
+    encoder_weights: str | None = None,
+    drop_path_rate: float = 0.1,
+) -> PVTDecoderNet:
+    """PVT-SelfAttn baseline (softmax attention, rotary embedding, GELU MLP); arguments as :class:`PVTDecoderNet`."""
+    return PVTDecoderNet(
+        "softmax",
+        in_channels,
+        num_classes,
+        deep_supervision,
+        ffn,
+        up_kernel_size,
+        encoder,
+        encoder_weights,
+        drop_path_rate,
+    )
 
 
-@register_network
-def pvt_diffattn(ffn: FFNKind = "swiglu", **kwargs) -> PVTDecoderNet:
-    """PVT-DiffAttn baseline (Differential Transformer attention, SwiGLU FFN)."""
-    return PVTDecoderNet("differential", ffn=ffn, **kwargs)
+@register_network(paper_model="PVT-DiffAttn", **PVT_DECODER_FACTS)
+def pvt_diffattn(
+    in_channels: int = 1,
+    num_classes: int = 9,
+    deep_supervision: bool = True,
+    ffn: FFNKind = "swiglu",
+    up_kernel_size: int = 3,
+    encoder: str = "pvt_v2_b2",
+    encoder_weights: str | None = None,
+    drop_path_rate: float = 0.1,
+) -> PVTDecoderNet:
+    """PVT-DiffAttn baseline (Differential Transformer attention, SwiGLU FFN); arguments as :class:`PVTDecoderNet`."""
+    return PVTDecoderNet(
+        "differential",
+        in_channels,
+        num_classes,
+        deep_supervision,
+        ffn,
+        up_kernel_size,
+        encoder,
+        encoder_weights,
+        drop_path_rate,
+    )

@@ -39,8 +39,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .emcad import EMCADNet
-from .pvt_decoders import PVTDecoderNet, pvt_gdla
+from .emcad import ActivationKind, EMCADNet, GrayStem
+from .layers import FFNKind
+from .papers import EMCAD_CITATION, PVT_DECODER_CITATIONS, PVT_V2_B2_WEIGHTS, XATTNRES_CITATION
+from .pvt_decoders import GateKind, PVTDecoderNet, pvt_gdla
 from .registry import register_network
 
 Downsample = Literal["bilinear", "area"]
@@ -203,6 +205,14 @@ class XAttnResNet(nn.Module):
         stages: the host's stage view when ``network`` does not implement :class:`StagedEncoderDecoder`
             itself (e.g. :class:`PVTDecoderStages`).
         downsample, combine: as :class:`CrossStageAggregation`.
+
+    Examples::
+
+        >>> import torch
+        >>> from common.networks.emcad import EMCADNet
+        >>> net = XAttnResNet(EMCADNet(num_classes=4, encoder="pvt_v2_b0", encoder_weights="random")).eval()
+        >>> net(torch.zeros(1, 1, 64, 64)).shape
+        torch.Size([1, 4, 64, 64])
     """
 
     def __init__(
@@ -267,31 +277,158 @@ class XAttnResNet(nn.Module):
         return stages.predict(x, features, decoded, auxiliary), weights
 
 
-@register_network
-def pvt_emcad_xattnres(downsample: Downsample = "bilinear", combine: Combine = "replace", **kwargs) -> XAttnResNet:
-    """PVT-EMCAD with XAttnRes (the paper's setting); other keyword arguments as :class:`~.emcad.EMCADNet`."""
-    return XAttnResNet(EMCADNet(**kwargs), downsample=downsample, combine=combine)
+EMCAD_XATTNRES_FACTS = dict(
+    encoder="pvt_v2",
+    encoder_weights_file=PVT_V2_B2_WEIGHTS,
+    deep_supervision=True,
+    citations=(*PVT_DECODER_CITATIONS, EMCAD_CITATION, XATTNRES_CITATION),
+)
+GDLA_XATTNRES_FACTS = dict(
+    encoder="pvt_v2",
+    encoder_weights_file=PVT_V2_B2_WEIGHTS,
+    deep_supervision=True,
+    citations=(*PVT_DECODER_CITATIONS, XATTNRES_CITATION),
+)
 
 
-@register_network
+@register_network(paper_model="PVT-EMCAD-B2 + XAttnRes", **EMCAD_XATTNRES_FACTS)
+def pvt_emcad_xattnres(
+    in_channels: int = 1,
+    num_classes: int = 9,
+    deep_supervision: bool = True,
+    encoder: str = "pvt_v2_b2",
+    encoder_weights: str | None = None,
+    drop_path_rate: float = 0.1,
+    kernel_sizes: Sequence[int] = (1, 3, 5),
+    expansion_factor: int = 2,
+    lgag_kernel_size: int = 3,
+    activation: ActivationKind = "relu6",
+    gate_activation: ActivationKind = "relu6",
+    gray_stem: GrayStem = "conv",
+    skip_connections: bool = True,
+    downsample: Downsample = "bilinear",
+    combine: Combine = "replace",
+) -> XAttnResNet:
+    """PVT-EMCAD with XAttnRes (the paper's setting); other arguments as :class:`~.emcad.EMCADNet`."""
+    network = EMCADNet(
+        in_channels,
+        num_classes,
+        deep_supervision,
+        encoder,
+        encoder_weights,
+        drop_path_rate,
+        kernel_sizes,
+        expansion_factor,
+        lgag_kernel_size,
+        activation,
+        gate_activation,
+        gray_stem,
+        skip_connections,
+    )
+    return XAttnResNet(network, downsample=downsample, combine=combine)
+
+
+@register_network(**EMCAD_XATTNRES_FACTS)
 def pvt_emcad_xattnres_noskip(
-    downsample: Downsample = "bilinear", combine: Combine = "replace", **kwargs
+    in_channels: int = 1,
+    num_classes: int = 9,
+    deep_supervision: bool = True,
+    encoder: str = "pvt_v2_b2",
+    encoder_weights: str | None = None,
+    drop_path_rate: float = 0.1,
+    kernel_sizes: Sequence[int] = (1, 3, 5),
+    expansion_factor: int = 2,
+    lgag_kernel_size: int = 3,
+    activation: ActivationKind = "relu6",
+    gate_activation: ActivationKind = "relu6",
+    gray_stem: GrayStem = "conv",
+    downsample: Downsample = "bilinear",
+    combine: Combine = "replace",
 ) -> XAttnResNet:
     """PVT-EMCAD with XAttnRes and no LGAG skips: encoder stages reach the decoder only through the pool."""
-    return XAttnResNet(EMCADNet(skip_connections=False, **kwargs), downsample=downsample, combine=combine)
+    network = EMCADNet(
+        in_channels,
+        num_classes,
+        deep_supervision,
+        encoder,
+        encoder_weights,
+        drop_path_rate,
+        kernel_sizes,
+        expansion_factor,
+        lgag_kernel_size,
+        activation,
+        gate_activation,
+        gray_stem,
+        skip_connections=False,
+    )
+    return XAttnResNet(network, downsample=downsample, combine=combine)
 
 
-@register_network
-def pvt_gdla_xattnres(downsample: Downsample = "bilinear", combine: Combine = "replace", **kwargs) -> XAttnResNet:
-    """PVT-GDLA with XAttnRes; other keyword arguments as :func:`~.pvt_decoders.pvt_gdla`."""
-    network = pvt_gdla(**kwargs)
+@register_network(**GDLA_XATTNRES_FACTS)
+def pvt_gdla_xattnres(
+    in_channels: int = 1,
+    num_classes: int = 9,
+    deep_supervision: bool = True,
+    ffn: FFNKind = "mixffn",
+    up_kernel_size: int = 3,
+    encoder: str = "pvt_v2_b2",
+    encoder_weights: str | None = None,
+    drop_path_rate: float = 0.1,
+    differential: bool = True,
+    local_mixing: bool = True,
+    gate: GateKind | None = "sigmoid",
+    mixer_kernel_size: int = 3,
+    downsample: Downsample = "bilinear",
+    combine: Combine = "replace",
+) -> XAttnResNet:
+    """PVT-GDLA with XAttnRes; other arguments as :func:`~.pvt_decoders.pvt_gdla`."""
+    network = pvt_gdla(
+        in_channels,
+        num_classes,
+        deep_supervision,
+        ffn,
+        up_kernel_size,
+        encoder,
+        encoder_weights,
+        drop_path_rate,
+        differential,
+        local_mixing,
+        gate,
+        mixer_kernel_size,
+    )
     return XAttnResNet(network, PVTDecoderStages(network), downsample, combine)
 
 
-@register_network
+@register_network(**GDLA_XATTNRES_FACTS)
 def pvt_gdla_xattnres_noskip(
-    downsample: Downsample = "bilinear", combine: Combine = "replace", **kwargs
+    in_channels: int = 1,
+    num_classes: int = 9,
+    deep_supervision: bool = True,
+    ffn: FFNKind = "mixffn",
+    up_kernel_size: int = 3,
+    encoder: str = "pvt_v2_b2",
+    encoder_weights: str | None = None,
+    drop_path_rate: float = 0.1,
+    differential: bool = True,
+    local_mixing: bool = True,
+    gate: GateKind | None = "sigmoid",
+    mixer_kernel_size: int = 3,
+    downsample: Downsample = "bilinear",
+    combine: Combine = "replace",
 ) -> XAttnResNet:
     """PVT-GDLA with XAttnRes and no additive skips: encoder stages reach the decoder only through the pool."""
-    network = pvt_gdla(**kwargs)
+    network = pvt_gdla(
+        in_channels,
+        num_classes,
+        deep_supervision,
+        ffn,
+        up_kernel_size,
+        encoder,
+        encoder_weights,
+        drop_path_rate,
+        differential,
+        local_mixing,
+        gate,
+        mixer_kernel_size,
+    )
     return XAttnResNet(network, PVTDecoderStages(network, skip_connections=False), downsample, combine)
