@@ -45,7 +45,11 @@ KV_NETWORKS = ("setr", "transunet", "cvt")
 def measure(row: Row) -> tuple[float, float, float]:
     """Params (M), paper-way GMACs, true GMACs."""
     model = create_network(row.name, in_channels=row.input_size[0], num_classes=row.num_classes, **row.kwargs)
-    return count_parameters(model) / 1e6, paper_macs(model, row.input_size) / 1e9, true_flops(model, row.input_size) / 2e9
+    return (
+        count_parameters(model) / 1e6,
+        paper_macs(model, row.input_size) / 1e9,
+        true_flops(model, row.input_size) / 2e9,
+    )
 
 
 def main() -> None:
@@ -59,8 +63,11 @@ def main() -> None:
         params, macs, true = measure(row)
         pub_p, pub_f = (f"{v:.2f}" for v in row.published) if row.published else ("-", "-")
         size = "x".join(map(str, row.input_size))
-        print(f"{row.name:<20}{size:>14}{row.num_classes:>3}{truncate(params):>10.2f}{pub_p:>10}"
-              f"{truncate(macs):>9.2f}{pub_f:>10}{true:>8.2f}", flush=True)
+        print(
+            f"{row.name:<20}{size:>14}{row.num_classes:>3}{truncate(params):>10.2f}{pub_p:>10}"
+            f"{truncate(macs):>9.2f}{pub_f:>10}{true:>8.2f}",
+            flush=True,
+        )
 
     print("\nkey-value attention vs query-key-value attention, 1 x 224 x 224, 3 classes (UW-Madison)")
     header = f"{'network':<11}{'attention':>10}{'Params M':>10}{'saving':>8}{'FLOPs G':>9}{'saving':>8}{'true G':>8}{'saving':>8}"
@@ -72,8 +79,11 @@ def main() -> None:
             params, macs, true = measure(Row(name, num_classes=3, kwargs={"attention": attention}))
             base = base or (params, macs, true)
             savings = [f"{100 * (1 - v / b):.1f}%" for v, b in zip((params, macs, true), base)]
-            print(f"{name:<11}{attention:>10}{params:>10.2f}{savings[0]:>8}{macs:>9.2f}{savings[1]:>8}"
-                  f"{true:>8.2f}{savings[2]:>8}", flush=True)
+            print(
+                f"{name:<11}{attention:>10}{params:>10.2f}{savings[0]:>8}{macs:>9.2f}{savings[1]:>8}"
+                f"{true:>8.2f}{savings[2]:>8}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -57,8 +57,17 @@ def measure(block_name: str, side: int, repeats: int) -> dict:
 
 
 def run_isolated(block: str, side: int, repeats: int, threads: int) -> dict:
-    command = [sys.executable, __file__, "--single", block, str(side), "--repeats", str(repeats),
-               "--threads", str(threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--single",
+        block,
+        str(side),
+        "--repeats",
+        str(repeats),
+        "--threads",
+        str(threads),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -69,8 +78,9 @@ def main() -> None:
     parser.add_argument("--blocks", nargs="+", default=list(BLOCKS), choices=list(BLOCKS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--memory-limit-gb", type=float, default=8.0,
-                        help="skip a mixer whose attention maps would exceed this")
+    parser.add_argument(
+        "--memory-limit-gb", type=float, default=8.0, help="skip a mixer whose attention maps would exceed this"
+    )
     parser.add_argument("--single", nargs=2, metavar=("BLOCK", "SIDE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,16 +95,23 @@ def main() -> None:
         for side in args.sides:
             tokens = side * side
             if attention_map_bytes(block, tokens) > args.memory_limit_gb * 2**30:
-                print(f"{block:<13}{f'{side}x{side}':>9}{tokens:>8}   skipped: attention maps need "
-                      f"{attention_map_bytes(block, tokens) / 2**30:.0f} GiB")
+                print(
+                    f"{block:<13}{f'{side}x{side}':>9}{tokens:>8}   skipped: attention maps need "
+                    f"{attention_map_bytes(block, tokens) / 2**30:.0f} GiB"
+                )
                 previous = None
                 continue
             repeats = args.repeats if tokens <= 112 * 112 else max(1, args.repeats // 2)
             result = run_isolated(block, side, repeats, args.threads)
             growth_t = f"{result['seconds'] / previous['seconds']:.1f}" if previous else "-"
-            growth_m = f"{result['peak_mib'] / previous['peak_mib']:.1f}" if previous and previous["peak_mib"] > 1 else "-"
-            print(f"{block:<13}{f'{side}x{side}':>9}{tokens:>8}{result['seconds'] * 1e3:>11.1f}{growth_t:>10}"
-                  f"{result['peak_mib']:>10.0f}{growth_m:>10}", flush=True)
+            growth_m = (
+                f"{result['peak_mib'] / previous['peak_mib']:.1f}" if previous and previous["peak_mib"] > 1 else "-"
+            )
+            print(
+                f"{block:<13}{f'{side}x{side}':>9}{tokens:>8}{result['seconds'] * 1e3:>11.1f}{growth_t:>10}"
+                f"{result['peak_mib']:>10.0f}{growth_m:>10}",
+                flush=True,
+            )
             previous = result
 
 

@@ -217,8 +217,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=100, help="slices in the volume (default 100)")
     parser.add_argument("--size", type=int, default=512, help="slice width and height (default 512)")
-    parser.add_argument("--batch-size", type=int, default=4,
-                        help="engine slices per forward (default 4, as the bundles)")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="engine slices per forward (default 4, as the bundles)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--repeats", type=int, default=1, help="timed volumes per method (default 1)")
     parser.add_argument("--chunk", type=int, default=0, help="slices per turn of a method (default 0: the volume)")
@@ -237,12 +238,16 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn, max_tasks_per_child=1) as pool:
         peaks = {name: pool.submit(peak_memory_mib, name, args).result() for name in METHODS}
     precision = autocast_dtype("auto", torch.device("cpu"))
-    print(f"PVT-GDLA, {args.size} x {args.size} x {args.slices} volume, network input {ROI}, {args.threads} threads, "
-          f"engine batch {args.batch_size}, channels-last; 'auto' runs {precision or 'float32'} here; "
-          f"weights fitted for {args.fit_steps} steps; medians of {args.repeats} volume(s); "
-          f"peak RSS growth over {args.memory_slices} slices; {time.perf_counter() - started:.0f} s in all")
-    print(f"{'method':<16} {'s/volume':>9} {'slices/s':>9} {'speed-up':>9} {'per volume':>12} {'CPU s':>7} "
-          f"{'forward s':>10} {'other s':>8} {'peak +MiB':>10} {'Dice vs naive':>14} {'Dice vs truth':>14}")
+    print(
+        f"PVT-GDLA, {args.size} x {args.size} x {args.slices} volume, network input {ROI}, {args.threads} threads, "
+        f"engine batch {args.batch_size}, channels-last; 'auto' runs {precision or 'float32'} here; "
+        f"weights fitted for {args.fit_steps} steps; medians of {args.repeats} volume(s); "
+        f"peak RSS growth over {args.memory_slices} slices; {time.perf_counter() - started:.0f} s in all"
+    )
+    print(
+        f"{'method':<16} {'s/volume':>9} {'slices/s':>9} {'speed-up':>9} {'per volume':>12} {'CPU s':>7} "
+        f"{'forward s':>10} {'other s':>8} {'peak +MiB':>10} {'Dice vs naive':>14} {'Dice vs truth':>14}"
+    )
     naive_walls = [r["wall"] for r in results["naive"]]
     for name in METHODS:
         walls = [r["wall"] for r in results[name]]
@@ -252,9 +257,11 @@ def main() -> None:
         forward = statistics.median(r["forward"] for r in results[name])
         speed_up = statistics.median(naive_walls) / seconds
         agreement, accuracy = mean_dice(masks[name], masks["naive"]), mean_dice(masks[name], labels)
-        print(f"{name:<16} {seconds:9.2f} {args.slices / seconds:9.2f} {speed_up:8.2f}x "
-              f"{min(ratios):5.2f}-{max(ratios):4.2f}x {cpu:7.1f} {forward:10.2f} {seconds - forward:8.2f} "
-              f"{peaks[name]:10.0f} {agreement:14.4f} {accuracy:14.4f}")
+        print(
+            f"{name:<16} {seconds:9.2f} {args.slices / seconds:9.2f} {speed_up:8.2f}x "
+            f"{min(ratios):5.2f}-{max(ratios):4.2f}x {cpu:7.1f} {forward:10.2f} {seconds - forward:8.2f} "
+            f"{peaks[name]:10.0f} {agreement:14.4f} {accuracy:14.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -36,11 +36,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from volume_inference import phantom
+from volume_inference import phantom  # noqa: E402 (after the sys.path entry)
 
-from common.complexity import true_flops
-from common.inference import autocast_dtype
-from common.networks import create_network
+from common.complexity import true_flops  # noqa: E402 (after the sys.path entry)
+from common.inference import autocast_dtype  # noqa: E402 (after the sys.path entry)
+from common.networks import create_network  # noqa: E402 (after the sys.path entry)
 
 BUNDLE = "pvt_gdla_synapse_segmentation"
 BASE_SLICES = 16  # four batches: both lanes busy, as in a large volume
@@ -97,8 +97,9 @@ def make_bundle(folder: Path) -> Path:
 
 def run_measured(command: list[str]) -> dict:
     """Run ``command`` in a fresh process; its exit code, wall seconds and peak RSS (MiB)."""
-    result = subprocess.run([sys.executable, "-c", MEASURED, *command], capture_output=True, text=True, cwd=ROOT,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURED, *command], capture_output=True, text=True, cwd=ROOT, check=False
+    )
     report = json.loads(result.stdout.strip().splitlines()[-1])
     if report["code"] != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
@@ -107,8 +108,22 @@ def run_measured(command: list[str]) -> dict:
 
 def segment_command(path_kind: str, bundle: Path, source: Path, out: Path, precision: str) -> list[str]:
     if path_kind == "streamed":
-        return [sys.executable, "-m", "common", "segment", "--bundle", str(bundle), "--input", str(source),
-                "--output", str(out), "--device", "cpu", "--precision", precision]
+        return [
+            sys.executable,
+            "-m",
+            "common",
+            "segment",
+            "--bundle",
+            str(bundle),
+            "--input",
+            str(source),
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+            "--precision",
+            precision,
+        ]
     return [sys.executable, "-c", WHOLE_VOLUME, str(bundle), str(source), str(out), precision]
 
 
@@ -160,9 +175,11 @@ def main() -> None:
     rates = {"float32": matmul_gflops(None)}
     auto = autocast_dtype("auto", torch.device("cpu"))
     rates["auto"] = matmul_gflops(auto) if auto is not None else rates["float32"]
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_description()}; torch {torch.__version__}, "
-          f"{args.threads} threads; matmul {rates['float32']:.0f} GFLOP/s float32, {rates['auto']:.0f} GFLOP/s "
-          f"'auto' ({auto or 'float32'}); PVT-GDLA {flops_per_slice / 2e9:.2f} true GMACs per slice")
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_description()}; torch {torch.__version__}, "
+        f"{args.threads} threads; matmul {rates['float32']:.0f} GFLOP/s float32, {rates['auto']:.0f} GFLOP/s "
+        f"'auto' ({auto or 'float32'}); PVT-GDLA {flops_per_slice / 2e9:.2f} true GMACs per slice"
+    )
     kinds = ["streamed"] + (["whole"] if args.whole else [])
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
@@ -171,8 +188,10 @@ def main() -> None:
         for kind in kinds:
             source = write_ct(folder / f"base.{args.format}", BASE_SLICES, args.size)
             base[kind] = run_measured(segment_command(kind, bundle, source, folder / "out", "float32"))["peak_mib"]
-        print(f"{'path':<9} {'slices':>6} {'precision':>9} {'seconds':>8} {'slices/s':>8} {'% floor':>7} "
-              f"{'peak MiB':>9} {'input MiB':>9} {'growth B/voxel':>14}")
+        print(
+            f"{'path':<9} {'slices':>6} {'precision':>9} {'seconds':>8} {'slices/s':>8} {'% floor':>7} "
+            f"{'peak MiB':>9} {'input MiB':>9} {'growth B/voxel':>14}"
+        )
         for slices in args.slices:
             source = write_ct(folder / f"ct{slices}.{args.format}", slices, args.size)
             voxels = args.size * args.size * slices
@@ -181,9 +200,12 @@ def main() -> None:
                     result = run_measured(segment_command(kind, bundle, source, folder / "out", precision))
                     floor = slices * flops_per_slice / (rates[precision] * 1e9)
                     growth = (result["peak_mib"] - base[kind]) * 2**20 / voxels
-                    print(f"{kind:<9} {slices:6d} {precision:>9} {result['seconds']:8.1f} "
-                          f"{slices / result['seconds']:8.2f} {100 * floor / result['seconds']:6.0f}% "
-                          f"{result['peak_mib']:9.0f} {voxels * 2 / 2**20:9.0f} {growth:14.2f}", flush=True)
+                    print(
+                        f"{kind:<9} {slices:6d} {precision:>9} {result['seconds']:8.1f} "
+                        f"{slices / result['seconds']:8.2f} {100 * floor / result['seconds']:6.0f}% "
+                        f"{result['peak_mib']:9.0f} {voxels * 2 / 2**20:9.0f} {growth:14.2f}",
+                        flush=True,
+                    )
             source.unlink()
         print(f"{BASE_SLICES}-slice runs (the constant): " + ", ".join(f"{k} {v:.0f} MiB" for k, v in base.items()))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from .transforms import eval_transforms_config
 from .bundle_templates import (
     INPUT_SIZE,
     BundleSpec,
@@ -14,9 +13,9 @@ from .bundle_templates import (
     dataset_reader,
     metadata,
     published_metrics,
-    uses_pvt_encoder,
 )
 from .networks import network_facts
+from .transforms import eval_transforms_config
 
 ARCHITECTURES = {
     "pvt_gdla": "PVT-v2-b2 encoder; three decoder blocks with Gated Differential Linear Attention (two linear-attention "
@@ -49,22 +48,28 @@ ARCHITECTURES = {
 }
 
 REFERENCE_NETWORKS = ("pvt_gdla", "pvt_linearattn", "pvt_selfattn", "pvt_diffattn")
-REFERENCE_NOTE = (" The authors' published checkpoint loads with\n"
-                  "`common.convert.load_reference_checkpoint(network, path)`.")
+REFERENCE_NOTE = (
+    " The authors' published checkpoint loads with\n`common.convert.load_reference_checkpoint(network, path)`."
+)
 
 
 def _recipe_text(spec: BundleSpec) -> str:
     recipe = spec.training_recipe
-    loss = ("Boundary DoU loss" if recipe.loss == "boundary_dou"
-            else f"{recipe.ce_weight} cross-entropy + {recipe.dice_weight} Dice loss")
+    loss = (
+        "Boundary DoU loss"
+        if recipe.loss == "boundary_dou"
+        else f"{recipe.ce_weight} cross-entropy + {recipe.dice_weight} Dice loss"
+    )
     facts = network_facts(spec.network)
     if facts.deep_supervision:
         loss += " summed over the four deep-supervision outputs"
     if facts.encoder_weights_file is not None:
-        encoder = (f"The encoder starts from the ImageNet PVT-v2-b2 weights (`{facts.encoder_weights_file}` of the "
-                   "PVT v2 release): "
-                   "pass them with `--encoder_weights`; without them the run warns that the encoder is random and "
-                   "will not reach the published numbers.")
+        encoder = (
+            f"The encoder starts from the ImageNet PVT-v2-b2 weights (`{facts.encoder_weights_file}` of the "
+            "PVT v2 release): "
+            "pass them with `--encoder_weights`; without them the run warns that the encoder is random and "
+            "will not reach the published numbers."
+        )
     else:
         encoder = "The network starts from random weights."
     return (
@@ -98,12 +103,16 @@ def _results_table(spec: BundleSpec) -> str:
 def _held_out_note(spec: BundleSpec) -> str:
     if spec.dataset != "synapse":
         return ""
-    return ("; `--validation held_out` selects it on 4 of the 18 training cases instead (14 left for training)")
+    return "; `--validation held_out` selects it on 4 of the 18 training cases instead (14 left for training)"
 
 
 #: an argument of each intensity transform worth showing in a command-line override, with a value
-INTENSITY_OVERRIDES = {"ScaleIntensityRanged": ("a_max", "400"), "ScaleIntensityd": ("maxv", "255.0"),
-                       "NormalizeIntensityd": ("nonzero", "True"), "Orientationd": ("axcodes", "RAS")}
+INTENSITY_OVERRIDES = {
+    "ScaleIntensityRanged": ("a_max", "400"),
+    "ScaleIntensityd": ("maxv", "255.0"),
+    "NormalizeIntensityd": ("nonzero", "True"),
+    "Orientationd": ("axcodes", "RAS"),
+}
 
 
 def _override_example(spec: BundleSpec) -> str:
@@ -121,9 +130,11 @@ def model_card(spec: BundleSpec) -> str:
     if reader.multilabel:
         protocol = "Dice and Jaccard per channel and image at 224 x 224 (sigmoid channels thresholded at 0.5)"
     elif reader.spatial_dims == 3:
-        protocol = ("3-D Dice and HD95 per volume and class (background excluded; a class absent from a volume's "
-                    "ground truth is skipped), volumes predicted slice by slice at 224 x 224 (cubic spline in, "
-                    "nearest out)")
+        protocol = (
+            "3-D Dice and HD95 per volume and class (background excluded; a class absent from a volume's "
+            "ground truth is skipped), volumes predicted slice by slice at 224 x 224 (cubic spline in, "
+            "nearest out)"
+        )
     else:
         protocol = "foreground Dice per image at 224 x 224, over images with a non-empty mask"
     meta = metadata(spec)
@@ -254,9 +265,11 @@ def large_files(url: str = "", hash_val: str = "") -> str:
     without an address would make ``monai.bundle download_large_files`` fail); a release archive's copy, written by
     ``release pack``, lists ``models/model.pt`` with its SHA-256 and, given ``--url-base``, its address."""
     if not hash_val:
-        return ("# Weights are not kept in git: nothing to download here. A release archive made by\n"
-                "# `python -m common release pack` lists models/model.pt with its address and SHA-256.\n"
-                "large_files: []\n")
+        return (
+            "# Weights are not kept in git: nothing to download here. A release archive made by\n"
+            "# `python -m common release pack` lists models/model.pt with its address and SHA-256.\n"
+            "large_files: []\n"
+        )
     return (
         "# Written by `python -m common release pack`: `python -m monai.bundle download_large_files` fetches and checks\n"
         "# models/model.pt (the archive already holds it; the file is kept when its SHA-256 matches).\n"

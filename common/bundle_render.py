@@ -1,7 +1,7 @@
 """Write every bundle folder from :mod:`common.bundle_templates`, or check the checked-in ones are current.
 
-    python -m common bundles render [--root bundles]
-    python -m common bundles check  [--root bundles]
+python -m common bundles render [--root bundles]
+python -m common bundles check  [--root bundles]
 """
 
 from __future__ import annotations

@@ -21,9 +21,7 @@ from .transforms import (
     volume_transforms_config,
 )
 
-SCHEMA_URL = (
-    "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
-)
+SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
 BUNDLE_VERSION = __version__  # a bundle carries the version of the package that renders it
 
 
@@ -51,14 +49,29 @@ RECIPES = {
     "busi": Recipe(100, 10, 16),
     "ham10000": Recipe(150, 10, 16),
     "ph2": Recipe(100, 5, 16),
-    "uwmgi": Recipe(100, 5, 16, learning_rate=1e-4, loss="dice_ce",
-                    source="our choice (the KV-attention study's training details are not in our sources)"),
+    "uwmgi": Recipe(
+        100,
+        5,
+        16,
+        learning_rate=1e-4,
+        loss="dice_ce",
+        source="our choice (the KV-attention study's training details are not in our sources)",
+    ),
 }
 
 #: MLLA-UNet's recipe (other_models.md): AdamW lr 1e-4, weight decay 0.01, 0.4 CE + 0.6 Dice on Synapse
 MLLA_RECIPES = {
-    "synapse": Recipe(200, 10, 8, learning_rate=1e-4, weight_decay=0.01, loss="dice_ce", ce_weight=0.4,
-                      dice_weight=0.6, source="MLLA-UNet's recipe"),
+    "synapse": Recipe(
+        200,
+        10,
+        8,
+        learning_rate=1e-4,
+        weight_decay=0.01,
+        loss="dice_ce",
+        ce_weight=0.4,
+        dice_weight=0.6,
+        source="MLLA-UNet's recipe",
+    ),
     "acdc": Recipe(150, 10, 16, learning_rate=1e-4, weight_decay=0.01, loss="dice_ce", source="MLLA-UNet's recipe"),
 }
 
@@ -79,14 +92,19 @@ class DatasetCard:
 DATASET_CARDS = {
     "synapse": DatasetCard(
         "Synapse multi-organ CT (MICCAI 2015 Beyond the Cranial Vault), TransUNet preprocessed release",
-        "/data/Synapse", "CT", "hounsfield",
+        "/data/Synapse",
+        "CT",
+        "hounsfield",
         "https://www.synapse.org/#!Synapse:syn3193805 (BTCV); TransUNet preprocessed release (train_npz, test_vol_h5)",
         "The BTCV data are distributed through Synapse under the challenge's data use terms (registration "
         "required; research use; no redistribution). This bundle contains no images.",
         "Landman B. et al. MICCAI Multi-Atlas Labeling Beyond the Cranial Vault - Workshop and Challenge (2015).",
     ),
     "acdc": DatasetCard(
-        "ACDC (Automated Cardiac Diagnosis Challenge) cine MRI", "/data/ACDC", "MR", "magnitude",
+        "ACDC (Automated Cardiac Diagnosis Challenge) cine MRI",
+        "/data/ACDC",
+        "MR",
+        "magnitude",
         "https://www.creatis.insa-lyon.fr/Challenge/acdc/",
         "ACDC data are provided by the challenge organisers for research use under their terms of use "
         "(registration required; no redistribution). This bundle contains no images.",
@@ -94,7 +112,10 @@ DATASET_CARDS = {
         "Diagnosis: Is the Problem Solved? IEEE TMI 37(11), 2514-2525 (2018).",
     ),
     "busi": DatasetCard(
-        "BUSI (Breast Ultrasound Images)", "/data/Dataset_BUSI_with_GT", "US", "magnitude",
+        "BUSI (Breast Ultrasound Images)",
+        "/data/Dataset_BUSI_with_GT",
+        "US",
+        "magnitude",
         "https://scholar.cu.edu.eg/?q=afahmy/pages/dataset",
         "BUSI is released for research use by its authors (CC BY 4.0 as distributed on public mirrors; check the "
         "copy you download). This bundle contains no images.",
@@ -102,21 +123,30 @@ DATASET_CARDS = {
         "104863 (2020).",
     ),
     "ham10000": DatasetCard(
-        "HAM10000 dermoscopy images with lesion segmentations", "/data/HAM10000", "dermoscopy", "magnitude",
+        "HAM10000 dermoscopy images with lesion segmentations",
+        "/data/HAM10000",
+        "dermoscopy",
+        "magnitude",
         "https://doi.org/10.7910/DVN/DBW86T (Harvard Dataverse)",
         "HAM10000 is released under CC BY-NC 4.0 (non-commercial). This bundle contains no images.",
         "Tschandl P., Rosendahl C., Kittler H. The HAM10000 dataset, a large collection of multi-source "
         "dermatoscopic images of common pigmented skin lesions. Scientific Data 5, 180161 (2018).",
     ),
     "uwmgi": DatasetCard(
-        "UW-Madison GI Tract Image Segmentation (abdominal MRI, Kaggle 2022)", "/data/uw-madison-gi-tract", "MR",
-        "magnitude", "https://www.kaggle.com/competitions/uw-madison-gi-tract-image-segmentation",
+        "UW-Madison GI Tract Image Segmentation (abdominal MRI, Kaggle 2022)",
+        "/data/uw-madison-gi-tract",
+        "MR",
+        "magnitude",
+        "https://www.kaggle.com/competitions/uw-madison-gi-tract-image-segmentation",
         "The competition data are available under the Kaggle competition rules (non-commercial research use; "
         "no redistribution). This bundle contains no images.",
         "Happel C. et al. UW-Madison GI Tract Image Segmentation. Kaggle (2022).",
     ),
     "ph2": DatasetCard(
-        "PH2 dermoscopy images", "/data/PH2Dataset", "dermoscopy", "magnitude",
+        "PH2 dermoscopy images",
+        "/data/PH2Dataset",
+        "dermoscopy",
+        "magnitude",
         "https://www.fc.up.pt/addi/ph2%20database.html",
         "PH2 is made available by its authors for research purposes (see the database page). This bundle "
         "contains no images.",
@@ -174,8 +204,10 @@ IMPORTS = ["$import os", "$import sys", "$import torch", "$import ignite", "$imp
 #: puts a released bundle's own copy of ``common`` (``scripts/common``, written by ``release pack``) first on the
 #: import path; in the repository (no ``scripts/``) ``common`` comes from the environment. Every component that
 #: imports ``common`` requires it, so the configs work in both places and from any working folder.
-BUNDLED_CODE = ("$sys.path.insert(0, @scripts_dir) if os.path.isdir(os.path.join(@scripts_dir, 'common')) "
-                "and @scripts_dir not in sys.path else None")
+BUNDLED_CODE = (
+    "$sys.path.insert(0, @scripts_dir) if os.path.isdir(os.path.join(@scripts_dir, 'common')) "
+    "and @scripts_dir not in sys.path else None"
+)
 
 
 def find_bundle(name: str) -> BundleSpec:
@@ -217,8 +249,12 @@ def _inferer(spec: BundleSpec, precision: str) -> dict:
     Validation and evaluation run ``precision="float32"``, the authors' arithmetic, so that reproduced metrics
     are theirs; inference runs ``"auto"`` (float16 on CUDA, bfloat16 on CPUs with native bfloat16).
     """
-    inferer = {"_target_": "common.inference.SliceInferer2D", "roi_size": "@spatial_size", "sw_batch_size": 4,
-               "precision": precision}
+    inferer = {
+        "_target_": "common.inference.SliceInferer2D",
+        "roi_size": "@spatial_size",
+        "sw_batch_size": 4,
+        "precision": precision,
+    }
     reader = dataset_reader(spec)
     if reader.augmentation == "photo":
         inferer.update(interpolation="bilinear", align_corners=False)
@@ -255,12 +291,19 @@ def _network_def(spec: BundleSpec, weights: str) -> dict:
 
 def _reader(spec: BundleSpec) -> dict:
     """The dataset reader; Synapse's ``validation`` switch picks the checkpoint-selection set."""
-    reader = {"_target_": "common.data.get_dataset", "_requires_": "@bundled_code", "name": "@dataset_name",
-              "root": "@dataset_dir"}
+    reader = {
+        "_target_": "common.data.get_dataset",
+        "_requires_": "@bundled_code",
+        "name": "@dataset_name",
+        "root": "@dataset_dir",
+    }
     if spec.dataset != "synapse":
         return {"reader": reader}
-    validation_cases = {"_target_": "common.data.synapse.validation_cases_for", "_requires_": "@bundled_code",
-                        "validation": "@validation"}
+    validation_cases = {
+        "_target_": "common.data.synapse.validation_cases_for",
+        "_requires_": "@bundled_code",
+        "validation": "@validation",
+    }
     return {"validation": "test_set", "reader": {**reader, "validation_cases": validation_cases}}
 
 
@@ -296,15 +339,22 @@ def _shared(spec: BundleSpec, encoder_weights: str | None) -> dict:
 def _evaluation_section(spec: BundleSpec, handlers: list) -> dict:
     """``validate``: datalist, preprocessing, loader, inferer, post-processing and evaluator (validation split)."""
     reader = dataset_reader(spec)
-    postprocessing = [] if reader.multilabel else [
-        {"_target_": "AsDiscreted", "keys": ["pred", "label"], "to_onehot": [reader.num_classes] * 2}
-    ]
+    postprocessing = (
+        []
+        if reader.multilabel
+        else [{"_target_": "AsDiscreted", "keys": ["pred", "label"], "to_onehot": [reader.num_classes] * 2}]
+    )
     return {
         "datalist": "$@reader.datalists(@dataset_dir, @split_file)['validation']",
         "preprocessing": eval_transforms_config(reader, "@spatial_size"),
         "dataset": {"_target_": "Dataset", "data": "@validate#datalist", "transform": "@validate#preprocessing"},
-        "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1,
-                       "shuffle": False, "num_workers": "@num_workers"},
+        "dataloader": {
+            "_target_": "DataLoader",
+            "dataset": "@validate#dataset",
+            "batch_size": 1,
+            "shuffle": False,
+            "num_workers": "@num_workers",
+        },
         "inferer": _inferer(spec, "float32"),
         "postprocessing": {"_target_": "Compose", "transforms": postprocessing},
         "key_metric": {
@@ -334,22 +384,35 @@ def _loss(spec: BundleSpec) -> dict:
     if recipe.loss == "boundary_dou":
         base = {"_target_": "common.losses.BoundaryDoULoss"}
     else:
-        base = {"_target_": "common.losses.DiceCrossEntropyLoss", "lambda_dice": recipe.dice_weight,
-                "lambda_ce": recipe.ce_weight, "sigmoid": bool(dataset_reader(spec).multilabel)}
+        base = {
+            "_target_": "common.losses.DiceCrossEntropyLoss",
+            "lambda_dice": recipe.dice_weight,
+            "lambda_ce": recipe.ce_weight,
+            "sigmoid": bool(dataset_reader(spec).multilabel),
+        }
     return {"_target_": "common.losses.DeepSupervisionLoss", "loss": base}
 
 
 def _checkpoint_loader(load_path: str = "@pretrained_path", switch: str | None = "load_pretrain") -> dict:
     """Loads ``models/model.pt`` (a plain state dict) into the network; ``switch`` names the config flag for it."""
-    loader = {"_target_": "CheckpointLoader", "load_path": load_path, "load_dict": {"model": "@network"},
-              "map_location": "@device"}
+    loader = {
+        "_target_": "CheckpointLoader",
+        "load_path": load_path,
+        "load_dict": {"model": "@network"},
+        "map_location": "@device",
+    }
     return {"_disabled_": f"$not @{switch}", **loader} if switch else loader
 
 
 def _training_dataset(reader, datalist: str, seed: str) -> dict:
     """``train#dataset``: pictures map one to one; volumes are cut into axial slices (common.data.slices)."""
-    dataset = {"_target_": "common.data.slices.training_dataset", "dataset": "@reader", "datalist": datalist,
-               "transform": "@train#preprocessing", "seed": seed}
+    dataset = {
+        "_target_": "common.data.slices.training_dataset",
+        "dataset": "@reader",
+        "datalist": datalist,
+        "transform": "@train#preprocessing",
+        "seed": seed,
+    }
     if reader.stored_as != "slices":
         dataset["volume_transform"] = "@train#volume_preprocessing"
     return dataset
@@ -365,12 +428,20 @@ def train_config(spec: BundleSpec) -> dict:
     reader = dataset_reader(spec)
     resume_objects = {"network": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"}
     loss_output = "$monai.handlers.from_engine(['loss'], first=True)"
-    validate = _evaluation_section(spec, [
-        {"_target_": "StatsHandler", "iteration_log": False},
-        {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "iteration_log": False},
-        {"_target_": "CheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": {"model": "@network"},
-         "save_key_metric": True, "key_metric_filename": "model.pt"},
-    ])
+    validate = _evaluation_section(
+        spec,
+        [
+            {"_target_": "StatsHandler", "iteration_log": False},
+            {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "iteration_log": False},
+            {
+                "_target_": "CheckpointSaver",
+                "save_dir": "@ckpt_dir",
+                "save_dict": {"model": "@network"},
+                "save_key_metric": True,
+                "key_metric_filename": "model.pt",
+            },
+        ],
+    )
     preprocessing = {"preprocessing": train_transforms_config(reader, "@spatial_size")}
     if reader.stored_as != "slices":
         preprocessing["volume_preprocessing"] = volume_transforms_config(reader)
@@ -386,13 +457,20 @@ def train_config(spec: BundleSpec) -> dict:
         "weight_decay": recipe.weight_decay,
         "val_interval": 1,
         "seed": 42,
-        "iterations_per_epoch": {"_target_": "common.training.iterations_per_epoch", "dataset": "@train#dataset",
-                                 "batch_size": "@batch_size", "reader": "@reader"},
+        "iterations_per_epoch": {
+            "_target_": "common.training.iterations_per_epoch",
+            "dataset": "@train#dataset",
+            "batch_size": "@batch_size",
+            "reader": "@reader",
+        },
         "loss": _loss(spec),
         "optimizer": {
             "_target_": "torch.optim.AdamW",
-            "params": {"_target_": "common.training.decay_param_groups", "network": "@network",
-                       "weight_decay": "@weight_decay"},
+            "params": {
+                "_target_": "common.training.decay_param_groups",
+                "network": "@network",
+                "weight_decay": "@weight_decay",
+            },
             "lr": "@learning_rate",
             "betas": [0.9, 0.999],
             "eps": 1e-8,
@@ -417,16 +495,32 @@ def train_config(spec: BundleSpec) -> dict:
             "inferer": {"_target_": "SimpleInferer"},
             "handlers": [
                 _checkpoint_loader(),
-                {"_target_": "common.training.ResumeFromLatest", "directory": "@ckpt_dir",
-                 "objects": resume_objects, "map_location": "@device"},
+                {
+                    "_target_": "common.training.ResumeFromLatest",
+                    "directory": "@ckpt_dir",
+                    "objects": resume_objects,
+                    "map_location": "@device",
+                },
                 {"_target_": "common.training.GradientClipping", "max_norm": 1.0},
-                {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "epoch_level": False,
-                 "print_lr": False},
-                {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
-                 "interval": "@val_interval"},
+                {
+                    "_target_": "LrScheduleHandler",
+                    "lr_scheduler": "@lr_scheduler",
+                    "epoch_level": False,
+                    "print_lr": False,
+                },
+                {
+                    "_target_": "ValidationHandler",
+                    "validator": "@validate#evaluator",
+                    "epoch_level": True,
+                    "interval": "@val_interval",
+                },
                 {"_target_": "StatsHandler", "tag_name": "train_loss", "output_transform": loss_output},
-                {"_target_": "TensorBoardStatsHandler", "log_dir": "@output_dir", "tag_name": "train_loss",
-                 "output_transform": loss_output},
+                {
+                    "_target_": "TensorBoardStatsHandler",
+                    "log_dir": "@output_dir",
+                    "tag_name": "train_loss",
+                    "output_transform": loss_output,
+                },
                 {"_target_": "ignite.handlers.ProgressBar", "persist": True},
                 {"_target_": "common.training.SaveForResume", "directory": "@ckpt_dir", "objects": resume_objects},
             ],
@@ -465,8 +559,15 @@ def evaluate_config(spec: BundleSpec) -> dict:
         "published": "@published",
         "title": "ours",
         "paper_rule": "transunet" if spec.dataset == "synapse" else "per_class",
-        "selection": ({"_target_": "common.data.synapse.selection_text", "_requires_": "@bundled_code",
-                       "validation": "@validation"} if spec.dataset == "synapse" else checkpoint_selection(spec)),
+        "selection": (
+            {
+                "_target_": "common.data.synapse.selection_text",
+                "_requires_": "@bundled_code",
+                "validation": "@validation",
+            }
+            if spec.dataset == "synapse"
+            else checkpoint_selection(spec)
+        ),
     }
     return {
         "encoder_weights": "random",
@@ -492,23 +593,51 @@ def inference_config(spec: BundleSpec) -> dict:
     three_d = reader.spatial_dims == 3
     suffix = "*.nii*" if three_d else "*.png"
     intensity = intensity_config(
-        ("ct_window" if spec.dataset_card.modality == "CT" else "minmax") if three_d else "minmax")
+        ("ct_window" if spec.dataset_card.modality == "CT" else "minmax") if three_d else "minmax"
+    )
     if three_d:
-        load = [{"_target_": "LoadImaged", "keys": "image", "image_only": False},
-                {"_target_": "EnsureChannelFirstd", "keys": "image"},
-                {"_target_": "Orientationd", "keys": "image", "axcodes": DISPLAY_AXCODES}]
-        save = {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
-                "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False}
+        load = [
+            {"_target_": "LoadImaged", "keys": "image", "image_only": False},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": DISPLAY_AXCODES},
+        ]
+        save = {
+            "_target_": "SaveImaged",
+            "keys": "pred",
+            "output_dir": "@output_dir",
+            "output_postfix": "seg",
+            "output_dtype": "$numpy.uint8",
+            "resample": False,
+            "separate_folder": False,
+        }
     else:
         load = [{"_target_": "common.transforms.LoadImage2Dd", "keys": "image", "channels": reader.image_channels}]
-        save = {"_target_": "common.io.mask_saving.SaveMask2Dd", "keys": "pred", "output_dir": "@output_dir",
-                "num_classes": reader.num_classes}
+        save = {
+            "_target_": "common.io.mask_saving.SaveMask2Dd",
+            "keys": "pred",
+            "output_dir": "@output_dir",
+            "num_classes": reader.num_classes,
+        }
         if reader.multilabel:
             save["channel_names"] = list(reader.label_names)
-    postprocessing = [{"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-                       "nearest_interp": True}] if three_d else []
-    shared = {k: v for k, v in _shared(spec, encoder_weights="random").items()
-              if k not in ("reader", "dataset_name", "split_file")}
+    postprocessing = (
+        [
+            {
+                "_target_": "Invertd",
+                "keys": "pred",
+                "transform": "@preprocessing",
+                "orig_keys": "image",
+                "nearest_interp": True,
+            }
+        ]
+        if three_d
+        else []
+    )
+    shared = {
+        k: v
+        for k, v in _shared(spec, encoder_weights="random").items()
+        if k not in ("reader", "dataset_name", "split_file")
+    }
     return {
         **shared,
         "imports": IMPORTS + ["$import glob", "$import numpy"],
@@ -518,14 +647,27 @@ def inference_config(spec: BundleSpec) -> dict:
         "load_pretrain": True,
         "pretrained_path": "$@ckpt_dir + '/model.pt'",
         "datalist": f"$sorted(glob.glob(os.path.join(@input_dir, '{suffix}')))",
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            *load, intensity, {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"}]},
-        "dataset": {"_target_": "Dataset",
-                    "data": {"_target_": "common.data.inputs.inference_datalist", "_requires_": "@bundled_code",
-                             "items": "@datalist", "where": f"$os.path.join(@input_dir, '{suffix}')"},
-                    "transform": "@preprocessing"},
-        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
-                       "num_workers": "@num_workers"},
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [*load, intensity, {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"}],
+        },
+        "dataset": {
+            "_target_": "Dataset",
+            "data": {
+                "_target_": "common.data.inputs.inference_datalist",
+                "_requires_": "@bundled_code",
+                "items": "@datalist",
+                "where": f"$os.path.join(@input_dir, '{suffix}')",
+            },
+            "transform": "@preprocessing",
+        },
+        "dataloader": {
+            "_target_": "DataLoader",
+            "dataset": "@dataset",
+            "batch_size": 1,
+            "shuffle": False,
+            "num_workers": "@num_workers",
+        },
         "inferer": _inferer(spec, "auto"),
         "postprocessing": {"_target_": "Compose", "transforms": [*postprocessing, save]},
         "handlers": [
@@ -548,8 +690,11 @@ def inference_config(spec: BundleSpec) -> dict:
 
 
 _DDP_DEVICE = "$torch.device(f'cuda:{os.environ[\"LOCAL_RANK\"]}' if torch.cuda.is_available() else 'cpu')"
-_DDP_NETWORK = {"_target_": "torch.nn.parallel.DistributedDataParallel", "module": "$@network_def.to(@device)",
-                "device_ids": "$[@device] if torch.cuda.is_available() else None"}
+_DDP_NETWORK = {
+    "_target_": "torch.nn.parallel.DistributedDataParallel",
+    "module": "$@network_def.to(@device)",
+    "device_ids": "$[@device] if torch.cuda.is_available() else None",
+}
 _DDP_INIT = [
     "@bundled_code",
     "$import torch.distributed as dist",
@@ -566,13 +711,14 @@ def multi_gpu_config(spec: BundleSpec) -> dict:
         "device": _DDP_DEVICE,
         "backend": "$'nccl' if torch.cuda.is_available() else 'gloo'",
         "network": _DDP_NETWORK,
-        "train#dataset": _training_dataset(reader, f"$@train#datalist{_RANK_SLICE}",
-                                           "$@seed + torch.distributed.get_rank()"),
+        "train#dataset": _training_dataset(
+            reader, f"$@train#datalist{_RANK_SLICE}", "$@seed + torch.distributed.get_rank()"
+        ),
         "validate#datalist": f"$@reader.datalists(@dataset_dir, @split_file)['validation']{_RANK_SLICE}",
         "train#trainer#train_handlers": "$@train#handlers if torch.distributed.get_rank() == 0 else "
-                                        "[h for h in @train#handlers if type(h).__name__ in ('CheckpointLoader', "
-                                        "'ResumeFromLatest', 'GradientClipping', 'LrScheduleHandler', "
-                                        "'ValidationHandler')]",
+        "[h for h in @train#handlers if type(h).__name__ in ('CheckpointLoader', "
+        "'ResumeFromLatest', 'GradientClipping', 'LrScheduleHandler', "
+        "'ValidationHandler')]",
         "validate#evaluator#val_handlers": "$@validate#handlers if torch.distributed.get_rank() == 0 else None",
         "initialize": [*_DDP_INIT, "$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@train#trainer.run()"],
@@ -633,18 +779,31 @@ def metadata(spec: BundleSpec) -> dict:
         "intended_use": "Research use only: not for clinical diagnosis or treatment decisions.",
         "references": citations(spec),
         "network_data_format": {
-            "inputs": {"image": {
-                "type": "image", "format": card.data_format, "modality": card.modality,
-                "num_channels": reader.image_channels, "spatial_shape": list(INPUT_SIZE), "dtype": "float32",
-                "value_range": [0, 1], "is_patch_data": False,
-                "channel_def": {str(i): "image" for i in range(reader.image_channels)},
-            }},
-            "outputs": {"pred": {
-                "type": "image", "format": "segmentation" if not reader.multilabel else "classes",
-                "num_channels": reader.num_classes, "spatial_shape": list(INPUT_SIZE), "dtype": "float32",
-                "value_range": [], "is_patch_data": False,
-                "channel_def": {str(i): n for i, n in enumerate(names)},
-            }},
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": card.data_format,
+                    "modality": card.modality,
+                    "num_channels": reader.image_channels,
+                    "spatial_shape": list(INPUT_SIZE),
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_patch_data": False,
+                    "channel_def": {str(i): "image" for i in range(reader.image_channels)},
+                }
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "segmentation" if not reader.multilabel else "classes",
+                    "num_channels": reader.num_classes,
+                    "spatial_shape": list(INPUT_SIZE),
+                    "dtype": "float32",
+                    "value_range": [],
+                    "is_patch_data": False,
+                    "channel_def": {str(i): n for i, n in enumerate(names)},
+                }
+            },
         },
     }
 
@@ -659,7 +818,7 @@ MONAI_LABEL_VERSION = "0.8.5"
 TORCHSCRIPT_EXPORT = {
     "use_trace": True,
     "command": "python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt "
-               "--meta_file configs/metadata.json --config_file configs/inference.json --use_trace True",
+    "--meta_file configs/metadata.json --config_file configs/inference.json --use_trace True",
 }
 NOT_PUBLISHED = "not published: the cited papers report no row for this model on this dataset"
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

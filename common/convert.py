@@ -8,8 +8,8 @@ every tensor of the checkpoint placed, with matching shapes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 import torch.nn as nn
@@ -27,14 +27,14 @@ def _strip_wrappers(key: str) -> str:
         changed = False
         for prefix in WRAPPER_PREFIXES:
             if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
+                key, changed = key[len(prefix) :], True
     return key
 
 
 def convert_reference_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename an authors' checkpoint to our module names (encoder keys through the PVT v2 -> timm map)."""
     state = {_strip_wrappers(k): v for k, v in state.items()}
-    encoder = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+    encoder = {k[len(ENCODER_PREFIX) :]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
     converted = {k: v for k, v in state.items() if not k.startswith(ENCODER_PREFIX)}
     converted.update({ENCODER_PREFIX + k: v for k, v in remap_pvt_v2_keys(encoder).items()})
     return converted

@@ -174,8 +174,10 @@ def write_slab_dataset(root: Path, image: nib.Nifti1Image, labels: np.ndarray) -
             affine = image.affine.copy()
             affine[:3, 3] = (image.affine @ [0, 0, start, 1])[:3]
             name = slab_name((start, stop))
-            for path, data in ((folder / f"images{subset}" / f"{name}_0000.nii.gz", array[:, :, start:stop]),
-                               (folder / f"labels{subset}" / f"{name}.nii.gz", labels[:, :, start:stop])):
+            for path, data in (
+                (folder / f"images{subset}" / f"{name}_0000.nii.gz", array[:, :, start:stop]),
+                (folder / f"labels{subset}" / f"{name}.nii.gz", labels[:, :, start:stop]),
+            ):
                 with atomic_path(path) as temporary:
                     nib.save(nib.Nifti1Image(np.ascontiguousarray(data), affine), temporary)
     description = {
@@ -189,8 +191,10 @@ def write_slab_dataset(root: Path, image: nib.Nifti1Image, labels: np.ndarray) -
     }
     write_text(folder / "dataset.json", json.dumps(description, indent=1) + "\n")
     split_file = write_splits(
-        root / "splits.json", {s: [slab_name(b) for b in slabs] for s, slabs in splits.items()},
-        dataset="nnunet", seed=None,
+        root / "splits.json",
+        {s: [slab_name(b) for b in slabs] for s, slabs in splits.items()},
+        dataset="nnunet",
+        seed=None,
     )
     return folder, split_file
 
@@ -202,8 +206,13 @@ def demo_bundle_spec(dataset: Path, settings: DemoSettings) -> BundleSpec:
     """A PVT-GDLA bundle spec for the demo dataset (nnU-Net layout, labels from its dataset.json)."""
     recipe = Recipe(settings.epochs, settings.warmup_epochs, settings.batch_size, learning_rate=settings.learning_rate)
     return BundleSpec(
-        "pvt_gdla", "nnunet", "PVT-GDLA", network_args={"encoder": settings.encoder}, recipe=recipe,
-        card=replace(MNI152_CARD, folder=str(dataset)), dataset_root=str(dataset),
+        "pvt_gdla",
+        "nnunet",
+        "PVT-GDLA",
+        network_args={"encoder": settings.encoder},
+        recipe=recipe,
+        card=replace(MNI152_CARD, folder=str(dataset)),
+        dataset_root=str(dataset),
     )
 
 
@@ -219,8 +228,10 @@ def write_bundle(spec: BundleSpec, folder: Path, split_file: Path, settings: Dem
     for relative, text in bundle_files(spec).items():
         if relative == "configs/metadata.json":
             metadata = json.loads(text)
-            for item in (*metadata["network_data_format"]["inputs"].values(),
-                         *metadata["network_data_format"]["outputs"].values()):
+            for item in (
+                *metadata["network_data_format"]["inputs"].values(),
+                *metadata["network_data_format"]["outputs"].values(),
+            ):
                 item["spatial_shape"] = size
             text = json.dumps(metadata, indent=4) + "\n"
         elif relative.startswith("configs/") and relative.endswith(".json"):
@@ -238,8 +249,11 @@ def _workflow(bundle: Path, *config: str):
 
     configs = bundle / "configs"
     return ConfigWorkflow(
-        config_file=[str(configs / name) for name in config], meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"), workflow_type=None, bundle_root=str(bundle),
+        config_file=[str(configs / name) for name in config],
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        workflow_type=None,
+        bundle_root=str(bundle),
     )
 
 
@@ -258,16 +272,23 @@ def train(bundle: Path, settings: DemoSettings) -> LearningCurve:
     curve = LearningCurve()
     curve.attach(trainer, evaluator)
     start = time.monotonic()
-    evaluator.add_event_handler(Events.COMPLETED, lambda _: print(
-        f"epoch {curve.validation[-1][0]}/{settings.epochs}: training loss {curve.train_loss_so_far:.3f}, "
-        f"validation Dice {curve.validation[-1][1]:.3f} (best {curve.best[1]:.3f} at epoch {curve.best[0]}), "
-        f"{(time.monotonic() - start) / 60:.1f} min", flush=True))
+    evaluator.add_event_handler(
+        Events.COMPLETED,
+        lambda _: print(
+            f"epoch {curve.validation[-1][0]}/{settings.epochs}: training loss {curve.train_loss_so_far:.3f}, "
+            f"validation Dice {curve.validation[-1][1]:.3f} (best {curve.best[1]:.3f} at epoch {curve.best[0]}), "
+            f"{(time.monotonic() - start) / 60:.1f} min",
+            flush=True,
+        ),
+    )
     trainer.add_event_handler(Events.ITERATION_COMPLETED, TimeLimit(int(settings.minutes * 60)))
     workflow.run()
     workflow.finalize()
     if len(curve.train_loss) < settings.epochs:
-        print(f"training stopped at the {settings.minutes:g}-minute cap after {len(curve.train_loss)} of "
-              f"{settings.epochs} epochs; the weights of the best validation epoch ({curve.best[0]}) are kept")
+        print(
+            f"training stopped at the {settings.minutes:g}-minute cap after {len(curve.train_loss)} of "
+            f"{settings.epochs} epochs; the weights of the best validation epoch ({curve.best[0]}) are kept"
+        )
     return curve
 
 
@@ -330,8 +351,10 @@ def run_demo(output: Path, settings: DemoSettings = DemoSettings()) -> DemoResul
     folders = {name: output / name for name in ("dataset", "bundle", "input", "segmentation")}
     for folder in folders.values():
         shutil.rmtree(folder, ignore_errors=True)
-    say(f"1/4 dataset: nilearn's MNI152 T1 template (2 mm) in axial slabs, slices {HELD_OUT_SLICES[0]}-"
-        f"{HELD_OUT_SLICES[1] - 1} held out, {VALIDATION_SLICES[0]}-{VALIDATION_SLICES[1] - 1} for validation")
+    say(
+        f"1/4 dataset: nilearn's MNI152 T1 template (2 mm) in axial slabs, slices {HELD_OUT_SLICES[0]}-"
+        f"{HELD_OUT_SLICES[1] - 1} held out, {VALIDATION_SLICES[0]}-{VALIDATION_SLICES[1] - 1} for validation"
+    )
     image, labels = mni152_tissue()
     dataset, split_file = write_slab_dataset(folders["dataset"], image, labels)
     volume_path = folders["input"] / "mni152_t1.nii.gz"
@@ -340,9 +363,11 @@ def run_demo(output: Path, settings: DemoSettings = DemoSettings()) -> DemoResul
 
     spec = demo_bundle_spec(dataset, settings)
     bundle = write_bundle(spec, folders["bundle"] / spec.name, split_file, settings)
-    say(f"2/4 training {spec.name}: PVT-GDLA with a {settings.encoder} encoder at {settings.spatial_size} x "
+    say(
+        f"2/4 training {spec.name}: PVT-GDLA with a {settings.encoder} encoder at {settings.spatial_size} x "
         f"{settings.spatial_size}, {settings.epochs} epochs (at most {settings.minutes:g} min) on the "
-        f"{'GPU' if _cuda() else 'CPU'}. The encoder starts from RANDOM weights: no ImageNet weights offline.")
+        f"{'GPU' if _cuda() else 'CPU'}. The encoder starts from RANDOM weights: no ImageNet weights offline."
+    )
     train_start = time.monotonic()
     curve = train(bundle, settings)
     train_seconds = time.monotonic() - train_start
@@ -357,8 +382,16 @@ def run_demo(output: Path, settings: DemoSettings = DemoSettings()) -> DemoResul
     if results[0].status != "ok":
         raise RuntimeError(f"segment failed: {results[0].error}")
     segmentation, overlay = results[0].outputs[:2]
-    return DemoResult(dice, segmentation, overlay, curve_path, bundle, bundle / "eval" / "summary.csv",
-                      train_seconds, time.monotonic() - start)
+    return DemoResult(
+        dice,
+        segmentation,
+        overlay,
+        curve_path,
+        bundle,
+        bundle / "eval" / "summary.csv",
+        train_seconds,
+        time.monotonic() - start,
+    )
 
 
 def _cuda() -> bool:
@@ -391,9 +424,12 @@ def format_result(result: DemoResult) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Train, evaluate and apply a PVT-GDLA bundle on nilearn's MNI152 brain template (CPU)."
     parser.add_argument("--output", type=Path, default=Path("demo_output"), help="where everything is written")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"a smoke run: {QUICK.epochs} epochs, {QUICK.encoder} encoder at {QUICK.spatial_size} x "
-                             f"{QUICK.spatial_size}")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run: {QUICK.epochs} epochs, {QUICK.encoder} encoder at {QUICK.spatial_size} x "
+        f"{QUICK.spatial_size}",
+    )
     parser.add_argument("--epochs", type=int, help=f"training epochs (default {DemoSettings.epochs})")
     parser.add_argument("--minutes", type=float, help=f"training time cap (default {DemoSettings.minutes:g})")
 

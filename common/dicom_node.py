@@ -50,8 +50,20 @@ logger = logging.getLogger(__name__)
 
 SERIES_CSV = "series.csv"
 LOG_FILE = "node.log"
-CSV_COLUMNS = ("finished", "job", "study_uid", "series_uid", "modality", "instances", "calling_ae", "status",
-               "seg_file", "destination", "seconds", "error")
+CSV_COLUMNS = (
+    "finished",
+    "job",
+    "study_uid",
+    "series_uid",
+    "modality",
+    "instances",
+    "calling_ae",
+    "status",
+    "seg_file",
+    "destination",
+    "seconds",
+    "error",
+)
 #: C-STORE statuses: success, and the warnings that still mean "stored" (coercion, elements discarded).
 STORED_STATUSES = (0x0000, 0xB000, 0xB006, 0xB007)
 CANNOT_UNDERSTAND = 0xC210
@@ -76,8 +88,10 @@ def parse_destination(text: str) -> Destination:
     """``AET@HOST:PORT`` (e.g. ``ORTHANC@127.0.0.1:4242``) as a :class:`Destination`."""
     match = _DESTINATION.match(text.strip())
     if not match or not 0 < int(match["port"]) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected AET@HOST:PORT, e.g. ORTHANC@pacs.example:4242 "
-                                         "(AE title of at most 16 characters, port 1-65535)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected AET@HOST:PORT, e.g. ORTHANC@pacs.example:4242 "
+            "(AE title of at most 16 characters, port 1-65535)"
+        )
     return Destination(match["aet"], match["host"], int(match["port"]))
 
 
@@ -140,16 +154,24 @@ class DicomNode:
         ae.add_supported_context(Verification)
         ae.network_timeout = ae.acse_timeout = ae.dimse_timeout = self.settings.network_timeout
         ae.maximum_associations = MAX_ASSOCIATIONS
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
-                    (evt.EVT_ABORTED, self._on_aborted)]
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_ABORTED, self._on_aborted),
+        ]
         self._server = ae.start_server((self.settings.host, self.settings.port), block=False, evt_handlers=handlers)
         for target, name in ((self._watch, "quiet-period watcher"), (self._work, "segmenting worker")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        logger.info("listening as %s on %s:%d; destination %s; output %s", self.settings.ae_title,
-                    self.settings.host, self.settings.port, self.settings.destination or "none",
-                    self.settings.output)
+        logger.info(
+            "listening as %s on %s:%d; destination %s; output %s",
+            self.settings.ae_title,
+            self.settings.host,
+            self.settings.port,
+            self.settings.destination or "none",
+            self.settings.output,
+        )
 
     def stop(self) -> None:
         """Stop accepting associations, let the worker finish its current series, and wait for it."""
@@ -160,8 +182,9 @@ class DicomNode:
         for thread in self._threads:
             thread.join()
         self._threads.clear()
-        logger.info("stopped; %d series left queued in %s", len(list(self.folder("queue").iterdir())),
-                    self.folder("queue"))
+        logger.info(
+            "stopped; %d series left queued in %s", len(list(self.folder("queue").iterdir())), self.folder("queue")
+        )
 
     def _resume(self) -> None:
         now = time.monotonic()
@@ -182,8 +205,11 @@ class DicomNode:
         return 0x0000
 
     def _on_aborted(self, event: evt.Event) -> None:
-        logger.warning("association from %s (%s) aborted; instances received so far are kept",
-                       event.assoc.requestor.ae_title, event.assoc.requestor.address)
+        logger.warning(
+            "association from %s (%s) aborted; instances received so far are kept",
+            event.assoc.requestor.ae_title,
+            event.assoc.requestor.address,
+        )
 
     def _on_store(self, event: evt.Event) -> int:
         caller = f"{event.assoc.requestor.ae_title}@{event.assoc.requestor.address}"
@@ -217,7 +243,9 @@ class DicomNode:
         while not self._stopping.wait(interval):
             now = time.monotonic()
             with self._lock:
-                complete = [uid for uid, a in self._arrivals.items() if now - a.last_seen >= self.settings.quiet_seconds]
+                complete = [
+                    uid for uid, a in self._arrivals.items() if now - a.last_seen >= self.settings.quiet_seconds
+                ]
                 for uid in complete:
                     arrival = self._arrivals.pop(uid)
                     job = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}_{uid}"
@@ -229,8 +257,14 @@ class DicomNode:
                         continue
                     self._callers[job] = arrival.calling_ae
                     self._jobs.put(target)
-                    logger.info("series %s complete (%d instance(s) from %s); queued as %s (%d waiting)", uid,
-                                arrival.instances, arrival.calling_ae, job, self._jobs.qsize())
+                    logger.info(
+                        "series %s complete (%d instance(s) from %s); queued as %s (%d waiting)",
+                        uid,
+                        arrival.instances,
+                        arrival.calling_ae,
+                        job,
+                        self._jobs.qsize(),
+                    )
 
     # ------------------------------------------------------------------ the worker
 
@@ -248,15 +282,22 @@ class DicomNode:
 
     def _process(self, job: Path) -> None:
         started = time.monotonic()
-        row = {"job": job.name, "calling_ae": self._callers.pop(job.name, ""),
-               "destination": str(self.settings.destination or "")}
+        row = {
+            "job": job.name,
+            "calling_ae": self._callers.pop(job.name, ""),
+            "destination": str(self.settings.destination or ""),
+        }
         try:
             files = sorted(job.glob("*.dcm"))
             first = pydicom.dcmread(files[0], stop_before_pixels=True) if files else None
             if first is None:
                 raise ValueError(f"{job}: no instances")
-            row.update(study_uid=first.StudyInstanceUID, series_uid=first.SeriesInstanceUID,
-                       modality=getattr(first, "Modality", ""), instances=len(files))
+            row.update(
+                study_uid=first.StudyInstanceUID,
+                series_uid=first.SeriesInstanceUID,
+                modality=getattr(first, "Modality", ""),
+                instances=len(files),
+            )
             if str(row["modality"]).upper() in NON_IMAGE_MODALITIES:
                 row["status"] = "skipped"
                 shutil.rmtree(job)
@@ -275,10 +316,16 @@ class DicomNode:
             if job.exists():
                 job.rename(kept)
                 (kept / "error.txt").write_text(row["error"] + "\n")
-            logger.error("series %s failed (%s); its instances are kept in %s", row.get("series_uid", job.name),
-                         row["error"], kept)
-        row.update(finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   seconds=f"{time.monotonic() - started:.1f}")
+            logger.error(
+                "series %s failed (%s); its instances are kept in %s",
+                row.get("series_uid", job.name),
+                row["error"],
+                kept,
+            )
+        row.update(
+            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            seconds=f"{time.monotonic() - started:.1f}",
+        )
         self._record(row)
 
     def _deliver(self, seg: Path) -> str:
@@ -292,13 +339,23 @@ class DicomNode:
                 logger.info("SEG %s stored at %s", seg.name, self.settings.destination)
                 self._send_unsent()
                 return "stored"
-            logger.warning("SEG %s to %s, attempt %d of %d: %s", seg.name, self.settings.destination, attempt,
-                           self.settings.store_retries, error)
+            logger.warning(
+                "SEG %s to %s, attempt %d of %d: %s",
+                seg.name,
+                self.settings.destination,
+                attempt,
+                self.settings.store_retries,
+                error,
+            )
             if attempt < self.settings.store_retries and not self._stopping.wait(delay):
                 delay *= 2
         shutil.copy2(seg, self.folder("unsent") / seg.name)
-        logger.error("SEG %s not delivered to %s; kept in %s for a later attempt", seg.name,
-                     self.settings.destination, self.folder("unsent"))
+        logger.error(
+            "SEG %s not delivered to %s; kept in %s for a later attempt",
+            seg.name,
+            self.settings.destination,
+            self.folder("unsent"),
+        )
         return "unsent"
 
     def _send_unsent(self) -> None:
@@ -344,18 +401,30 @@ class DicomNode:
             if new:
                 writer.writeheader()
             writer.writerow(row)
-        logger.info("series %s: %s%s", row.get("series_uid", row["job"]), row["status"],
-                    f" ({row['error']})" if row.get("error") else "")
+        logger.info(
+            "series %s: %s%s",
+            row.get("series_uid", row["job"]),
+            row["status"],
+            f" ({row['error']})" if row.get("error") else "",
+        )
         if self.on_result is not None:
             self.on_result(row)
 
 
-def serve(bundle: str | os.PathLike, settings: NodeSettings, *, weights: str | os.PathLike | None = None,
-          device: str | None = None, batch_size: int | None = None, precision: Precision | None = None,
-          network: nn.Module | None = None) -> DicomNode:
+def serve(
+    bundle: str | os.PathLike,
+    settings: NodeSettings,
+    *,
+    weights: str | os.PathLike | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    precision: Precision | None = None,
+    network: nn.Module | None = None,
+) -> DicomNode:
     """Load the bundle (see :func:`common.segment.load_bundle`) and start a :class:`DicomNode`; returns it."""
-    segmenter = load_bundle(bundle, weights=weights, device=device, batch_size=batch_size, precision=precision,
-                            network=network)
+    segmenter = load_bundle(
+        bundle, weights=weights, device=device, batch_size=batch_size, precision=precision, network=network
+    )
     node = DicomNode(segmenter, settings)
     node.start()
     return node
@@ -370,14 +439,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, required=True, help="TCP port to listen on (e.g. 11112)")
     parser.add_argument("--ae-title", default="GDLA", help="this node's AE title (default GDLA)")
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
-    parser.add_argument("--store-to", type=parse_destination, metavar="AET@HOST:PORT",
-                        help="where each DICOM SEG is sent (C-STORE); without it the SEGs stay on disk")
+    parser.add_argument(
+        "--store-to",
+        type=parse_destination,
+        metavar="AET@HOST:PORT",
+        help="where each DICOM SEG is sent (C-STORE); without it the SEGs stay on disk",
+    )
     parser.add_argument("--output", type=Path, default=Path("gdla-node"), help="working folder (default gdla-node)")
-    parser.add_argument("--quiet-seconds", type=float, default=10.0,
-                        help="a series is complete when no instance arrived for this long (default 10)")
+    parser.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=10.0,
+        help="a series is complete when no instance arrived for this long (default 10)",
+    )
     parser.add_argument("--store-retries", type=int, default=3, help="C-STORE attempts per SEG (default 3)")
-    parser.add_argument("--retry-delay", type=float, default=5.0,
-                        help="seconds before the second attempt, doubling after each (default 5)")
+    parser.add_argument(
+        "--retry-delay",
+        type=float,
+        default=5.0,
+        help="seconds before the second attempt, doubling after each (default 5)",
+    )
     parser.add_argument("--retry-failed", action="store_true", help="queue the series in OUTPUT/failed again")
     parser.add_argument("--weights", type=Path, help="state dict to use instead of BUNDLE/models/model.pt")
     parser.add_argument("--device", help="where the network runs (default: cuda if available, else cpu)")
@@ -397,16 +478,29 @@ def configure_logging(output: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.output)
-    settings = NodeSettings(output=args.output, port=args.port, ae_title=args.ae_title, host=args.host,
-                            destination=args.store_to, quiet_seconds=args.quiet_seconds,
-                            store_retries=max(1, args.store_retries), retry_delay=args.retry_delay,
-                            retry_failed=args.retry_failed)
+    settings = NodeSettings(
+        output=args.output,
+        port=args.port,
+        ae_title=args.ae_title,
+        host=args.host,
+        destination=args.store_to,
+        quiet_seconds=args.quiet_seconds,
+        store_retries=max(1, args.store_retries),
+        retry_delay=args.retry_delay,
+        retry_failed=args.retry_failed,
+    )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: stop.set())
     try:
-        node = serve(args.bundle, settings, weights=args.weights, device=args.device, batch_size=args.batch_size,
-                     precision=args.precision)
+        node = serve(
+            args.bundle,
+            settings,
+            weights=args.weights,
+            device=args.device,
+            batch_size=args.batch_size,
+            precision=args.precision,
+        )
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ from common.io.dicomweb import (
     retrieve_series,
     store_files,
 )
-from common.metrics import write_csv
+from common.io.tables import write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -44,20 +44,39 @@ def input_location(text: str) -> str | Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The DICOMweb options of ``segment``."""
-    group = parser.add_argument_group("PACS (DICOMweb)", "credentials from GDLA_DICOMWEB_TOKEN, or "
-                                      "GDLA_DICOMWEB_USER and GDLA_DICOMWEB_PASSWORD, or a netrc entry (docs/pacs.md)")
-    group.add_argument("--series", metavar="SERIES_UID",
-                       help="segment only this series: of a DICOMweb study URL (default: every image series), or "
-                            "of a DICOM folder holding several (default: the largest image series, named in the "
-                            "report with the others)")
-    group.add_argument("--store-to", metavar="URL",
-                       help="DICOMweb root (http(s)://HOST/dicom-web) to send each DICOM SEG to, into its study")
-    group.add_argument("--ca-bundle", type=Path, metavar="PEM",
-                       help="CA certificates to verify the server with (default: the system's; never unverified)")
+    group = parser.add_argument_group(
+        "PACS (DICOMweb)",
+        "credentials from GDLA_DICOMWEB_TOKEN, or "
+        "GDLA_DICOMWEB_USER and GDLA_DICOMWEB_PASSWORD, or a netrc entry (docs/pacs.md)",
+    )
+    group.add_argument(
+        "--series",
+        metavar="SERIES_UID",
+        help="segment only this series: of a DICOMweb study URL (default: every image series), or "
+        "of a DICOM folder holding several (default: the largest image series, named in the "
+        "report with the others)",
+    )
+    group.add_argument(
+        "--store-to",
+        metavar="URL",
+        help="DICOMweb root (http(s)://HOST/dicom-web) to send each DICOM SEG to, into its study",
+    )
+    group.add_argument(
+        "--ca-bundle",
+        type=Path,
+        metavar="PEM",
+        help="CA certificates to verify the server with (default: the system's; never unverified)",
+    )
 
 
-def retrieve_study(url: str, output_dir: str | os.PathLike, *, series: str | None = None,
-                   ca_bundle: str | os.PathLike | None = None, attempts: int = DEFAULT_ATTEMPTS) -> Path:
+def retrieve_study(
+    url: str,
+    output_dir: str | os.PathLike,
+    *,
+    series: str | None = None,
+    ca_bundle: str | os.PathLike | None = None,
+    attempts: int = DEFAULT_ATTEMPTS,
+) -> Path:
     """WADO-RS the image series ``url`` names (or ``series`` of its study) below ``output_dir/retrieved``.
 
     ``attempts``: tries per request (see :func:`common.io.dicomweb.client`).
@@ -83,8 +102,9 @@ def retrieve_inputs(args: argparse.Namespace) -> str | Path:
     return retrieve_study(args.input, args.output, series=args.series, ca_bundle=args.ca_bundle)
 
 
-def store_segs(results: Sequence, store_to: str, output_dir: str | os.PathLike, *,
-               ca_bundle: str | os.PathLike | None = None) -> list[dict]:
+def store_segs(
+    results: Sequence, store_to: str, output_dir: str | os.PathLike, *, ca_bundle: str | os.PathLike | None = None
+) -> list[dict]:
     """STOW-RS each DICOM SEG among the results' outputs to ``store_to``; rows of ``output_dir/stow.csv``.
 
     A failed transfer is recorded (URL, status) and the others go on; the local files stay as they are.
@@ -116,7 +136,10 @@ def report_stores(args: argparse.Namespace, results: Sequence) -> bool:
         print(f"error: {exc}", file=sys.stderr)
         return False
     for row in rows:
-        print(f"STOW-RS {row['file']} -> {args.store_to}: {row['status']}" + (f" ({row['error']})" if row["error"] else ""))
+        print(
+            f"STOW-RS {row['file']} -> {args.store_to}: {row['status']}"
+            + (f" ({row['error']})" if row["error"] else "")
+        )
     if not rows:
         print(f"no DICOM SEG to send to {args.store_to}")
     return all(row["status"] == "stored" for row in rows)

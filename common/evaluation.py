@@ -10,8 +10,8 @@ paper's row.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,8 +20,8 @@ from monai.data import MetaTensor
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import DiceMetric
 
-from .io.volumes import HDF5_SUFFIXES
 from .io.tables import write_csv
+from .io.volumes import HDF5_SUFFIXES
 from .metrics import (
     PublishedRow,
     excluded_pairs,

@@ -227,7 +227,9 @@ def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | 
     if precision == "float32":
         return None
     if precision not in supported:
-        warnings.warn(f"precision={precision!r} has no fast path on this {device.type} device; running float32")
+        warnings.warn(
+            f"precision={precision!r} has no fast path on this {device.type} device; running float32", stacklevel=2
+        )
         return None
     return getattr(torch, precision)
 
@@ -262,8 +264,12 @@ class _SliceBatchPredictor:
         size = (batch.shape[-2], batch.shape[-1])
         if options.sliding_window:
             logits = sliding_window_inference(
-                batch, options.roi_size, options.batch_size, self.logits,
-                overlap=options.overlap, mode=options.blend_mode,
+                batch,
+                options.roi_size,
+                options.batch_size,
+                self.logits,
+                overlap=options.overlap,
+                mode=options.blend_mode,
             )
         else:
             resized = resize_image(batch, options.roi_size, options.interpolation, options.align_corners)
@@ -494,8 +500,12 @@ class SliceInferer2D(Inferer):
         if args or kwargs:
             network = partial(network, *args, **kwargs)
         run = partial(
-            predict_slices, network, options=self.options, device=device,
-            output_device=self.output_device, progress=self.progress,
+            predict_slices,
+            network,
+            options=self.options,
+            device=device,
+            output_device=self.output_device,
+            progress=self.progress,
         )
         if tensor.ndim == 4:  # 2-D images: the batch is the slice axis
             result = run(tensor.permute(1, 2, 3, 0)).permute(3, 0, 1, 2).contiguous()

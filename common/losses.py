@@ -39,9 +39,7 @@ def class_indices(target: torch.Tensor, num_classes: int) -> torch.Tensor:
     if target.ndim == 4 and target.shape[1] == num_classes and num_classes > 1:
         not_binary = (target != 0) & (target != 1)
         if bool(not_binary.any() | (target.sum(dim=1) != 1).any()):
-            raise ValueError(
-                f"one-hot target {tuple(target.shape)}: expected 0/1 values with exactly one 1 per pixel"
-            )
+            raise ValueError(f"one-hot target {tuple(target.shape)}: expected 0/1 values with exactly one 1 per pixel")
         return target.argmax(dim=1)
     if target.ndim == 4 and target.shape[1] == 1:
         target = target[:, 0]
@@ -74,13 +72,7 @@ def boundary_and_area_counts(target: torch.Tensor) -> tuple[torch.Tensor, torch.
     """
     mask = target > 0.5
     padded = F.pad(mask, (1, 1, 1, 1))
-    interior = (
-        mask
-        & padded[..., :-2, 1:-1]
-        & padded[..., 2:, 1:-1]
-        & padded[..., 1:-1, :-2]
-        & padded[..., 1:-1, 2:]
-    )
+    interior = mask & padded[..., :-2, 1:-1] & padded[..., 2:, 1:-1] & padded[..., 1:-1, :-2] & padded[..., 1:-1, 2:]
     dims = (0, 2, 3)
     boundary = (mask & ~interior).sum(dim=dims).float()
     area = mask.sum(dim=dims).float()

@@ -346,8 +346,12 @@ def format_comparison(
         return None if _missing(row, key) else scale * float(row[key])
 
     lines = [
-        (f"{name} Dice", value(ours.get(name, {}), "paper_dice", 100.0), published.class_dice.get(name),
-         value(ours.get(name, {}), "dice", 100.0))
+        (
+            f"{name} Dice",
+            value(ours.get(name, {}), "paper_dice", 100.0),
+            published.class_dice.get(name),
+            value(ours.get(name, {}), "dice", 100.0),
+        )
         for name in names
     ]
     lines.append(("mean Dice", value(mean, "paper_dice", 100.0), published.mean_dice, value(mean, "dice", 100.0)))
@@ -365,8 +369,12 @@ def format_comparison(
     text = ["  ".join(["".ljust(width)] + [h.rjust(c) for h, c in zip(headers, cells)])]
     for name, paper_mode, reference, clinical in lines:
         difference = None if paper_mode is None or reference is None else paper_mode - reference
-        values = (number(paper_mode, cells[0]), number(reference, cells[1]),
-                  number(difference, cells[2], signed=True), number(clinical, cells[3]))
+        values = (
+            number(paper_mode, cells[0]),
+            number(reference, cells[1]),
+            number(difference, cells[2], signed=True),
+            number(clinical, cells[3]),
+        )
         text.append("  ".join((name.ljust(width),) + values))
     if excluded is not None:
         shown = ", ".join(f"{metric} {count}" for metric, count in excluded.items() if metric != "jaccard")

@@ -88,8 +88,9 @@ def pack(bundle: Path, weights: Path, output: Path, url_base: str = "") -> list[
             files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
             for path in files:
                 zipped.write(path, f"{name}/{path.relative_to(bundle).as_posix()}")
-        for path in sorted(p for p in CODE.rglob("*") if p.is_file() and p.suffix in CODE_SUFFIXES
-                           and "__pycache__" not in p.parts):
+        for path in sorted(
+            p for p in CODE.rglob("*") if p.is_file() and p.suffix in CODE_SUFFIXES and "__pycache__" not in p.parts
+        ):
             zipped.write(path, f"{name}/scripts/common/{path.relative_to(CODE).as_posix()}")
         zipped.writestr(f"{name}/large_files.yml", large_files(url, weights_sha))
         zipped.write(weights, f"{name}/{WEIGHTS}")

@@ -41,12 +41,14 @@ FIRST_SEED = 42  # the authors' seed; further seeds count up from it
 
 PAPER_MODE_TEXT = {
     "transunet": "paper = TransUNet's per-case rule in voxels (a miss scores (0, 0), a false positive (1, 0)), "
-                 "averaged over all cases",
+    "averaged over all cases",
     "per_class": "paper = the authors' MONAI DiceMetric usage: Dice per class over the cases where the class is "
-                 "in the truth, then over the classes",
+    "in the truth, then over the classes",
 }
-CLINICAL_MODE_TEXT = ("clinical = Dice with a miss scored 0 and absent classes skipped; HD95 in mm from the "
-                      "volume's geometry (NaN where undefined or without geometry)")
+CLINICAL_MODE_TEXT = (
+    "clinical = Dice with a miss scored 0 and absent classes skipped; HD95 in mm from the "
+    "volume's geometry (NaN where undefined or without geometry)"
+)
 
 
 class ReproduceError(ValueError):
@@ -78,8 +80,9 @@ def bundle_network(bundle: Path, overrides: Mapping[str, object]) -> torch.nn.Mo
     return parser.get_parsed_content("network_def")
 
 
-def write_model_weights(bundle: Path, source: Path, authors: bool, target: Path,
-                        overrides: Mapping[str, object]) -> Path:
+def write_model_weights(
+    bundle: Path, source: Path, authors: bool, target: Path, overrides: Mapping[str, object]
+) -> Path:
     """Load ``source`` into the bundle's network (strictly; the authors' names converted when ``authors``) and
     save its state dict as ``target`` (``models/model.pt`` form), atomically."""
     network = bundle_network(bundle, overrides)
@@ -96,14 +99,21 @@ def write_model_weights(bundle: Path, source: Path, authors: bool, target: Path,
     return target
 
 
-def evaluate(bundle: Path, dataset_dir: Path, ckpt_dir: Path, output_dir: Path,
-             overrides: Mapping[str, object]) -> tuple[list[dict], str | None]:
+def evaluate(
+    bundle: Path, dataset_dir: Path, ckpt_dir: Path, output_dir: Path, overrides: Mapping[str, object]
+) -> tuple[list[dict], str | None]:
     """Run the bundle's ``configs/evaluate.json`` with ``ckpt_dir/model.pt``; its per-case rows and the
     failure message (``None`` when every case was scored)."""
     failure = None
     try:
-        run_bundle(config_file=str(bundle / "configs" / "evaluate.json"), bundle_root=str(bundle),
-                   dataset_dir=str(dataset_dir), ckpt_dir=str(ckpt_dir), output_dir=str(output_dir), **overrides)
+        run_bundle(
+            config_file=str(bundle / "configs" / "evaluate.json"),
+            bundle_root=str(bundle),
+            dataset_dir=str(dataset_dir),
+            ckpt_dir=str(ckpt_dir),
+            output_dir=str(output_dir),
+            **overrides,
+        )
     except (CaseScoringError, RuntimeError) as exc:  # MONAI wraps errors raised by the config's expressions
         cause = _scoring_error(exc)
         if cause is None:
@@ -125,9 +135,15 @@ def _scoring_error(exc: BaseException | None) -> CaseScoringError | None:
 def train(bundle: Path, dataset_dir: Path, run_dir: Path, seed: int, overrides: Mapping[str, object]) -> Path:
     """Run the bundle's ``configs/train.json`` with ``seed``, checkpoints and logs under ``run_dir``; returns the
     folder holding the selected ``model.pt``."""
-    run_bundle(config_file=str(bundle / "configs" / "train.json"), bundle_root=str(bundle),
-               dataset_dir=str(dataset_dir), ckpt_dir=str(run_dir / "models"), output_dir=str(run_dir / "runs"),
-               seed=seed, **overrides)
+    run_bundle(
+        config_file=str(bundle / "configs" / "train.json"),
+        bundle_root=str(bundle),
+        dataset_dir=str(dataset_dir),
+        ckpt_dir=str(run_dir / "models"),
+        output_dir=str(run_dir / "runs"),
+        seed=seed,
+        **overrides,
+    )
     if not (run_dir / "models" / "model.pt").is_file():
         raise ReproduceError(f"training with seed {seed} selected no checkpoint (no {run_dir / 'models' / 'model.pt'})")
     return run_dir / "models"
@@ -149,12 +165,13 @@ def format_seeds(summaries: Sequence[Sequence[Mapping]], published: PublishedRow
     def values(name: str, key: str, scale: float) -> list[float]:
         return [scale * float(s.get(name, {}).get(key, math.nan)) for s in by_seed]
 
-    lines = [(f"{n} Dice", values(n, "paper_dice", 100), published.class_dice.get(n), values(n, "dice", 100))
-             for n in names]
-    lines.append(("mean Dice", values(MEAN_ROW, "paper_dice", 100), published.mean_dice,
-                  values(MEAN_ROW, "dice", 100)))
-    lines.append(("HD95 (voxels)", values(MEAN_ROW, "paper_hd95_vox", 1), published.hd95,
-                  values(MEAN_ROW, "hd95_vox", 1)))
+    lines = [
+        (f"{n} Dice", values(n, "paper_dice", 100), published.class_dice.get(n), values(n, "dice", 100)) for n in names
+    ]
+    lines.append(("mean Dice", values(MEAN_ROW, "paper_dice", 100), published.mean_dice, values(MEAN_ROW, "dice", 100)))
+    lines.append(
+        ("HD95 (voxels)", values(MEAN_ROW, "paper_hd95_vox", 1), published.hd95, values(MEAN_ROW, "hd95_vox", 1))
+    )
     lines.append(("HD95 (mm)", [], None, values(MEAN_ROW, "hd95_mm", 1)))
     headers = ("paper-mode (mean +- sd)", "published", "clinical (mean +- sd)")
     width = max(len(name) for name, *_ in lines)
@@ -188,13 +205,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--weights", type=Path, help="a state dict for the bundle's network (models/model.pt)")
     source.add_argument("--train", action="store_true", help="train with the bundle's recipe, then evaluate")
     parser.add_argument("--seeds", type=int, default=1, help="with --train: seeds to train (42, 43, ...)")
-    parser.add_argument("--validation", choices=VALIDATION_CHOICES, default="test_set",
-                        help="Synapse, with --train: select the checkpoint on the test set (the authors' protocol) "
-                             "or on 4 training cases held out")
+    parser.add_argument(
+        "--validation",
+        choices=VALIDATION_CHOICES,
+        default="test_set",
+        help="Synapse, with --train: select the checkpoint on the test set (the authors' protocol) "
+        "or on 4 training cases held out",
+    )
     parser.add_argument("--encoder_weights", type=Path, help="with --train: ImageNet PVT-v2 weights (pvt_v2_b2.pth)")
     parser.add_argument("--output", type=Path, default=Path("reproduce"), help="folder for runs, CSVs and weights")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a config override for both configs, e.g. num_workers=0 (JSON values)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for both configs, e.g. num_workers=0 (JSON values)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -230,9 +256,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     paper_rule = writer.get("paper_rule", "per_class")
     default_selection = SELECTION_TEXT[args.validation] if dataset == "synapse" else writer.get("selection", "")
 
-    header = [f"reproduce: {meta.get('name', bundle.name)} (bundle {bundle.name})",
-              f"test set: {len(test_cases)} case(s); split = {reader.split_origin()}",
-              f"metric modes: {PAPER_MODE_TEXT[paper_rule]}; {CLINICAL_MODE_TEXT}"]
+    header = [
+        f"reproduce: {meta.get('name', bundle.name)} (bundle {bundle.name})",
+        f"test set: {len(test_cases)} case(s); split = {reader.split_origin()}",
+        f"metric modes: {PAPER_MODE_TEXT[paper_rule]}; {CLINICAL_MODE_TEXT}",
+    ]
     output = args.output
     if args.train:
         if args.encoder_weights is not None:
@@ -242,8 +270,9 @@ def _reproduce(args: argparse.Namespace) -> int:
         summaries, failures = [], []
         for seed in range(FIRST_SEED, FIRST_SEED + args.seeds):
             ckpt_dir = train(bundle, args.dataset_dir, output / f"seed{seed}", seed, overrides)
-            rows, failure = evaluate(bundle, args.dataset_dir, ckpt_dir, output / f"seed{seed}" / "eval",
-                                     _evaluation_only(overrides))
+            rows, failure = evaluate(
+                bundle, args.dataset_dir, ckpt_dir, output / f"seed{seed}" / "eval", _evaluation_only(overrides)
+            )
             summaries.append(summarize(rows))
             failures += [failure] if failure else []
             print(f"\nseed {seed}:\n{format_comparison(summaries[-1], published, 'ours', excluded_pairs(rows))}")
@@ -251,15 +280,17 @@ def _reproduce(args: argparse.Namespace) -> int:
     else:
         source = args.checkpoint or args.weights
         if args.checkpoint:
-            selection = (f"the authors' checkpoint {source}; as they selected it"
-                         + (f": {SELECTION_TEXT['test_set']}" if dataset == "synapse" else ""))
+            selection = f"the authors' checkpoint {source}; as they selected it" + (
+                f": {SELECTION_TEXT['test_set']}" if dataset == "synapse" else ""
+            )
         else:
             selection = f"weights {source}; selected as their training run did (bundle default: {default_selection})"
         header.append(f"checkpoint: {selection}")
         print("\n".join(header), flush=True)
         write_model_weights(bundle, source, bool(args.checkpoint), output / "models" / "model.pt", overrides)
-        rows, failure = evaluate(bundle, args.dataset_dir, output / "models", output / "eval",
-                                 _evaluation_only(overrides))
+        rows, failure = evaluate(
+            bundle, args.dataset_dir, output / "models", output / "eval", _evaluation_only(overrides)
+        )
         failures = [failure] if failure else []
         print(f"\n{format_comparison(summarize(rows), published, 'ours', excluded_pairs(rows))}")
     if failures:

@@ -45,6 +45,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged
 
 from common import dicomweb_segment
+from common.convert import fit_state_dict
 from common.inference import Precision, SliceInferer2D
 from common.io.dicom_seg import read_source_datasets, seg_obstacle, write_dicom_seg
 from common.io.dicom_series import DicomSeries
@@ -57,6 +58,7 @@ from common.io.lazy_volumes import (
 )
 from common.io.mask_saving import SaveMask2Dd
 from common.io.staging import publish, staged_folder
+from common.io.tables import write_csv
 from common.io.validation import short_reason
 from common.io.volumes import VOLUME_SUFFIXES, Volume, volume_suffix
 from common.io.writers import (
@@ -65,8 +67,6 @@ from common.io.writers import (
     write_nifti,
     write_volume_overlay,
 )
-from common.convert import fit_state_dict
-from common.io.tables import write_csv
 from common.networks.encoders import read_state_dict
 from common.transforms import LoadImage2Dd, LoadVolumed
 from common.volume_streaming import StreamingPlan, segment_streamed, streaming_plan
@@ -206,8 +206,10 @@ def load_bundle(
     config_file, meta_file = root / "configs" / "inference.json", root / "configs" / "metadata.json"
     for path in (config_file, meta_file):
         if not path.is_file():
-            raise BundleError(f"{path}: not found; expected a MONAI bundle folder with configs/inference.json "
-                              "and configs/metadata.json")
+            raise BundleError(
+                f"{path}: not found; expected a MONAI bundle folder with configs/inference.json "
+                "and configs/metadata.json"
+            )
     meta = _read_json(meta_file)
     try:
         formats = meta["network_data_format"]
@@ -386,12 +388,16 @@ def segment_case(
     """Segment one case and write its outputs into ``output_dir``; ``series_uid`` picks a DICOM folder's series."""
     if case.kind == "picture":
         if segmenter.spatial_dims != 2:
-            raise InputError(f"{case.path}: a 2-D picture, but the bundle {segmenter.root.name} segments volumes "
-                             "(NIfTI, NRRD, MHA or a DICOM series)")
+            raise InputError(
+                f"{case.path}: a 2-D picture, but the bundle {segmenter.root.name} segments volumes "
+                "(NIfTI, NRRD, MHA or a DICOM series)"
+            )
         return _segment_picture_case(segmenter, case, output_dir)
     if segmenter.spatial_dims != 3:
-        raise InputError(f"{case.path}: a volume, but the bundle {segmenter.root.name} segments 2-D pictures "
-                         f"({', '.join(PICTURE_SUFFIXES)})")
+        raise InputError(
+            f"{case.path}: a volume, but the bundle {segmenter.root.name} segments 2-D pictures "
+            f"({', '.join(PICTURE_SUFFIXES)})"
+        )
     return _segment_volume_case(segmenter, case, output_dir, series_uid)
 
 
@@ -419,8 +425,10 @@ def _segment_volume_case(
         warnings += [series.selection] if series.several_series else []
         warnings += [f"set aside in {case.path}: {'; '.join(series.set_aside)}"] if series.set_aside else []
         if series.tilt_degrees > 0.01:
-            warnings.append(f"gantry tilt {series.tilt_degrees:.2f} degrees: the NIfTI affine is sheared so that every "
-                            "slice keeps its recorded position")
+            warnings.append(
+                f"gantry tilt {series.tilt_degrees:.2f} degrees: the NIfTI affine is sheared so that every "
+                "slice keeps its recorded position"
+            )
         seg, reason = _write_seg(segmenter, series, labels, output_dir / f"{case.name}_seg.dcm")
         outputs += seg
         warnings += [f"no DICOM SEG written: {reason}; the NIfTI mask is written"] if reason else []
@@ -428,8 +436,9 @@ def _segment_volume_case(
     return CaseResult(case.name, case.path, "ok", outputs, volumes=rows, warnings=warnings)
 
 
-def _write_seg(segmenter: BundleSegmenter, series: DicomSeries, labels: np.ndarray, path: Path
-               ) -> tuple[list[Path], str | None]:
+def _write_seg(
+    segmenter: BundleSegmenter, series: DicomSeries, labels: np.ndarray, path: Path
+) -> tuple[list[Path], str | None]:
     """The DICOM SEG of ``labels`` over ``series`` when the source allows one: ``([path], None)``, else
     ``([], why not)``."""
     if not labels.any():
@@ -439,8 +448,16 @@ def _write_seg(segmenter: BundleSegmenter, series: DicomSeries, labels: np.ndarr
         reason = seg_obstacle(datasets)
         if reason is None:
             frames = series.frame_numbers if series.is_multiframe else None
-            return [write_dicom_seg(datasets, labels, path, segmenter.label_names, source_frames=frames,
-                                    series_description=segmenter.root.name[:64])], None
+            return [
+                write_dicom_seg(
+                    datasets,
+                    labels,
+                    path,
+                    segmenter.label_names,
+                    source_frames=frames,
+                    series_description=segmenter.root.name[:64],
+                )
+            ], None
     except Exception as exc:  # highdicom refuses what the source lacks; the NIfTI mask stands on its own
         logger.debug("%s: SEG not written", path, exc_info=True)
         reason = f"the source does not allow one ({short_reason(exc)})"
@@ -467,8 +484,15 @@ def segment_cases(
     ``series_uid`` reads that series from DICOM folders holding several (default: the largest, named in the
     case's warnings). See :func:`load_bundle` for the other options.
     """
-    segmenter = load_bundle(bundle, weights=weights, device=device, batch_size=batch_size, precision=precision,
-                            network=network, progress=progress)
+    segmenter = load_bundle(
+        bundle,
+        weights=weights,
+        device=device,
+        batch_size=batch_size,
+        precision=precision,
+        network=network,
+        progress=progress,
+    )
     cases = find_cases(inputs)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -490,11 +514,20 @@ def segment_cases(
     volume_rows = [row for result in results for row in result.volumes]
     if volume_rows:
         write_csv(output_dir / VOLUMES_FILE, volume_rows)
-    write_csv(output_dir / REPORT_FILE, [
-        {"case": r.case, "source": str(r.source), "status": r.status,
-         "outputs": ";".join(str(p) for p in r.outputs), "error": r.error, "warnings": " | ".join(r.warnings)}
-        for r in results
-    ])
+    write_csv(
+        output_dir / REPORT_FILE,
+        [
+            {
+                "case": r.case,
+                "source": str(r.source),
+                "status": r.status,
+                "outputs": ";".join(str(p) for p in r.outputs),
+                "error": r.error,
+                "warnings": " | ".join(r.warnings),
+            }
+            for r in results
+        ],
+    )
     return results
 
 
@@ -517,24 +550,39 @@ def format_report(results: Sequence[CaseResult]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = "Segment volumes, DICOM series or 2-D pictures with a bundle, keeping the input's geometry."
     parser.add_argument("--bundle", type=Path, required=True, help="bundle folder (configs/inference.json, models/)")
-    parser.add_argument("--input", type=dicomweb_segment.input_location, required=True,
-                        help="a NIfTI/NRRD/MHA file, a DICOM series folder, a PNG/JPEG/BMP picture, "
-                             "a folder of cases, or a DICOMweb study/series URL (docs/pacs.md)")
+    parser.add_argument(
+        "--input",
+        type=dicomweb_segment.input_location,
+        required=True,
+        help="a NIfTI/NRRD/MHA file, a DICOM series folder, a PNG/JPEG/BMP picture, "
+        "a folder of cases, or a DICOMweb study/series URL (docs/pacs.md)",
+    )
     parser.add_argument("--output", type=Path, required=True, help="folder for the masks, previews and tables")
     parser.add_argument("--weights", type=Path, help="state dict to use instead of BUNDLE/models/model.pt")
     parser.add_argument("--device", help="where the network runs (default: cuda if available, else cpu)")
     parser.add_argument("--batch-size", type=int, help="slices per forward pass (default: the bundle's)")
-    parser.add_argument("--precision", choices=get_args(Precision),
-                        help="network arithmetic (default: the bundle's, 'auto': float16 autocast on CUDA, bfloat16 "
-                             "on CPUs with native bfloat16, else float32; 'float32' is the authors' arithmetic)")
+    parser.add_argument(
+        "--precision",
+        choices=get_args(Precision),
+        help="network arithmetic (default: the bundle's, 'auto': float16 autocast on CUDA, bfloat16 "
+        "on CPUs with native bfloat16, else float32; 'float32' is the authors' arithmetic)",
+    )
     dicomweb_segment.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         inputs = dicomweb_segment.retrieve_inputs(args)  # a DICOMweb URL is retrieved into the output folder
-        results = segment_cases(args.bundle, inputs, args.output, weights=args.weights, device=args.device,
-                                batch_size=args.batch_size, precision=args.precision, series_uid=args.series)
+        results = segment_cases(
+            args.bundle,
+            inputs,
+            args.output,
+            weights=args.weights,
+            device=args.device,
+            batch_size=args.batch_size,
+            precision=args.precision,
+            series_uid=args.series,
+        )
     except (BundleError, InputError, DicomWebError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -73,9 +73,9 @@ class WarmupCosineLR(LambdaLR):
         warmup_prefix: bool = False,
     ):
         def factor(base_lr: float):
-            return lambda step: warmup_cosine_lr(
-                step, base_lr, warmup_steps, total_steps, start_lr, min_lr, warmup_prefix
-            ) / base_lr
+            return lambda step: (
+                warmup_cosine_lr(step, base_lr, warmup_steps, total_steps, start_lr, min_lr, warmup_prefix) / base_lr
+            )
 
         super().__init__(optimizer, [factor(group["lr"]) for group in optimizer.param_groups])
 

@@ -391,11 +391,18 @@ def transunet_augmentation(keys: Sequence[str] = KEYS) -> OneOf:
 def transunet_augmentation_config(keys: Sequence[str] = KEYS) -> dict:
     """:func:`transunet_augmentation` as a bundle-config component."""
     keys = list(keys)
-    rot90_flip = _compose([{"_target_": "RandRotate90d", "keys": keys, "prob": 0.75, "max_k": 3},
-                           {"_target_": "RandAxisFlipd", "keys": keys, "prob": 1.0}])
+    rot90_flip = _compose(
+        [
+            {"_target_": "RandRotate90d", "keys": keys, "prob": 0.75, "max_k": 3},
+            {"_target_": "RandAxisFlipd", "keys": keys, "prob": 1.0},
+        ]
+    )
     integer_rotation = {"_target_": "common.transforms.RandIntegerRotated", "keys": keys, "max_degrees": 20, "order": 0}
-    return {"_target_": "OneOf", "transforms": [rot90_flip, integer_rotation, {"_target_": "Identityd", "keys": keys}],
-            "weights": [0.5, 0.25, 0.25]}
+    return {
+        "_target_": "OneOf",
+        "transforms": [rot90_flip, integer_rotation, {"_target_": "Identityd", "keys": keys}],
+        "weights": [0.5, 0.25, 0.25],
+    }
 
 
 def photo_augmentation(keys: Sequence[str] = KEYS) -> list:
@@ -408,12 +415,24 @@ def photo_augmentation_configs(keys: Sequence[str] = KEYS) -> list[dict]:
     keys = list(keys)
     image = keys[0]
     return [
-        {"_target_": "RandRotated", "keys": keys, "range_x": float(np.deg2rad(30)), "prob": 0.5,
-         "mode": ["bilinear", "nearest"], "padding_mode": "reflection"},
+        {
+            "_target_": "RandRotated",
+            "keys": keys,
+            "range_x": float(np.deg2rad(30)),
+            "prob": 0.5,
+            "mode": ["bilinear", "nearest"],
+            "padding_mode": "reflection",
+        },
         {"_target_": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": 1},
         {"_target_": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": 0},
-        {"_target_": "common.transforms.RandBrightnessContrastd", "keys": image, "brightness": 0.2, "contrast": 0.2,
-         "prob": 0.2, "max_value": 255.0},
+        {
+            "_target_": "common.transforms.RandBrightnessContrastd",
+            "keys": image,
+            "brightness": 0.2,
+            "contrast": 0.2,
+            "prob": 0.2,
+            "max_value": 255.0,
+        },
         {"_target_": "common.transforms.RandGaussianBlurd", "keys": image, "kernel_sizes": [3, 5, 7], "prob": 0.3},
         {"_target_": "common.transforms.RandElasticd", "keys": keys, "prob": 0.3, "mode": ["bilinear", "nearest"]},
     ]
@@ -457,14 +476,26 @@ def volume_transforms_config(
     keys = list(KEYS)
     transforms = [
         {"_target_": "common.transforms.LoadVolumed", "keys": keys, "allow_missing_keys": True},
-        {"_target_": "Orientationd", "keys": keys, "axcodes": axcodes, "labels": [list(a) for a in RAS_AXIS_LABELS],
-         "allow_missing_keys": True},
+        {
+            "_target_": "Orientationd",
+            "keys": keys,
+            "axcodes": axcodes,
+            "labels": [list(a) for a in RAS_AXIS_LABELS],
+            "allow_missing_keys": True,
+        },
         intensity_config(intensity or reader.intensity),
     ]
     if reader.label_mapping:
         mapping = reader.label_mapping
-        transforms.append({"_target_": "MapLabelValued", "keys": "label", "orig_labels": list(mapping),
-                           "target_labels": list(mapping.values()), "allow_missing_keys": True})
+        transforms.append(
+            {
+                "_target_": "MapLabelValued",
+                "keys": "label",
+                "orig_labels": list(mapping),
+                "target_labels": list(mapping.values()),
+                "allow_missing_keys": True,
+            }
+        )
     transforms.append({"_target_": "EnsureTyped", "keys": keys, "dtype": "$torch.float32", "allow_missing_keys": True})
     return _compose(transforms)
 
@@ -489,15 +520,21 @@ def train_transforms_config(dataset: str | DatasetReader, spatial_size: Sequence
     keys, size = list(KEYS), _size(spatial_size)
     steps = _load_2d_configs(reader) if reader.stored_as == "slices" else []
     if reader.augmentation == "photo":
-        steps += [{"_target_": "common.resize.ResizePictured", "keys": keys, "spatial_size": size},
-                  *photo_augmentation_configs(KEYS)]
-        steps += [{"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
-                  {"_target_": "AsDiscreted", "keys": "label", "threshold": 0.5}]
+        steps += [
+            {"_target_": "common.resize.ResizePictured", "keys": keys, "spatial_size": size},
+            *photo_augmentation_configs(KEYS),
+        ]
+        steps += [
+            {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
+            {"_target_": "AsDiscreted", "keys": "label", "threshold": 0.5},
+        ]
     else:
         if reader.stored_as == "slices":
             steps.append(intensity_config(reader.intensity))
-        steps += [transunet_augmentation_config(KEYS),
-                  {"_target_": "common.resize.ZoomSliced", "keys": keys, "spatial_size": size}]
+        steps += [
+            transunet_augmentation_config(KEYS),
+            {"_target_": "common.resize.ZoomSliced", "keys": keys, "spatial_size": size},
+        ]
     steps.append({"_target_": "EnsureTyped", "keys": keys, "dtype": "$torch.float32", "track_meta": False})
     return _compose(steps)
 
@@ -521,18 +558,38 @@ def eval_transforms_config(dataset: str | DatasetReader, spatial_size: Sequence[
     if reader.augmentation != "photo":
         steps.append(intensity_config(reader.intensity))
     if reader.augmentation == "photo":
-        steps.append({"_target_": "common.resize.ResizePictured", "keys": keys, "spatial_size": _size(spatial_size),
-                      "allow_missing_keys": True})
+        steps.append(
+            {
+                "_target_": "common.resize.ResizePictured",
+                "keys": keys,
+                "spatial_size": _size(spatial_size),
+                "allow_missing_keys": True,
+            }
+        )
     else:
-        steps.append({"_target_": "Resized", "keys": keys, "spatial_size": _size(spatial_size),
-                      "mode": ["bicubic", "nearest-exact"], "allow_missing_keys": True})
+        steps.append(
+            {
+                "_target_": "Resized",
+                "keys": keys,
+                "spatial_size": _size(spatial_size),
+                "mode": ["bicubic", "nearest-exact"],
+                "allow_missing_keys": True,
+            }
+        )
     if reader.augmentation == "photo":
         steps += [
             {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
             {"_target_": "AsDiscreted", "keys": "label", "threshold": 0.5, "allow_missing_keys": True},
         ]
-    steps.append({"_target_": "EnsureTyped", "keys": keys, "dtype": "$torch.float32", "track_meta": False,
-                  "allow_missing_keys": True})
+    steps.append(
+        {
+            "_target_": "EnsureTyped",
+            "keys": keys,
+            "dtype": "$torch.float32",
+            "track_meta": False,
+            "allow_missing_keys": True,
+        }
+    )
     return _compose(steps)
 
 
@@ -547,8 +604,9 @@ def _load_2d_configs(reader: DatasetReader, allow_missing_labels: bool = False) 
     if reader.label_kind == "binary_mask":
         steps.append({"_target_": "common.transforms.LoadMask2Dd", "keys": "label", **optional})
     elif reader.label_kind == "run_length":
-        steps.append({"_target_": "common.transforms.DecodeRunLengthd", "rle_key": "label_rle", "label_key": "label",
-                      **optional})
+        steps.append(
+            {"_target_": "common.transforms.DecodeRunLengthd", "rle_key": "label_rle", "label_key": "label", **optional}
+        )
     else:
         steps.append({"_target_": "common.transforms.LoadImage2Dd", "keys": "label", "channels": 1, **optional})
     return steps
@@ -558,8 +616,15 @@ def intensity_config(intensity: str) -> dict:
     """Image intensity normalisation over the whole item (volume or picture), as a bundle-config component."""
     if intensity == "ct_window":
         low, high = CT_WINDOW_HU
-        return {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": low, "a_max": high, "b_min": 0.0,
-                "b_max": 1.0, "clip": True}
+        return {
+            "_target_": "ScaleIntensityRanged",
+            "keys": "image",
+            "a_min": low,
+            "a_max": high,
+            "b_min": 0.0,
+            "b_max": 1.0,
+            "clip": True,
+        }
     if intensity == "minmax":
         return {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0}
     if intensity == "zscore":

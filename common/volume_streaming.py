@@ -74,8 +74,15 @@ def streaming_plan(preprocessing: Compose, inferer: object) -> StreamingPlan | N
             steps.append(transform.scaler)
         elif isinstance(transform, ScaleIntensityd):
             scaler = transform.scaler
-            if steps or global_range is not None or scaler.factor is not None or scaler.channel_wise \
-                    or scaler.minv is None or scaler.maxv is None or scaler.dtype not in (np.float32, torch.float32):
+            if (
+                steps
+                or global_range is not None
+                or scaler.factor is not None
+                or scaler.channel_wise
+                or scaler.minv is None
+                or scaler.maxv is None
+                or scaler.dtype not in (np.float32, torch.float32)
+            ):
                 return None
             global_range = transform
         elif isinstance(transform, EnsureTyped):
@@ -121,8 +128,11 @@ def segment_streamed(
     """uint8 labels ``[X, Y, Z]`` of ``volume`` in its own voxel grid, equal to what the bundle's preprocessing,
     ``inferer`` and ``Invertd`` give for the whole volume; see the module docstring."""
     axcodes = plan.axcodes
-    transform = (orientation_transform(volume.affine, axcodes, plan.labels) if axcodes is not None
-                 else np.array([[0, 1], [1, 1], [2, 1]]))
+    transform = (
+        orientation_transform(volume.affine, axcodes, plan.labels)
+        if axcodes is not None
+        else np.array([[0, 1], [1, 1], [2, 1]])
+    )
     slabs = OrientedSlabs(volume, transform)
     steps = list(plan.steps)
     if plan.global_range is not None:

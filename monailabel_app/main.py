@@ -60,7 +60,8 @@ class BundlesApp(MONAILabelApp):
 
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         name = self.conf.get("epistemic_model") or next(
-            (n for n, b in self.bundles.items() if (b.path / "models" / "model.pt").is_file()), None)
+            (n for n, b in self.bundles.items() if (b.path / "models" / "model.pt").is_file()), None
+        )
         if name is None:
             return {}
         if name not in self.bundles:

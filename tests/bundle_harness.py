@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import miniature_layouts as layouts
 import nibabel as nib
 import numpy as np
 from monai.bundle import run as run_bundle
 
-import miniature_layouts as layouts
 from common.bundle_templates import BundleSpec
 from common.data import get_dataset
 
@@ -29,6 +29,7 @@ def small_overrides(spec: BundleSpec) -> dict:
     """Config overrides that shrink the bundle's network and input for a quick run."""
     network = {"encoder": "pvt_v2_b0"} if spec.network.startswith("pvt_") else SMALL_NETWORKS[spec.network]
     return {**SMALL, **{f"network_def#{k}": v for k, v in network.items()}}
+
 
 WRITERS = {
     "synapse": lambda root: layouts.write_synapse_npz(root, n_train_cases=2, slices_per_case=2, n_test_cases=2),
@@ -78,13 +79,17 @@ def write_sample_inputs(spec: BundleSpec, folder: Path) -> list[Path]:
     if reader.spatial_dims == 3:
         ras = np.diag([0.8, 0.8, 3.0, 1.0])
         lps = np.array([[-0.7, 0, 0, 90], [0, -0.7, 0, 120], [0, 0, 2.5, -40], [0, 0, 0, 1.0]])
-        paths = [layouts.write_nifti(folder / "ras.nii.gz", rng.normal(0, 200, (40, 36, 3)).astype(np.float32), ras),
-                 layouts.write_nifti(folder / "lps.nii.gz", rng.normal(0, 200, (30, 44, 2)).astype(np.float32), lps)]
+        paths = [
+            layouts.write_nifti(folder / "ras.nii.gz", rng.normal(0, 200, (40, 36, 3)).astype(np.float32), ras),
+            layouts.write_nifti(folder / "lps.nii.gz", rng.normal(0, 200, (30, 44, 2)).astype(np.float32), lps),
+        ]
     else:
         shape = (37, 50, reader.image_channels) if reader.image_channels > 1 else (37, 50)
         dtype = np.uint16 if spec.dataset == "uwmgi" else np.uint8  # UW-Madison scans are 16-bit PNGs
-        paths = [layouts.write_picture(folder / "first image (1).png", rng.integers(0, 255, shape).astype(dtype)),
-                 layouts.write_picture(folder / "second.png", rng.integers(0, 255, (41, 29, *shape[2:])).astype(dtype))]
+        paths = [
+            layouts.write_picture(folder / "first image (1).png", rng.integers(0, 255, shape).astype(dtype)),
+            layouts.write_picture(folder / "second.png", rng.integers(0, 255, (41, 29, *shape[2:])).astype(dtype)),
+        ]
     return paths
 
 

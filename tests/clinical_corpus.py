@@ -10,7 +10,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -90,7 +89,7 @@ def write_enhanced_ct(
         shared.PlaneOrientationSequence = [plane]
     ds.SharedFunctionalGroupsSequence = [shared]
     frames, stored_frames = [], []
-    for number, k in enumerate(frame_order, start=1):
+    for k in frame_order:
         item = Dataset()
         position = Dataset()
         position.ImagePositionPatient = _ds(list(LPS @ (affine @ [0, 0, k, 1])[:3]))
@@ -147,8 +146,9 @@ def write_nifti_with_header(path: Path, array: np.ndarray, affine: np.ndarray, *
 
 def write_sitk(path: Path, array: np.ndarray, compress: bool = False) -> Path:
     """An (X, Y, Z) array as NRRD / MetaImage through SimpleITK (identity geometry)."""
-    sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0))), str(path),
-                    useCompression=compress)
+    sitk.WriteImage(
+        sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0))), str(path), useCompression=compress
+    )
     return path
 
 
@@ -180,8 +180,10 @@ def write_hostile_corpus(folder: Path) -> dict[str, tuple[Path, str]]:
         "truncated_mha": (folder / "truncated_mha.mha", "the header declares 16 x 12 x 3 voxels (1152 bytes of voxel"),
         "claims_1000_cubed": (folder / "claims_1000_cubed.nii.gz", "the header declares 1000 x 1000 x 1000 voxels"),
         "missing_raw": (folder / "missing_raw.mhd", "its header names the data file missing_raw.raw, which does not"),
-        "time_series": (folder / "time_series.nii.gz", "expected a 3-D volume (X, Y, Z), or (X, Y, Z, channels); "
-                                                       "found shape (16, 12, 3, 2, 2)"),
+        "time_series": (
+            folder / "time_series.nii.gz",
+            "expected a 3-D volume (X, Y, Z), or (X, Y, Z, channels); found shape (16, 12, 3, 2, 2)",
+        ),
     }
     nib.save(nib.Nifti1Image(nan_block, affine), corpus["nan"][0])
     nib.save(nib.Nifti1Image(rgb, affine), corpus["rgb24"][0])

@@ -27,8 +27,10 @@ import pytest
 ORTHANC_AET = "ORTHANC"
 NODE_AET = "GDLA"  # the AE title of the DICOM node (python -m common listen) in Orthanc's DicomModalities
 NODE_MODALITY = "gdla"
-DICOMWEB_PLUGIN_PLACES = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
-                          "/usr/lib/orthanc/plugins/libOrthancDicomWeb.so")
+DICOMWEB_PLUGIN_PLACES = (
+    "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
+    "/usr/lib/orthanc/plugins/libOrthancDicomWeb.so",
+)
 START_TIMEOUT_S = 60
 
 
@@ -41,12 +43,17 @@ def free_port() -> int:
 
 def orthanc_binary() -> tuple[str, str]:
     """(Orthanc executable, DICOMweb plugin); fails the test with the install command when either is missing."""
-    binary = shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if os.path.exists(p)), None)
+    binary = shutil.which("Orthanc") or next(
+        (p for p in ("/usr/sbin/Orthanc", "/usr/bin/Orthanc") if os.path.exists(p)), None
+    )
     plugin = os.environ.get("GDLA_ORTHANC_DICOMWEB_PLUGIN") or next(
-        (p for p in DICOMWEB_PLUGIN_PLACES if os.path.exists(p)), None)
+        (p for p in DICOMWEB_PLUGIN_PLACES if os.path.exists(p)), None
+    )
     if not binary or not plugin or not os.path.exists(plugin):
-        pytest.fail("Orthanc and its DICOMweb plugin are needed for the PACS tests: apt-get install -y orthanc "
-                    "orthanc-dicomweb (.ci/run does it; see docs/pacs.md for machines without root)")
+        pytest.fail(
+            "Orthanc and its DICOMweb plugin are needed for the PACS tests: apt-get install -y orthanc "
+            "orthanc-dicomweb (.ci/run does it; see docs/pacs.md for machines without root)"
+        )
     return binary, plugin
 
 
@@ -68,8 +75,14 @@ class Orthanc:
     def dicomweb(self) -> str:
         return f"{self.url}/dicom-web"
 
-    def request(self, method: str, path: str, body: bytes | None = None, content_type: str = "application/json",
-                auth: tuple[str, str] | None = None) -> object:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+        auth: tuple[str, str] | None = None,
+    ) -> object:
         """One REST call (HTTP basic ``auth`` if given); the JSON answer (or ``None`` for an empty body)."""
         headers = {"Content-Type": content_type} if body is not None else {}
         if auth:
@@ -85,13 +98,17 @@ class Orthanc:
 
     def series_of_study(self, study_uid: str) -> list[dict]:
         """Orthanc's series of the study with this StudyInstanceUID (``MainDicomTags``, ``Instances``)."""
-        found = self.request("POST", "/tools/find", json.dumps(
-            {"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True}).encode())
+        found = self.request(
+            "POST",
+            "/tools/find",
+            json.dumps({"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": True}).encode(),
+        )
         return list(found)
 
     def study_id(self, study_uid: str) -> str:
-        found = self.request("POST", "/tools/find", json.dumps(
-            {"Level": "Study", "Query": {"StudyInstanceUID": study_uid}}).encode())
+        found = self.request(
+            "POST", "/tools/find", json.dumps({"Level": "Study", "Query": {"StudyInstanceUID": study_uid}}).encode()
+        )
         assert len(found) == 1, f"study {study_uid}: {found}"
         return found[0]
 
@@ -121,8 +138,9 @@ def start_orthanc(folder: Path, node_port: int, settings: dict | None = None) ->
     (folder / "orthanc.json").write_text(json.dumps(config, indent=1))
     log = folder / "orthanc.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([binary, str(folder / "orthanc.json")], stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [binary, str(folder / "orthanc.json")], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     server = Orthanc(http_port, dicom_port, node_port, process, log)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:

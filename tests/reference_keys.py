@@ -51,9 +51,14 @@ def write_authors_checkpoint(path: Path, state: dict[str, torch.Tensor], trainin
         optimizer = torch.optim.AdamW(parameters, lr=5e-4, weight_decay=0.01)
         sum(p.sum() for p in parameters).backward()
         optimizer.step()
-        scheduler = CosineLRScheduler(optimizer, t_initial=100, lr_min=5e-6, warmup_t=2, warmup_lr_init=1e-7,
-                                      warmup_prefix=False)
-        document.update(optimizer_state_dict=optimizer.state_dict(), lr_scheduler_state_dict=scheduler.state_dict(),
-                        epoch=57, best_dice=np.float32(0.8532))
+        scheduler = CosineLRScheduler(
+            optimizer, t_initial=100, lr_min=5e-6, warmup_t=2, warmup_lr_init=1e-7, warmup_prefix=False
+        )
+        document.update(
+            optimizer_state_dict=optimizer.state_dict(),
+            lr_scheduler_state_dict=scheduler.state_dict(),
+            epoch=57,
+            best_dice=np.float32(0.8532),
+        )
     torch.save(document, path)
     return path

@@ -15,9 +15,17 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from bundle_harness import (
+    config_files,
+    copy_bundle,
+    read_output,
+    run_config,
+    small_overrides,
+    write_dataset,
+    write_sample_inputs,
+)
 from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 
-from bundle_harness import config_files, copy_bundle, read_output, run_config, small_overrides, write_dataset, write_sample_inputs
 from common.bundle_render import stale_files
 from common.bundle_templates import BUNDLES, class_names, find_bundle
 from common.data import get_dataset
@@ -33,10 +41,20 @@ def test_checked_in_bundles_are_rendered_from_the_templates():
 def test_every_bundle_has_the_model_zoo_layout():
     for spec in BUNDLES:
         root = REPO / "bundles" / spec.name
-        for relative in ("configs/metadata.json", "configs/train.json", "configs/evaluate.json",
-                         "configs/inference.json", "configs/infer.json", "configs/multi_gpu_train.json",
-                         "configs/multi_gpu_evaluate.json", "configs/logging.conf",
-                         "docs/README.md", "docs/data_license.txt", "LICENSE", "large_files.yml"):
+        for relative in (
+            "configs/metadata.json",
+            "configs/train.json",
+            "configs/evaluate.json",
+            "configs/inference.json",
+            "configs/infer.json",
+            "configs/multi_gpu_train.json",
+            "configs/multi_gpu_evaluate.json",
+            "configs/logging.conf",
+            "docs/README.md",
+            "docs/data_license.txt",
+            "LICENSE",
+            "large_files.yml",
+        ):
             assert (root / relative).is_file(), f"{spec.name} lacks {relative}"
         assert not list((root / "models").glob("*.pt")), "weights must not be in git"
         train = json.loads((root / "configs" / "train.json").read_text())
@@ -80,9 +98,14 @@ def _export_check(bundle: Path, tmp_path: Path, small: dict) -> None:
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert meta["torchscript_export"]["use_trace"] is True
     network_args = {k: v for k, v in small.items() if k.startswith("network_def#")}
-    common = {"net_id": "network_def", "ckpt_file": str(bundle / "models" / "model.pt"), "bundle_root": str(bundle),
-              "meta_file": str(bundle / "configs" / "metadata.json"),
-              "config_file": str(bundle / "configs" / "inference.json"), **network_args}
+    common = {
+        "net_id": "network_def",
+        "ckpt_file": str(bundle / "models" / "model.pt"),
+        "bundle_root": str(bundle),
+        "meta_file": str(bundle / "configs" / "metadata.json"),
+        "config_file": str(bundle / "configs" / "inference.json"),
+        **network_args,
+    }
     channels = meta["network_data_format"]["inputs"]["image"]["num_channels"]
     shape = [1, channels, *small["spatial_size"]]
     ckpt_export(filepath=str(tmp_path / "model.ts"), use_trace=True, input_shape=shape, **common)
@@ -110,8 +133,13 @@ def _load_check(bundle: Path, small: dict) -> None:
     trained = torch.load(bundle / "models" / "model.pt", weights_only=True)
     network_args = {k.split("#", 1)[1]: v for k, v in small.items() if k.startswith("network_def#")}
     for workflow_type in ("train", "infer"):
-        network = load(bundle.name, bundle_dir=str(bundle.parent), workflow_type=workflow_type, device="cpu",
-                       net_override=network_args)
+        network = load(
+            bundle.name,
+            bundle_dir=str(bundle.parent),
+            workflow_type=workflow_type,
+            device="cpu",
+            net_override=network_args,
+        )
         assert isinstance(network, torch.nn.Module), f"{workflow_type}: {type(network)}"
         for key, value in network.state_dict().items():
             torch.testing.assert_close(value, trained[key], rtol=0, atol=0)
@@ -122,13 +150,20 @@ def _properties_check(bundle: Path, data: Path, small: dict) -> None:
     workflow (the properties are built, so this also builds the datasets and engines)."""
     from monai.bundle import ConfigWorkflow
 
-    runs = {"train": (config_files(bundle, "train"), str(data)),
-            "eval": (config_files(bundle, "evaluate"), str(data)),
-            "infer": (config_files(bundle, "inference"), str(bundle / "sample_data"))}
+    runs = {
+        "train": (config_files(bundle, "train"), str(data)),
+        "eval": (config_files(bundle, "evaluate"), str(data)),
+        "infer": (config_files(bundle, "inference"), str(bundle / "sample_data")),
+    }
     for workflow_type, (files, dataset_dir) in runs.items():
-        workflow = ConfigWorkflow(config_file=files, workflow_type=workflow_type, bundle_root=str(bundle),
-                                  meta_file=str(bundle / "configs" / "metadata.json"), dataset_dir=dataset_dir,
-                                  **small)
+        workflow = ConfigWorkflow(
+            config_file=files,
+            workflow_type=workflow_type,
+            bundle_root=str(bundle),
+            meta_file=str(bundle / "configs" / "metadata.json"),
+            dataset_dir=dataset_dir,
+            **small,
+        )
         workflow.initialize()
         assert workflow.check_properties() == [], workflow_type
 
@@ -145,7 +180,9 @@ def test_bundle_end_to_end_on_miniature_data(name, tmp_path):
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "train.json"))
     parser.update(small)
-    assert set(weights) == set(parser.get_parsed_content("network_def").state_dict()), "model.pt is not a plain state dict"
+    assert set(weights) == set(parser.get_parsed_content("network_def").state_dict()), (
+        "model.pt is not a plain state dict"
+    )
 
     run_config(bundle, "evaluate", dataset_dir=str(data), **small)
     with open(bundle / "eval" / "cases.csv") as f:
@@ -156,7 +193,7 @@ def test_bundle_end_to_end_on_miniature_data(name, tmp_path):
         summary = {row["class"]: row for row in csv.DictReader(f)}
     assert "mean" in summary
     if reader.spatial_dims == 3 or reader.multilabel:
-        assert set(summary) - {"mean"} == set(class_names(spec)[0 if reader.multilabel else 1:])
+        assert set(summary) - {"mean"} == set(class_names(spec)[0 if reader.multilabel else 1 :])
 
     inputs = write_sample_inputs(spec, bundle / "sample_data")
     run_config(bundle, "inference", **small)
@@ -168,14 +205,18 @@ def test_bundle_end_to_end_on_miniature_data(name, tmp_path):
         expected, expected_affine = read_output(source)
         assert mask.shape[:2] == expected.shape[:2] and mask.shape[: expected.ndim] == expected.shape[: mask.ndim]
         assert mask.max() < reader.num_classes or (
-            (reader.num_classes == 2 or reader.multilabel) and set(np.unique(mask)) <= {0, 255})
+            (reader.num_classes == 2 or reader.multilabel) and set(np.unique(mask)) <= {0, 255}
+        )
         if affine is not None:
             np.testing.assert_allclose(affine, expected_affine, atol=1e-4)
 
     _metadata_check(bundle)
-    verify_net_in_out(net_id="network_def", meta_file=str(bundle / "configs" / "metadata.json"),
-                      config_file=str(bundle / "configs" / "inference.json"),
-                      **{k: v for k, v in small.items() if k not in ("spatial_size", "network_def#image_size")})
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        config_file=str(bundle / "configs" / "inference.json"),
+        **{k: v for k, v in small.items() if k not in ("spatial_size", "network_def#image_size")},
+    )
     _export_check(bundle, tmp_path, small)
     _load_check(bundle, small)
     _properties_check(bundle, data, small)
@@ -206,13 +247,36 @@ def test_evaluation_rows_agree_with_monai_mean_dice(tmp_path):
 
 def _bundle_command(bundle: Path, config: str | list[str], *args: str) -> list[str]:
     files = config if isinstance(config, str) else "[" + ",".join(f"'{c}'" for c in config) + "]"
-    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", files,
-            "--logging_file", "configs/logging.conf", *args]
+    return [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        files,
+        "--logging_file",
+        "configs/logging.conf",
+        *args,
+    ]
 
 
 def _small_args(data: Path, epochs: int) -> list[str]:
-    return ["--dataset_dir", str(data), "--epochs", str(epochs), "--warmup_epochs", "0", "--batch_size", "2",
-            "--num_workers", "0", "--spatial_size", "[64,64]", "--network_def#encoder", "pvt_v2_b0"]
+    return [
+        "--dataset_dir",
+        str(data),
+        "--epochs",
+        str(epochs),
+        "--warmup_epochs",
+        "0",
+        "--batch_size",
+        "2",
+        "--num_workers",
+        "0",
+        "--spatial_size",
+        "[64,64]",
+        "--network_def#encoder",
+        "pvt_v2_b0",
+    ]
 
 
 @pytest.mark.slow
@@ -247,21 +311,37 @@ def test_killed_training_resumes_from_its_last_epoch(tmp_path):
 def test_torchrun_trains_one_epoch_on_two_cpu_processes(tmp_path):
     spec = find_bundle("pvt_gdla_synapse_segmentation")
     bundle, data = copy_bundle(spec, tmp_path), write_dataset(spec, tmp_path)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "monai.bundle", "run", "--config_file", "['configs/train.json','configs/multi_gpu_train.json']",
-               "--logging_file", "configs/logging.conf", *_small_args(data, epochs=1)]
-    result = subprocess.run(command, cwd=bundle, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "['configs/train.json','configs/multi_gpu_train.json']",
+        "--logging_file",
+        "configs/logging.conf",
+        *_small_args(data, epochs=1),
+    ]
+    result = subprocess.run(
+        command, cwd=bundle, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (bundle / "models" / "model.pt").is_file()
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state), "DDP wrapper names leaked into model.pt"
 
-    evaluate = [*command[:command.index("--config_file") + 1],
-                "['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']",
-                *command[command.index("--config_file") + 2:]]
-    result = subprocess.run(evaluate, cwd=bundle, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    evaluate = [
+        *command[: command.index("--config_file") + 1],
+        "['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']",
+        *command[command.index("--config_file") + 2 :],
+    ]
+    result = subprocess.run(
+        evaluate, cwd=bundle, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with open(bundle / "eval" / "cases.csv") as f:  # rank 0 wrote the cases of both processes
         cases = {row["case"] for row in csv.DictReader(f)}
@@ -293,8 +373,16 @@ def test_synapse_bundle_trains_on_raw_btcv_volumes(tmp_path):
     spec = find_bundle("pvt_gdla_synapse_segmentation")
     bundle, data = copy_bundle(spec, tmp_path), write_synapse_raw(tmp_path / "raw", n_train_cases=2, n_test_cases=1)
     small = small_overrides(spec)
-    run_config(bundle, "train", dataset_dir=str(data), dataset_name="synapse_raw", epochs=1, warmup_epochs=0,
-               batch_size=2, **small)
+    run_config(
+        bundle,
+        "train",
+        dataset_dir=str(data),
+        dataset_name="synapse_raw",
+        epochs=1,
+        warmup_epochs=0,
+        batch_size=2,
+        **small,
+    )
     run_config(bundle, "evaluate", dataset_dir=str(data), dataset_name="synapse_raw", **small)
     with open(bundle / "eval" / "summary.csv") as f:
         assert {row["class"] for row in csv.DictReader(f)} == set(class_names(spec)[1:]) | {"mean"}
@@ -308,8 +396,9 @@ def test_request_max_epochs_drives_the_learning_rate_schedule():
     spec = find_bundle("pvt_gdla_busi_segmentation")
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / spec.name / "configs" / "train.json"))
-    parser.update({**small_overrides(spec), "iterations_per_epoch": 10, "warmup_epochs": 1,
-                   "train#trainer#max_epochs": 3})
+    parser.update(
+        {**small_overrides(spec), "iterations_per_epoch": 10, "warmup_epochs": 1, "train#trainer#max_epochs": 3}
+    )
     scheduler = parser.get_parsed_content("lr_scheduler")
     base = parser.get_parsed_content("learning_rate")
     assert scheduler.lr_lambdas[0](30) * base == pytest.approx(1e-6)  # the end of 3 epochs of 10 iterations
@@ -325,8 +414,14 @@ def test_preprocessing_in_the_configs_is_the_code_recipe_and_can_be_overridden(t
     bundle, data = copy_bundle(spec, tmp_path), write_dataset(spec, tmp_path)
     train = json.loads((bundle / "configs" / "train.json").read_text())
     targets = [t["_target_"] for t in train["validate"]["preprocessing"]["transforms"]]
-    assert targets == ["common.transforms.LoadImage2Dd", "common.transforms.LoadMask2Dd", "common.resize.ResizePictured",
-                       "ScaleIntensityd", "AsDiscreted", "EnsureTyped"]
+    assert targets == [
+        "common.transforms.LoadImage2Dd",
+        "common.transforms.LoadMask2Dd",
+        "common.resize.ResizePictured",
+        "ScaleIntensityd",
+        "AsDiscreted",
+        "EnsureTyped",
+    ]
     assert train["train"]["preprocessing"] == json.loads(json.dumps(train_transforms_config("busi", "@spatial_size")))
     item = get_dataset("busi").datalists(data)["validation"][0]
 
@@ -355,13 +450,32 @@ def test_inference_takes_dataset_dir_datalist_and_refuses_nothing(tmp_path):
     assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["first image (1)_seg.png", "second_seg.png"]
     run_config(bundle, "inference", datalist=[str(first)], output_dir=str(tmp_path / "paths"), **small)
     assert [p.name for p in (tmp_path / "paths").iterdir()] == ["first image (1)_seg.png"]
-    run_config(bundle, "inference", datalist=[{"image": str(second)}], output_dir=str(tmp_path / "dicts"),
-               **{"postprocessing#transforms#0#postfix": "mask"}, **small)
+    run_config(
+        bundle,
+        "inference",
+        datalist=[{"image": str(second)}],
+        output_dir=str(tmp_path / "dicts"),
+        **{"postprocessing#transforms#0#postfix": "mask"},
+        **small,
+    )
     assert [p.name for p in (tmp_path / "dicts").iterdir()] == ["second_mask.png"]
 
     (tmp_path / "empty").mkdir()
-    result = subprocess.run(_bundle_command(bundle, "configs/inference.json", "--dataset_dir", str(tmp_path / "empty"),
-                                            "--load_pretrain", "False", "--network_def#encoder", "pvt_v2_b0"),
-                            cwd=bundle, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        _bundle_command(
+            bundle,
+            "configs/inference.json",
+            "--dataset_dir",
+            str(tmp_path / "empty"),
+            "--load_pretrain",
+            "False",
+            "--network_def#encoder",
+            "pvt_v2_b0",
+        ),
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode != 0
     assert "nothing to segment" in result.stderr and str(tmp_path / "empty") in result.stderr

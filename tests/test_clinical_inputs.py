@@ -17,15 +17,15 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 from clinical_corpus import tilted_affine, write_enhanced_ct, write_hostile_corpus
+from miniature_layouts import write_dicom_series
+from test_segment import IntensityThreshold, copy_bundle
+
 from common.__main__ import main
 from common.io.dicom_series import DicomSeriesError, read_dicom_series
 from common.io.staging import publish, staged_folder
 from common.io.volumes import LPS_TO_RAS, VolumeReadError, load_volume, volume_shape
 from common.segment import segment_cases
-from miniature_layouts import write_dicom_series
-from test_segment import IntensityThreshold, copy_bundle
 
 SHAPE = (64, 64, 5)
 TILT = 12.0
@@ -48,8 +48,9 @@ def ct_bundle(tmp_path_factory) -> Path:
 
 def positions_of(files: list[Path]) -> np.ndarray:
     """ImagePositionPatient (LPS) of each file."""
-    return np.asarray([[float(v) for v in pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient]
-                       for f in files])
+    return np.asarray(
+        [[float(v) for v in pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient] for f in files]
+    )
 
 
 def lps_slice_positions(affine: np.ndarray, n: int) -> np.ndarray:
@@ -92,9 +93,15 @@ def test_enhanced_ct_equals_its_single_frame_twin(tmp_path, ct_values, per_frame
     affine = tilted_affine(SHAPE[:2], (0.7, 0.7, 2.5), TILT)
     write_dicom_series(tmp_path / "single", ct_values, affine, intercept=-1024.0, modality="CT")
     # frames stored out of slice order, each with its own rescale (slope 0.5 halves the stored step)
-    write_enhanced_ct(tmp_path / "enhanced" / "ct.dcm", ct_values, affine, slopes=[1, 0.5, 1, 0.5, 1],
-                      intercepts=[-1024, -1000, 0, -1024, -2000], frame_order=[3, 0, 4, 1, 2],
-                      per_frame_orientation=per_frame_orientation)
+    write_enhanced_ct(
+        tmp_path / "enhanced" / "ct.dcm",
+        ct_values,
+        affine,
+        slopes=[1, 0.5, 1, 0.5, 1],
+        intercepts=[-1024, -1000, 0, -1024, -2000],
+        frame_order=[3, 0, 4, 1, 2],
+        per_frame_orientation=per_frame_orientation,
+    )
 
     single, enhanced = read_dicom_series(tmp_path / "single"), read_dicom_series(tmp_path / "enhanced")
 
@@ -110,8 +117,12 @@ def test_highdicom_legacy_converted_ct_equals_its_source(tmp_path, ct_values):
     affine = np.diag([0.7, 0.7, 2.5, 1.0])
     files = write_dicom_series(tmp_path / "single", ct_values, affine, intercept=-1024.0, modality="CT")
     converted = hd.legacy.LegacyConvertedEnhancedCTImage(
-        [pydicom.dcmread(f) for f in files], series_instance_uid=hd.UID(), series_number=2,
-        sop_instance_uid=hd.UID(), instance_number=1)
+        [pydicom.dcmread(f) for f in files],
+        series_instance_uid=hd.UID(),
+        series_number=2,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+    )
     (tmp_path / "converted").mkdir()
     converted.save_as(tmp_path / "converted" / "ct.dcm")
 
@@ -131,8 +142,9 @@ def test_multiframe_without_positions_is_named_in_the_refusal(tmp_path, ct_value
     with pytest.raises(DicomSeriesError, match="found none .*ct.dcm: a multi-frame object without plane positions"):
         read_dicom_series(tmp_path)
     write_dicom_series(tmp_path, ct_values, np.eye(4), modality="CT")  # a usable series beside it
-    assert read_dicom_series(tmp_path).set_aside == ("ct.dcm: a multi-frame object without plane positions / "
-                                                     "orientations (frame 1)",)
+    assert read_dicom_series(tmp_path).set_aside == (
+        "ct.dcm: a multi-frame object without plane positions / orientations (frame 1)",
+    )
 
 
 # ----------------------------------------------------------------------------- segment: SEG, series, fallbacks
@@ -155,8 +167,9 @@ def test_tilted_series_seg_frames_lie_on_the_source_images_and_the_nifti(tmp_pat
     write_dicom_series(tmp_path / "tilted", ct_values, affine, intercept=-1024.0, modality="CT")
     series = read_dicom_series(tmp_path / "tilted")
 
-    results = segment_cases(ct_bundle, tmp_path / "tilted", tmp_path / "out", network=IntensityThreshold(),
-                            device="cpu", progress=False)
+    results = segment_cases(
+        ct_bundle, tmp_path / "tilted", tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+    )
 
     assert results[0].status == "ok" and any("gantry tilt 12.00 degrees" in w for w in results[0].warnings)
     mask = nib.load(tmp_path / "out" / "tilted_seg.nii.gz")
@@ -176,11 +189,17 @@ def test_tilted_series_seg_frames_lie_on_the_source_images_and_the_nifti(tmp_pat
 def test_enhanced_ct_gets_a_seg_on_its_frames_and_the_twins_nifti(tmp_path, ct_bundle, ct_values):
     affine = tilted_affine(SHAPE[:2], (0.7, 0.7, 2.5), TILT)
     write_dicom_series(tmp_path / "cases" / "single", ct_values, affine, intercept=-1024.0, modality="CT")
-    source = write_enhanced_ct(tmp_path / "cases" / "enhanced" / "ct.dcm", ct_values, affine,
-                               intercepts=[-1024.0] * 5, frame_order=[4, 2, 0, 1, 3])
+    source = write_enhanced_ct(
+        tmp_path / "cases" / "enhanced" / "ct.dcm",
+        ct_values,
+        affine,
+        intercepts=[-1024.0] * 5,
+        frame_order=[4, 2, 0, 1, 3],
+    )
 
-    results = segment_cases(ct_bundle, tmp_path / "cases", tmp_path / "out", network=IntensityThreshold(),
-                            device="cpu", progress=False)
+    results = segment_cases(
+        ct_bundle, tmp_path / "cases", tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+    )
 
     assert [(r.case, r.status) for r in results] == [("enhanced", "ok"), ("single", "ok")]
     single = nib.load(tmp_path / "out" / "single_seg.nii.gz")
@@ -200,15 +219,28 @@ def test_enhanced_ct_gets_a_seg_on_its_frames_and_the_twins_nifti(tmp_path, ct_b
         np.testing.assert_allclose(position, lps_slice_positions(enhanced.affine, 5)[k], atol=1e-4)
 
 
-def test_two_series_default_is_printed_and_reported_and_series_picks_the_other(tmp_path, ct_bundle, ct_values,
-                                                                             capsys):
+def test_two_series_default_is_printed_and_reported_and_series_picks_the_other(tmp_path, ct_bundle, ct_values, capsys):
     folder = tmp_path / "study"
     affine = np.diag([0.7, 0.7, 5.0, 1.0])
     write_dicom_series(folder, ct_values, affine, modality="CT", series_uid="1.2.826.0.9.1", prefix="A")
     write_dicom_series(folder, ct_values[:, :, :2], affine, modality="CT", series_uid="1.2.826.0.9.2", prefix="B")
 
-    assert main(["segment", "--bundle", str(ct_bundle), "--input", str(folder), "--output", str(tmp_path / "out"),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                "--bundle",
+                str(ct_bundle),
+                "--input",
+                str(folder),
+                "--output",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
 
     printed = capsys.readouterr()
     expected = "reading the largest, 1.2.826.0.9.1 (CT, 'miniature', 5 images); not read: 1.2.826.0.9.2"
@@ -217,8 +249,24 @@ def test_two_series_default_is_printed_and_reported_and_series_picks_the_other(t
     assert expected in report["warnings"] and "--series UID" in report["warnings"]
     assert nib.load(tmp_path / "out" / "study_seg.nii.gz").shape == SHAPE
 
-    assert main(["segment", "--bundle", str(ct_bundle), "--input", str(folder), "--output", str(tmp_path / "o2"),
-                 "--device", "cpu", "--series", "1.2.826.0.9.2"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                "--bundle",
+                str(ct_bundle),
+                "--input",
+                str(folder),
+                "--output",
+                str(tmp_path / "o2"),
+                "--device",
+                "cpu",
+                "--series",
+                "1.2.826.0.9.2",
+            ]
+        )
+        == 0
+    )
     assert nib.load(tmp_path / "o2" / "study_seg.nii.gz").shape == (64, 64, 2)
     report = next(csv.DictReader(open(tmp_path / "o2" / "report.csv")))
     assert "reading the requested series 1.2.826.0.9.2" in report["warnings"]
@@ -232,16 +280,18 @@ def test_source_without_frame_of_reference_keeps_its_nifti_and_says_why_no_seg(t
         del dataset.FrameOfReferenceUID
         dataset.save_as(path)
 
-    results = segment_cases(ct_bundle, tmp_path / "anonymised", tmp_path / "out", network=IntensityThreshold(),
-                            device="cpu", progress=False)
+    results = segment_cases(
+        ct_bundle, tmp_path / "anonymised", tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+    )
 
     assert results[0].status == "ok"
     assert results[0].warnings == [
         "no DICOM SEG written: the source series has no FrameOfReferenceUID (removed by an anonymiser?), which a SEG "
         "needs to lie on the source images; the NIfTI mask is written"
     ]
-    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "out" / "anonymised_seg.nii.gz").dataobj),
-                                  ct_values > 75)
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(tmp_path / "out" / "anonymised_seg.nii.gz").dataobj), ct_values > 75
+    )
     assert not (tmp_path / "out" / "anonymised_seg.dcm").exists()
 
 
@@ -260,10 +310,23 @@ def assert_plain_refusal(message: str, path: Path, expected: str) -> None:
     assert not any(token in message for token in (".cxx", ".h:", "0x", "itk::", "sitk::", "RuntimeError"))
 
 
-@pytest.mark.parametrize("name", [
-    "nan", "rgb24", "singular", "huge_header", "huge_header_gz", "claims_1000_cubed", "zero_size", "truncated_nrrd",
-    "truncated_nrrd_gz", "truncated_mha", "missing_raw", "time_series",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nan",
+        "rgb24",
+        "singular",
+        "huge_header",
+        "huge_header_gz",
+        "claims_1000_cubed",
+        "zero_size",
+        "truncated_nrrd",
+        "truncated_nrrd_gz",
+        "truncated_mha",
+        "missing_raw",
+        "time_series",
+    ],
+)
 def test_bad_volume_files_are_refused_in_plain_words(hostile, name):
     path, expected = hostile[name]
     with pytest.raises(VolumeReadError) as refusal:
@@ -315,21 +378,40 @@ def test_folder_of_good_and_bad_cases_in_one_command(tmp_path, ct_bundle, ct_val
     cases.mkdir()
     affine = tilted_affine(SHAPE[:2], (0.7, 0.7, 5.0), TILT)
     nib.save(nib.Nifti1Image(ct_values.astype(np.float32), np.diag([0.7, 0.7, 5.0, 1.0])), cases / "good.nii.gz")
-    nib.save(nib.Nifti1Image(ct_values[:, :, 2].astype(np.float32), np.diag([0.7, 0.7, 5.0, 1.0])),
-             cases / "flat.nii.gz")  # 2-D: one slice
+    nib.save(
+        nib.Nifti1Image(ct_values[:, :, 2].astype(np.float32), np.diag([0.7, 0.7, 5.0, 1.0])), cases / "flat.nii.gz"
+    )  # 2-D: one slice
     write_dicom_series(cases / "tilted", ct_values, affine, intercept=-1024.0, modality="CT")
     write_enhanced_ct(cases / "enhanced" / "ct.dcm", ct_values, affine, intercepts=[-1024.0] * 5)
-    write_enhanced_ct(cases / "no_frame_of_reference" / "ct.dcm", ct_values, affine, intercepts=[-1024.0] * 5,
-                      frame_of_reference=False)
-    bad = {name: hostile[name] for name in ("nan", "rgb24", "singular", "huge_header", "truncated_mha",
-                                            "truncated_nrrd", "time_series")}
+    write_enhanced_ct(
+        cases / "no_frame_of_reference" / "ct.dcm",
+        ct_values,
+        affine,
+        intercepts=[-1024.0] * 5,
+        frame_of_reference=False,
+    )
+    bad = {
+        name: hostile[name]
+        for name in ("nan", "rgb24", "singular", "huge_header", "truncated_mha", "truncated_nrrd", "time_series")
+    }
     for path, _ in bad.values():
         shutil.copy(path, cases / path.name)
     (cases / "empty_series").mkdir()
     (cases / "empty_series" / "notes.dcm").write_text("not DICOM")
 
-    code = main(["segment", "--bundle", str(ct_bundle), "--input", str(cases), "--output", str(tmp_path / "out"),
-                 "--device", "cpu"])
+    code = main(
+        [
+            "segment",
+            "--bundle",
+            str(ct_bundle),
+            "--input",
+            str(cases),
+            "--output",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
+    )
 
     assert code == 1
     printed = capsys.readouterr().out
@@ -341,8 +423,10 @@ def test_folder_of_good_and_bad_cases_in_one_command(tmp_path, ct_bundle, ct_val
         assert_plain_refusal(report[name]["error"], cases / path.name, expected)
         assert f"{cases / path.name}: " in printed
     assert report["empty_series"]["status"] == "failed" and "found none" in report["empty_series"]["error"]
-    assert "no DICOM SEG written: the source series has no FrameOfReferenceUID" in report["no_frame_of_reference"][
-        "warnings"]
+    assert (
+        "no DICOM SEG written: the source series has no FrameOfReferenceUID"
+        in report["no_frame_of_reference"]["warnings"]
+    )
     assert f"5 of {len(report)} case(s) segmented, {len(report) - 5} failed" in printed
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     expected_files = {f"{case}_{kind}" for case in good for kind in ("seg.nii.gz", "overlay.png")}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_keys import REFERENCE_LAYOUTS, random_state_dict, write_authors_checkpoint
 
 from common.convert import CheckpointMismatchError, load_reference_checkpoint
 from common.networks import create_network
-from reference_keys import REFERENCE_LAYOUTS, random_state_dict, write_authors_checkpoint
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_LAYOUTS))
@@ -23,11 +23,13 @@ def test_reference_layout_loads_strictly_and_every_tensor_lands(name, tmp_path):
     assert torch.equal(ours["de1.attn.out_proj.weight"], state["de1.attn.out_proj.weight"])
     assert torch.equal(ours["backbone.patch_embed.proj.weight"], state["backbone.patch_embed1.proj.weight"])
     assert torch.equal(ours["backbone.stages.1.downsample.norm.bias"], state["backbone.patch_embed2.norm.bias"])
-    assert torch.equal(ours["backbone.stages.2.blocks.5.mlp.dwconv.weight"],
-                       state["backbone.block3.5.mlp.dwconv.dwconv.weight"])
+    assert torch.equal(
+        ours["backbone.stages.2.blocks.5.mlp.dwconv.weight"], state["backbone.block3.5.mlp.dwconv.dwconv.weight"]
+    )
     assert torch.equal(ours["backbone.stages.3.norm.weight"], state["backbone.norm4.weight"])
     fingerprint = lambda t: (tuple(t.shape), round(float(t.double().sum()), 6))  # noqa: E731
     assert sorted(map(fingerprint, ours.values())) == sorted(map(fingerprint, state.values()))  # every value placed
+
 
 @pytest.mark.parametrize("training", [False, True], ids=["released", "training"])
 def test_the_authors_ckpt_files_load_with_weights_only(training, tmp_path):
@@ -96,12 +98,12 @@ def test_segment_weights_accept_the_authors_ckpt(tmp_path):
     """``segment --weights`` (load_bundle) reads an authors' training .ckpt into the bundle's network."""
     from pathlib import Path
 
-    from common.segment import load_bundle
     from reference_keys import write_authors_checkpoint
+
+    from common.segment import load_bundle
 
     state = random_state_dict("pvt_gdla", seed=5)
     path = write_authors_checkpoint(tmp_path / "best.ckpt", state, training=True)
     bundle = Path(__file__).resolve().parent.parent / "bundles" / "pvt_gdla_synapse_segmentation"
     segmenter = load_bundle(bundle, weights=path, device="cpu")
-    assert torch.equal(segmenter.network.state_dict()["backbone.stages.0.norm.weight"],
-                       state["backbone.norm1.weight"])
+    assert torch.equal(segmenter.network.state_dict()["backbone.stages.0.norm.weight"], state["backbone.norm1.weight"])

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from miniature_layouts import write_acdc
 
 from common.data import DatasetLayoutError, get_dataset
 from common.data.acdc import read_info_cfg
-from miniature_layouts import write_acdc
 
 
 def test_frames_and_patient_split(tmp_path):

@@ -4,12 +4,12 @@ empty normal masks, bad files named."""
 from __future__ import annotations
 
 import numpy as np
+from miniature_layouts import write_busi, write_picture
 from PIL import Image
 
 from common.data import get_dataset
 from common.io.images import read_binary_mask
 from common.transforms import eval_transforms
-from miniature_layouts import write_busi, write_picture
 
 
 def test_cases_classes_and_extra_masks(tmp_path):

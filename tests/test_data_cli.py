@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import numpy as np
+from miniature_layouts import write_acdc, write_nifti, write_ph2
 
 from common.__main__ import main
 from common.data import get_dataset, read_splits
-from miniature_layouts import write_acdc, write_nifti, write_ph2
 
 
 def test_check_prints_counts_and_label_values(tmp_path, capsys):

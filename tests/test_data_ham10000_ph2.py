@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from miniature_layouts import write_ham10000, write_ph2
 
 from common.data import get_dataset
-from miniature_layouts import write_ham10000, write_ph2
 
 
 def test_ham10000_counts_split_and_duplicate_lowercase_copy(tmp_path):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from miniature_layouts import write_nifti, write_nnunet
 
 from common.data import DatasetLayoutError, get_dataset
 from common.transforms import volume_transforms
-from miniature_layouts import write_nifti, write_nnunet
 
 
 def test_v2_layout_channels_labels_and_split(tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from miniature_layouts import write_busi
 
 from common.data import SplitFileError, fraction_split, get_dataset, read_splits, write_splits
-from miniature_layouts import write_busi
 
 
 def test_fraction_split_sizes_and_determinism():

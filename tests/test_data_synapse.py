@@ -7,11 +7,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from miniature_layouts import write_synapse_npz, write_synapse_raw
 
 from common.data import DatasetLayoutError, get_dataset
 from common.data.synapse import BTCV_TO_SYNAPSE, SYNAPSE_LABEL_NAMES, TRANSUNET_TEST_CASES, TRANSUNET_TRAIN_CASES
 from common.transforms import AxialSlicesd, volume_transforms
-from miniature_layouts import write_synapse_npz, write_synapse_raw
 
 
 def test_transunet_split_constants_are_the_published_ones():
@@ -132,8 +132,11 @@ def test_bundle_validation_switch_holds_out_training_cases():
     assert "held out (seed 42)" in reader.split_origin() and "TransUNet's list" in reader.split_origin()
     cases = {f"case{n:04d}": [] for n in range(1, 41)}
     splits = reader.default_splits(cases)
-    assert len(splits["validation"]) == 4 and len(splits["test"]) == 12 and not set(splits["validation"]) & set(
-        splits["test"])
+    assert (
+        len(splits["validation"]) == 4
+        and len(splits["test"]) == 12
+        and not set(splits["validation"]) & set(splits["test"])
+    )
     assert "authors' protocol" in SELECTION_TEXT["test_set"] and "not the authors'" in SELECTION_TEXT["held_out"]
     with pytest.raises(ValueError, match="expected one of"):
         validation_cases_for("test")

@@ -6,11 +6,11 @@ import csv
 
 import numpy as np
 import pytest
+from miniature_layouts import disc, write_uwmgi
 
 from common.data import get_dataset
 from common.data.uwmgi import decode_rle, encode_rle
 from common.io.images import read_image_2d
-from miniature_layouts import disc, write_uwmgi
 
 
 def test_run_length_round_trip_and_convention():

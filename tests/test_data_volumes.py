@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from miniature_layouts import nimare_template, write_nifti
 
 from common.data import get_dataset
 from common.data.slices import VolumeSliceDataset, training_dataset
 from common.io.volumes import VolumeReadError, display_to_ras_axial, load_volume, ras_axial_to_display, reorient
 from common.transforms import AxialSlicesd, volume_transforms
-from miniature_layouts import nimare_template, write_nifti
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,11 @@ def test_truncated_and_missing_volumes_are_named(tmp_path, mni_t1):
     path = tmp_path / "cut.nii.gz"
     data = gzip.compress(mni_t1.to_bytes())
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(VolumeReadError, match=r"cut.nii.gz: the header declares 91 x 109 x 91 voxels \(1805610 bytes "
-                       r"with the header\); the file expands to \d+ \(truncated"):
+    with pytest.raises(
+        VolumeReadError,
+        match=r"cut.nii.gz: the header declares 91 x 109 x 91 voxels \(1805610 bytes "
+        r"with the header\); the file expands to \d+ \(truncated",
+    ):
         load_volume(path)
     with pytest.raises(VolumeReadError, match="absent.nii.gz: no such file"):
         load_volume(tmp_path / "absent.nii.gz")
@@ -156,7 +159,9 @@ def test_volume_slices_are_shuffled_across_the_whole_split_by_default(mni_nnunet
     reader = get_dataset("nnunet", root=folder)
     datalist = [e for entries in reader.scan().cases.values() for e in entries]
     whole = [s["case"] for s in VolumeSliceDataset(datalist, volume_transforms(reader), AxialSlicesd(mode="all"))]
-    grouped = [s["case"] for s in VolumeSliceDataset(datalist, volume_transforms(reader), AxialSlicesd(mode="all"),
-                                                     volumes_in_memory=1)]
+    grouped = [
+        s["case"]
+        for s in VolumeSliceDataset(datalist, volume_transforms(reader), AxialSlicesd(mode="all"), volumes_in_memory=1)
+    ]
     changes = lambda cases: sum(a != b for a, b in zip(cases, cases[1:]))  # noqa: E731
     assert changes(grouped) == 1 and changes(whole) > 10 and len(whole) == 2 * t1_data.shape[2]

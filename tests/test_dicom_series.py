@@ -8,11 +8,11 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from miniature_layouts import nimare_template, write_dicom_series
 from pydicom.data import get_testdata_file
 
 from common.io.dicom_series import DicomSeriesError, list_dicom_series, read_dicom_series
 from common.io.volumes import load_volume
-from miniature_layouts import nimare_template, write_dicom_series
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +80,10 @@ def test_two_series_in_one_folder(tmp_path, mni_t1):
     np.testing.assert_array_equal(chosen.array, small)
     np.testing.assert_allclose(chosen.affine, shifted, atol=1e-4)
 
-    with pytest.raises(DicomSeriesError,
-                       match=r"no image series with SeriesInstanceUID 9.9.*1.2.826.0.1.1 \(MR, 'miniature', 60 images\)"):
+    with pytest.raises(
+        DicomSeriesError,
+        match=r"no image series with SeriesInstanceUID 9.9.*1.2.826.0.1.1 \(MR, 'miniature', 60 images\)",
+    ):
         read_dicom_series(tmp_path, series_uid="9.9")
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_keys import random_state_dict
 
 from common.networks import create_network
 from common.networks.encoders import RandomEncoderWarning
-from reference_keys import random_state_dict
 
 
 def original_release_weights(seed: int = 1) -> dict[str, torch.Tensor]:
     """An ImageNet file in the original PVT v2 release format (with its classifier head)."""
-    state = {k[len("backbone."):]: v for k, v in random_state_dict("pvt_gdla", seed).items() if k.startswith("backbone.")}
+    state = {
+        k[len("backbone.") :]: v for k, v in random_state_dict("pvt_gdla", seed).items() if k.startswith("backbone.")
+    }
     state["head.weight"], state["head.bias"] = torch.randn(1000, 512), torch.randn(1000)
     return state
 
@@ -32,7 +34,9 @@ def test_timm_format_loads_and_adapts_other_input_channels(tmp_path):
     path = tmp_path / "timm_b2.pth"
     torch.save(source, path)
     model = create_network("pvt_gdla", in_channels=3, encoder_weights=path)
-    assert torch.equal(model.backbone.state_dict()["stages.3.blocks.2.mlp.fc2.weight"], source["stages.3.blocks.2.mlp.fc2.weight"])
+    assert torch.equal(
+        model.backbone.state_dict()["stages.3.blocks.2.mlp.fc2.weight"], source["stages.3.blocks.2.mlp.fc2.weight"]
+    )
     two_channel = create_network("pvt_gdla", in_channels=2, encoder_weights=path)
     assert two_channel.backbone.patch_embed.proj.weight.shape[1] == 2
 

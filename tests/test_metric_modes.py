@@ -75,8 +75,9 @@ def test_paper_mode_synapse_is_transunets_rule_averaged_over_all_cases():
     cases = synthetic_cases()
     rows = [r for case, p, t in cases for r in volume_scores(case, p, t, CLASSES, SPACING, paper_rule="transunet")]
     expected = np.array([[transunet_percase(p == k, t == k) for k in range(1, 5)] for _, p, t in cases])
-    got = np.array([[(r["paper_dice"], r["paper_hd95_vox"]) for r in rows if r["case"] == case]
-                    for case, _, _ in cases])
+    got = np.array(
+        [[(r["paper_dice"], r["paper_hd95_vox"]) for r in rows if r["case"] == case] for case, _, _ in cases]
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-9)
     assert tuple(got[0, 2]) == (1.0, 0.0) and tuple(got[1, 1]) == (0.0, 0.0) and tuple(got[1, 3]) == (0.0, 0.0)
     mean = summarize(rows)[-1]
@@ -132,8 +133,10 @@ def test_paper_mode_2d_matches_dicemetric_over_batches_of_images():
     predictions = [blob((24, 20), (12 + rng.integers(-2, 3), 10), 6) for _ in truths]
     rows = [r for i, (p, t) in enumerate(zip(predictions, truths)) for r in image_foreground_scores(str(i), p, t)]
     metric = DiceMetric(include_background=False, reduction="mean_batch", get_not_nans=True, num_classes=2)
-    metric(y_pred=torch.as_tensor(np.stack(predictions)[:, None].astype(np.int64)),
-           y=torch.as_tensor(np.stack(truths)[:, None].astype(np.int64)))
+    metric(
+        y_pred=torch.as_tensor(np.stack(predictions)[:, None].astype(np.int64)),
+        y=torch.as_tensor(np.stack(truths)[:, None].astype(np.int64)),
+    )
     dices, not_nans = metric.aggregate()
     assert int(not_nans) == 3 == len(rows) - excluded_pairs(rows)["paper_dice"]
     assert summarize(rows)[-1]["paper_dice"] == pytest.approx(float(dices), rel=1e-6)
@@ -143,8 +146,14 @@ def test_comparison_sets_paper_mode_beside_the_published_row_and_clinical_apart(
     published = PublishedRow(85.32, 12.41, {"spleen": 92.96, "liver": 96.32})
     summary = [
         {"class": "spleen", "paper_dice": 0.9, "paper_hd95_vox": 4.0, "dice": 0.91, "hd95_mm": 5.0, "hd95_vox": 3.0},
-        {"class": MEAN_ROW, "paper_dice": 0.85, "paper_hd95_vox": 13.41, "dice": 0.86, "hd95_mm": 20.0,
-         "hd95_vox": 11.0},
+        {
+            "class": MEAN_ROW,
+            "paper_dice": 0.85,
+            "paper_hd95_vox": 13.41,
+            "dice": 0.86,
+            "hd95_mm": 20.0,
+            "hd95_vox": 11.0,
+        },
     ]
     text = format_comparison(summary, published, "ours", {"paper_dice": 0, "dice": 1, "hd95_mm": 3})
     lines = text.splitlines()
@@ -160,8 +169,9 @@ def test_comparison_sets_paper_mode_beside_the_published_row_and_clinical_apart(
 
 
 def _run_writer(tmp_path, items, **options) -> CaseMetricsWriter:
-    writer = CaseMetricsWriter(tmp_path, CLASSES, "volume", published={"mean_dice": 85.32, "hd95": 12.41},
-                               paper_rule="transunet", **options)
+    writer = CaseMetricsWriter(
+        tmp_path, CLASSES, "volume", published={"mean_dice": 85.32, "hd95": 12.41}, paper_rule="transunet", **options
+    )
     engine = Engine(lambda engine, batch: batch)
     writer.attach(engine)
     engine.run(items, max_epochs=1)

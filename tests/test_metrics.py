@@ -110,8 +110,12 @@ def test_image_foreground_dice_counts_only_images_with_a_mask():
     prediction = np.zeros((6, 6), dtype=np.uint8)
     prediction[2:5, 2:5] = 1  # 9 pixels, 4 shared
     (row,) = image_foreground_scores("img1", prediction, label)
-    assert row == {"case": "img1", "class": "foreground", "paper_dice": pytest.approx(8 / 18),
-                   "dice": pytest.approx(8 / 18)}
+    assert row == {
+        "case": "img1",
+        "class": "foreground",
+        "paper_dice": pytest.approx(8 / 18),
+        "dice": pytest.approx(8 / 18),
+    }
     (empty,) = image_foreground_scores("img2", prediction, np.zeros_like(label))
     assert math.isnan(empty["dice"])
     summary = summarize([row, empty])

@@ -127,8 +127,6 @@ def test_deep_supervision_is_refused():
 def test_full_configuration_macs_at_224():
     ptflops = pytest.importorskip("ptflops")
     model = create_network("mlla_unet", in_channels=1, num_classes=9).eval()
-    macs, params = ptflops.get_model_complexity_info(
-        model, (1, 224, 224), as_strings=False, print_per_layer_stat=False
-    )
+    macs, params = ptflops.get_model_complexity_info(model, (1, 224, 224), as_strings=False, print_per_layer_stat=False)
     assert abs(macs / 1e9 - 6.0) < 0.1
     assert params == sum(p.numel() for p in model.parameters())

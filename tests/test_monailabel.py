@@ -61,9 +61,7 @@ def label_env() -> Path:
         if not (LABEL_VENV / ".installed").is_file():
             pytest.skip(f"{LABEL_VENV} is not built and {SKIP_BUILD_VARIABLE}=1 forbids building it (make label-env)")
         return LABEL_VENV
-    build = subprocess.run(
-        ["make", "label-env"], cwd=REPO, capture_output=True, text=True, timeout=ENV_BUILD_TIMEOUT_S
-    )
+    build = subprocess.run(["make", "label-env"], cwd=REPO, capture_output=True, text=True, timeout=ENV_BUILD_TIMEOUT_S)
     assert build.returncode == 0, f"make label-env failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
     return LABEL_VENV
 
@@ -101,7 +99,9 @@ def studies(tmp_path_factory) -> Path:
     )
     labels = tissue_labels(grey, white, brain)
     (root / "labels" / "final").mkdir(parents=True)
-    nib.save(flip_first_axis(nib.Nifti1Image(labels, template.affine)), root / "labels" / "final" / f"{VOLUME_ID}.nii.gz")
+    nib.save(
+        flip_first_axis(nib.Nifti1Image(labels, template.affine)), root / "labels" / "final" / f"{VOLUME_ID}.nii.gz"
+    )
     axial = np.rot90(template.get_fdata()[:, :, template.shape[2] // 2])  # (H, W) = (117, 99), anterior up
     grey_levels = np.round(255 * axial / axial.max()).astype(np.uint8)
     Image.fromarray(np.stack([grey_levels] * 3, axis=-1)).save(root / f"{PICTURE_ID}.png")
@@ -118,8 +118,9 @@ def write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2))
 
 
-def metadata(data_type: str, in_channels: int, channel_def: dict[str, str], size: list[int],
-             output_format: str = "segmentation") -> dict:
+def metadata(
+    data_type: str, in_channels: int, channel_def: dict[str, str], size: list[int], output_format: str = "segmentation"
+) -> dict:
     return {
         "version": "0.1.0",
         "name": f"miniature {data_type} bundle",
@@ -127,15 +128,29 @@ def metadata(data_type: str, in_channels: int, channel_def: dict[str, str], size
         "data_type": data_type,
         "network_data_format": {
             "inputs": {"image": {"type": "image", "num_channels": in_channels, "spatial_shape": size}},
-            "outputs": {"pred": {"type": "image", "format": output_format, "num_channels": len(channel_def),
-                                 "spatial_shape": size, "channel_def": channel_def}},
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": output_format,
+                    "num_channels": len(channel_def),
+                    "spatial_shape": size,
+                    "channel_def": channel_def,
+                }
+            },
         },
     }
 
 
 def network_def(in_channels: int, num_classes: int) -> dict:
-    return {"_target_": "common.networks.create_network", "name": "pvt_gdla", "in_channels": in_channels,
-            "num_classes": num_classes, "encoder": "pvt_v2_b0", "encoder_weights": "random", "deep_supervision": True}
+    return {
+        "_target_": "common.networks.create_network",
+        "name": "pvt_gdla",
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "encoder": "pvt_v2_b0",
+        "encoder_weights": "random",
+        "deep_supervision": True,
+    }
 
 
 COMMON_IDS = {
@@ -154,20 +169,38 @@ def volume_inference(size: list[int]) -> dict:
         **COMMON_IDS,
         "spatial_size": size,
         "network_def": network_def(1, len(TISSUES)),
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "LoadImaged", "keys": "image", "image_only": False},
-            {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
-            {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
-            {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
-        ]},
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "LoadImaged", "keys": "image", "image_only": False},
+                {"_target_": "EnsureChannelFirstd", "keys": "image"},
+                {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+                {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
+                {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
+            ],
+        },
         "inferer": {"_target_": "common.inference.SliceInferer2D", "roi_size": "@spatial_size", "sw_batch_size": 8},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
-             "nearest_interp": True},
-            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
-             "output_dtype": "$numpy.uint8", "resample": False, "separate_folder": False},
-        ]},
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {
+                    "_target_": "Invertd",
+                    "keys": "pred",
+                    "transform": "@preprocessing",
+                    "orig_keys": "image",
+                    "nearest_interp": True,
+                },
+                {
+                    "_target_": "SaveImaged",
+                    "keys": "pred",
+                    "output_dir": "@output_dir",
+                    "output_postfix": "seg",
+                    "output_dtype": "$numpy.uint8",
+                    "resample": False,
+                    "separate_folder": False,
+                },
+            ],
+        },
     }
 
 
@@ -182,45 +215,89 @@ def volume_training(size: list[int]) -> dict:
         "batch_size": 16,
         "epochs": 50,
         "network_def": network_def(1, len(TISSUES)),
-        "loss": {"_target_": "common.losses.DeepSupervisionLoss",
-                 "loss": {"_target_": "common.losses.BoundaryDoULoss"}},
+        "loss": {
+            "_target_": "common.losses.DeepSupervisionLoss",
+            "loss": {"_target_": "common.losses.BoundaryDoULoss"},
+        },
         "optimizer": {"_target_": "torch.optim.AdamW", "params": "$@network.parameters()", "lr": 0.001},
         "train": {
             "datalist": [],
-            "dataset": {"_target_": "common.data.slices.training_dataset", "dataset": "@dataset_name",
-                        "datalist": "@train#datalist", "spatial_size": "@spatial_size"},
-            "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": "@batch_size",
-                           "num_workers": 0},
+            "dataset": {
+                "_target_": "common.data.slices.training_dataset",
+                "dataset": "@dataset_name",
+                "datalist": "@train#datalist",
+                "spatial_size": "@spatial_size",
+            },
+            "dataloader": {
+                "_target_": "DataLoader",
+                "dataset": "@train#dataset",
+                "batch_size": "@batch_size",
+                "num_workers": 0,
+            },
             "handlers": [
-                {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
-                 "interval": 1},
-                {"_target_": "StatsHandler", "tag_name": "train_loss",
-                 "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
+                {
+                    "_target_": "ValidationHandler",
+                    "validator": "@validate#evaluator",
+                    "epoch_level": True,
+                    "interval": 1,
+                },
+                {
+                    "_target_": "StatsHandler",
+                    "tag_name": "train_loss",
+                    "output_transform": "$monai.handlers.from_engine(['loss'], first=True)",
+                },
             ],
-            "trainer": {"_target_": "SupervisedTrainer", "max_epochs": "@epochs",
-                        "epoch_length": "$common.training.iterations_per_epoch(@train#dataset, @batch_size, @reader)",
-                        "device": "@device", "train_data_loader": "@train#dataloader", "network": "@network",
-                        "loss_function": "@loss", "optimizer": "@optimizer", "train_handlers": "@train#handlers"},
+            "trainer": {
+                "_target_": "SupervisedTrainer",
+                "max_epochs": "@epochs",
+                "epoch_length": "$common.training.iterations_per_epoch(@train#dataset, @batch_size, @reader)",
+                "device": "@device",
+                "train_data_loader": "@train#dataloader",
+                "network": "@network",
+                "loss_function": "@loss",
+                "optimizer": "@optimizer",
+                "train_handlers": "@train#handlers",
+            },
         },
         "validate": {
             "datalist": [],
-            "dataset": {"_target_": "Dataset", "data": "@validate#datalist",
-                        "transform": {"_target_": "common.transforms.eval_transforms", "dataset": "@dataset_name",
-                                      "spatial_size": "@spatial_size"}},
-            "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1,
-                           "num_workers": 0},
+            "dataset": {
+                "_target_": "Dataset",
+                "data": "@validate#datalist",
+                "transform": {
+                    "_target_": "common.transforms.eval_transforms",
+                    "dataset": "@dataset_name",
+                    "spatial_size": "@spatial_size",
+                },
+            },
+            "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1, "num_workers": 0},
             "evaluator": {
-                "_target_": "SupervisedEvaluator", "device": "@device", "val_data_loader": "@validate#dataloader",
+                "_target_": "SupervisedEvaluator",
+                "device": "@device",
+                "val_data_loader": "@validate#dataloader",
                 "network": "@network",
                 "inferer": {"_target_": "common.inference.SliceInferer2D", "roi_size": "@spatial_size"},
-                "postprocessing": {"_target_": "AsDiscreted", "keys": ["pred", "label"],
-                                   "to_onehot": [len(TISSUES), len(TISSUES)]},
-                "key_val_metric": {"val_mean_dice": {
-                    "_target_": "MeanDice", "include_background": False,
-                    "output_transform": "$monai.handlers.from_engine(['pred', 'label'])"}},
-                "val_handlers": [{"_target_": "CheckpointSaver", "save_dir": "@ckpt_dir",
-                                  "save_dict": {"model": "@network"}, "save_key_metric": True,
-                                  "key_metric_filename": "model.pt"}],
+                "postprocessing": {
+                    "_target_": "AsDiscreted",
+                    "keys": ["pred", "label"],
+                    "to_onehot": [len(TISSUES), len(TISSUES)],
+                },
+                "key_val_metric": {
+                    "val_mean_dice": {
+                        "_target_": "MeanDice",
+                        "include_background": False,
+                        "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+                    }
+                },
+                "val_handlers": [
+                    {
+                        "_target_": "CheckpointSaver",
+                        "save_dir": "@ckpt_dir",
+                        "save_dict": {"model": "@network"},
+                        "save_key_metric": True,
+                        "key_metric_filename": "model.pt",
+                    }
+                ],
             },
         },
         "initialize": ["$monai.utils.set_determinism(seed=0)"],
@@ -231,10 +308,18 @@ def volume_training(size: list[int]) -> dict:
 def picture_inference(size: list[int], labels: dict[str, str] = PICTURE_LABELS, multilabel: bool = False) -> dict:
     """inference.json of a picture bundle: the repository's 2-D loader and mask saver; ``multilabel``: one sigmoid
     channel per structure (as the UW-Madison bundles)."""
-    saver = {"_target_": "common.io.mask_saving.SaveMask2Dd", "keys": "pred", "output_dir": "@output_dir",
-             "num_classes": len(labels)}
-    inferer = {"_target_": "common.inference.SliceInferer2D", "roi_size": "@spatial_size",
-               "interpolation": "bilinear", "align_corners": False}
+    saver = {
+        "_target_": "common.io.mask_saving.SaveMask2Dd",
+        "keys": "pred",
+        "output_dir": "@output_dir",
+        "num_classes": len(labels),
+    }
+    inferer = {
+        "_target_": "common.inference.SliceInferer2D",
+        "roi_size": "@spatial_size",
+        "interpolation": "bilinear",
+        "align_corners": False,
+    }
     if multilabel:
         saver["channel_names"] = list(labels.values())
         inferer["activation"] = "sigmoid"
@@ -242,11 +327,14 @@ def picture_inference(size: list[int], labels: dict[str, str] = PICTURE_LABELS, 
         **COMMON_IDS,
         "spatial_size": size,
         "network_def": network_def(3, len(labels)),
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "common.transforms.LoadImage2Dd", "keys": "image", "channels": 3},
-            {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
-            {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
-        ]},
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "common.transforms.LoadImage2Dd", "keys": "image", "channels": 3},
+                {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
+                {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
+            ],
+        },
         "inferer": inferer,
         "postprocessing": {"_target_": "Compose", "transforms": [saver]},
     }
@@ -297,7 +385,9 @@ def test_select_bundles_reads_labels_and_input_kind(tmp_path):
     discovery = load_bundles_module()
     write_json(tmp_path / "volume_segmentation" / "configs" / "metadata.json", metadata("nifti", 1, TISSUES, [64, 64]))
     write_json(tmp_path / "volume_segmentation" / "configs" / "inference.json", {})
-    write_json(tmp_path / "photo_segmentation" / "configs" / "metadata.json", metadata("png", 3, PICTURE_LABELS, [64, 64]))
+    write_json(
+        tmp_path / "photo_segmentation" / "configs" / "metadata.json", metadata("png", 3, PICTURE_LABELS, [64, 64])
+    )
     write_json(tmp_path / "photo_segmentation" / "configs" / "inference.json", {})
     (tmp_path / "notes").mkdir()
     found = discovery.select_bundles(tmp_path)
@@ -320,7 +410,9 @@ def test_select_bundles_refuses_unknown_names_and_missing_labels(tmp_path):
     assert "a_segmentation" in str(error.value)
     with pytest.raises(discovery.BundleError, match="cannot read the bundle metadata"):
         discovery.select_bundles(tmp_path, "a_segmentation")
-    write_json(tmp_path / "a_segmentation" / "configs" / "metadata.json", {"network_data_format": {"outputs": {"pred": {}}}})
+    write_json(
+        tmp_path / "a_segmentation" / "configs" / "metadata.json", {"network_data_format": {"outputs": {"pred": {}}}}
+    )
     with pytest.raises(discovery.BundleError, match="channel_def"):
         discovery.select_bundles(tmp_path, "a_segmentation")
 
@@ -343,8 +435,14 @@ class Server:
     def log_tail(self, chars: int = 6000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else "(no log)"
 
-    def call(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
-             timeout: float = REQUEST_TIMEOUT_S) -> tuple[int, bytes]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        timeout: float = REQUEST_TIMEOUT_S,
+    ) -> tuple[int, bytes]:
         request = urllib.request.Request(self.base + path, data=body, method=method)
         if content_type:
             request.add_header("Content-Type", content_type)
@@ -361,8 +459,9 @@ class Server:
         return json.loads(content)
 
     def infer(self, model: str, image: str) -> tuple[int, bytes]:
-        return self.call("POST", f"/infer/{model}?image={image}&output=image", b"params=%7B%7D",
-                         "application/x-www-form-urlencoded")
+        return self.call(
+            "POST", f"/infer/{model}?image={image}&output=image", b"params=%7B%7D", "application/x-www-form-urlencoded"
+        )
 
 
 def wait_until_ready(process: subprocess.Popen, server: Server) -> None:
@@ -398,16 +497,34 @@ def server(label_env, studies, bundles, tmp_path_factory):
     shutil.copytree(REPO / "monailabel_app", app, ignore=shutil.ignore_patterns("__pycache__", "logs", "model", "bin"))
     port, log = free_port(), work / "server.log"
     command = [
-        str(label_env / "bin" / "python"), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
-        "--conf", "bundles", str(bundles), "--conf", "models", f"{VOLUME_MODEL},{PICTURE_MODEL},{MULTILABEL_MODEL}",
-        "--conf", "epistemic_model", MULTILABEL_MODEL,
-        "--host", "127.0.0.1", "--port", str(port),
+        str(label_env / "bin" / "python"),
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(app),
+        "--studies",
+        str(studies),
+        "--conf",
+        "bundles",
+        str(bundles),
+        "--conf",
+        "models",
+        f"{VOLUME_MODEL},{PICTURE_MODEL},{MULTILABEL_MODEL}",
+        "--conf",
+        "epistemic_model",
+        MULTILABEL_MODEL,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
     ]
     # scoring runs when asked (below), not in the background at start-up and after each request
     env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
     with open(log, "wb") as output:
-        process = subprocess.Popen(command, cwd=work, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env=env)
+        process = subprocess.Popen(
+            command, cwd=work, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
     running = Server(f"http://127.0.0.1:{port}", log)
     try:
         wait_until_ready(process, running)
@@ -428,7 +545,10 @@ def test_monailabel_serves_and_trains_bundles(server: Server, studies: Path, bun
     assert picture_info["labels"] == {"brain": 1}
     assert info["models"][MULTILABEL_MODEL]["labels"] == {"large_bowel": 1, "small_bowel": 2, "stomach": 3}
     assert (volume_info["dimension"], picture_info["dimension"], info["models"][MULTILABEL_MODEL]["dimension"]) == (
-        3, 2, 2)
+        3,
+        2,
+        2,
+    )
     assert {"random", "first", "epistemic"} <= set(info["strategies"]) and "epistemic" in info["scoring"]
     assert set(info["trainers"]) == {VOLUME_MODEL}  # the picture bundle has no train config
 
@@ -464,8 +584,11 @@ def test_monailabel_serves_and_trains_bundles(server: Server, studies: Path, bun
     deadline, scores = time.monotonic() + 60, {}
     while len(scores) < len(unlabelled) and time.monotonic() < deadline:  # the datastore file is re-read on change
         images = server.json("GET", "/datastore/?output=all")["objects"]
-        scores = {i: images[i]["image"]["info"]["epistemic_entropy"] for i in unlabelled
-                  if "epistemic_entropy" in images[i]["image"]["info"]}
+        scores = {
+            i: images[i]["image"]["info"]["epistemic_entropy"]
+            for i in unlabelled
+            if "epistemic_entropy" in images[i]["image"]["info"]
+        }
         time.sleep(1)
     assert set(scores) == unlabelled, f"{scores}\n{server.log_tail()}"
     assert all(score > 0 for score in scores.values()), scores
@@ -485,4 +608,3 @@ def test_monailabel_serves_and_trains_bundles(server: Server, studies: Path, bun
     after = torch.load(weights, weights_only=True)
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # one epoch changed the saved weights
-

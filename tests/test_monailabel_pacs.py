@@ -20,12 +20,12 @@ import numpy as np
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
-from pydicom.uid import generate_uid
-
-from common.io.dicom_series import read_dicom_series
 from pacs_fixtures import Orthanc, orthanc  # noqa: F401  (session fixture)
+from pydicom.uid import generate_uid
 from test_monailabel import REPO, VOLUME_MODEL, Server, bundles, free_port, label_env, stop, wait_until_ready  # noqa: F401
 from test_pacs import referenced_instances, seg_series, sop_uids, study_series
+
+from common.io.dicom_series import read_dicom_series
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +45,35 @@ def pacs_server(label_env, orthanc: Orthanc, bundles, tmp_path_factory):
     app = work / "monailabel_app"
     shutil.copytree(REPO / "monailabel_app", app, ignore=shutil.ignore_patterns("__pycache__", "logs", "model", "bin"))
     port, log = free_port(), work / "server.log"
-    environment = {**os.environ, "PATH": f"{label_env / 'bin'}{os.pathsep}{os.environ['PATH']}",
-                   "MONAI_LABEL_DATASTORE_CACHE_PATH": str(work / "cache")}
-    command = [str(label_env / "bin" / "python"), "-m", "monailabel.main", "start_server", "--app", str(app),
-               "--studies", orthanc.dicomweb, "--conf", "bundles", str(bundles), "--conf", "models", VOLUME_MODEL,
-               "--host", "127.0.0.1", "--port", str(port)]
+    environment = {
+        **os.environ,
+        "PATH": f"{label_env / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "MONAI_LABEL_DATASTORE_CACHE_PATH": str(work / "cache"),
+    }
+    command = [
+        str(label_env / "bin" / "python"),
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(app),
+        "--studies",
+        orthanc.dicomweb,
+        "--conf",
+        "bundles",
+        str(bundles),
+        "--conf",
+        "models",
+        VOLUME_MODEL,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with open(log, "wb") as output:
-        process = subprocess.Popen(command, cwd=work, stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True, env=environment)
+        process = subprocess.Popen(
+            command, cwd=work, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=environment
+        )
     running = Server(f"http://127.0.0.1:{port}", log)
     try:
         wait_until_ready(process, running)
@@ -64,17 +85,24 @@ def pacs_server(label_env, orthanc: Orthanc, bundles, tmp_path_factory):
 def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
     """A multipart/form-data body and its content type."""
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-             for name, value in fields.items()]
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
     for name, (filename, content) in files.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                     "Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+            + content
+            + b"\r\n"
+        )
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 @pytest.mark.slow
-def test_monailabel_segments_a_pacs_series_and_saves_the_label_as_a_seg(pacs_server: Server, orthanc, pacs_series,
-                                                                       tmp_path):
+def test_monailabel_segments_a_pacs_series_and_saves_the_label_as_a_seg(
+    pacs_server: Server, orthanc, pacs_series, tmp_path
+):
     study_uid, series_uid, folder, files = pacs_series
     series = read_dicom_series(folder)
 
@@ -88,8 +116,10 @@ def test_monailabel_segments_a_pacs_series_and_saves_the_label_as_a_seg(pacs_ser
     labels[20:90, 30:100, 1:3] = 1
     label_file = tmp_path / "label.nii.gz"
     nib.save(nib.Nifti1Image(labels, mask.affine), label_file)
-    body, content_type = multipart({"params": json.dumps({"label_info": [{"name": "spleen"}]})},
-                                   {"label": ("label.nii.gz", label_file.read_bytes())})
+    body, content_type = multipart(
+        {"params": json.dumps({"label_info": [{"name": "spleen"}]})},
+        {"label": ("label.nii.gz", label_file.read_bytes())},
+    )
     status, content = pacs_server.call("PUT", f"/datastore/label?image={series_uid}&tag=final", body, content_type)
     assert status == 200, f"{content[:2000]!r}\n{pacs_server.log_tail()}"
 

@@ -21,18 +21,18 @@ import pydicom
 import pytest
 import torch
 from dicomweb_client.api import DICOMwebClient
+from pacs_fixtures import NODE_AET, NODE_MODALITY, ORTHANC_AET, Orthanc, free_port, orthanc, start_orthanc, stop_orthanc  # noqa: F401
 from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage, SegmentationStorage, Verification
+from test_segment import IntensityThreshold, copy_bundle, ct_series
 
 from common.__main__ import main
 from common.dicom_node import Destination, DicomNode, NodeSettings, serve
 from common.dicomweb_segment import retrieve_study, store_segs
-from common.io.dicomweb import DicomWebError
 from common.io.dicom_series import read_dicom_series
+from common.io.dicomweb import DicomWebError
 from common.segment import segment_cases
-from pacs_fixtures import NODE_AET, NODE_MODALITY, ORTHANC_AET, Orthanc, free_port, orthanc, start_orthanc, stop_orthanc  # noqa: F401
-from test_segment import IntensityThreshold, copy_bundle, ct_series
 
 BUNDLE = "pvt_gdla_synapse_segmentation"
 SIZE = 128  # CT_small's in-plane size: the threshold network's mask is exact at the bundle's input size
@@ -67,8 +67,10 @@ def seg_series(web: DICOMwebClient, study_uid: str) -> list[pydicom.Dataset]:
 
 
 def referenced_instances(seg: pydicom.Dataset) -> set[str]:
-    return {group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-            for group in seg.PerFrameFunctionalGroupsSequence}
+    return {
+        group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        for group in seg.PerFrameFunctionalGroupsSequence
+    }
 
 
 def sop_uids(files: list[Path]) -> set[str]:
@@ -86,8 +88,9 @@ def test_dicomweb_series_round_trip_gives_an_exact_seg_in_the_study(tmp_path, or
     bundle = copy_bundle(tmp_path, BUNDLE, spatial_size=SIZE)
 
     folder = retrieve_study(f"{orthanc.dicomweb}/studies/{study_uid}", tmp_path / "out", series=series_uid)
-    results = segment_cases(bundle, folder, tmp_path / "out", network=IntensityThreshold(), device="cpu",
-                            progress=False)
+    results = segment_cases(
+        bundle, folder, tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+    )
     rows = store_segs(results, orthanc.dicomweb, tmp_path / "out")
 
     assert folder == tmp_path / "out" / "retrieved" / study_uid / series_uid
@@ -116,8 +119,21 @@ def test_segment_command_segments_each_image_series_of_a_study_and_stores_the_se
     bundle = foreground_bundle(tmp_path)
     out = tmp_path / "out"
 
-    code = main(["segment", "--bundle", str(bundle), "--input", f"{orthanc.dicomweb}/studies/{study_uid}",
-                 "--output", str(out), "--store-to", orthanc.dicomweb, "--device", "cpu"])
+    code = main(
+        [
+            "segment",
+            "--bundle",
+            str(bundle),
+            "--input",
+            f"{orthanc.dicomweb}/studies/{study_uid}",
+            "--output",
+            str(out),
+            "--store-to",
+            orthanc.dicomweb,
+            "--device",
+            "cpu",
+        ]
+    )
 
     assert code == 0, capsys.readouterr()
     web = DICOMwebClient(orthanc.dicomweb)
@@ -126,8 +142,22 @@ def test_segment_command_segments_each_image_series_of_a_study_and_stores_the_se
     with open(out / "stow.csv") as handle:
         assert [row["status"] for row in csv.DictReader(handle)] == ["stored", "stored"]
     # a second run leaves the SEGs just stored out (not image series) and segments the two CT series again
-    assert main(["segment", "--bundle", str(bundle), "--input", f"{orthanc.dicomweb}/studies/{study_uid}",
-                 "--output", str(tmp_path / "again"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                "--bundle",
+                str(bundle),
+                "--input",
+                f"{orthanc.dicomweb}/studies/{study_uid}",
+                "--output",
+                str(tmp_path / "again"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "again" / "retrieved" / study_uid).iterdir()) == sorted(uploaded)
 
 
@@ -147,8 +177,9 @@ def test_dicomweb_errors_name_the_url_and_status_and_keep_local_outputs(tmp_path
     # a local DICOM folder segmented, its SEG refused by the server: the SEG stays, the status is reported
     study_uid = generate_uid()
     volume, files = study_series(tmp_path / "series", study_uid)
-    results = segment_cases(bundle, tmp_path / "series", tmp_path / "c", network=IntensityThreshold(),
-                            device="cpu", progress=False)
+    results = segment_cases(
+        bundle, tmp_path / "series", tmp_path / "c", network=IntensityThreshold(), device="cpu", progress=False
+    )
     rows = store_segs(results, f"{orthanc.url}/no-such-root", tmp_path / "c")
     assert [row["status"] for row in rows] == ["failed"]
     assert f"{orthanc.url}/no-such-root/studies/{study_uid}" in rows[0]["error"] and "404" in rows[0]["error"]
@@ -156,8 +187,9 @@ def test_dicomweb_errors_name_the_url_and_status_and_keep_local_outputs(tmp_path
 
 
 def test_credentials_come_from_the_environment(tmp_path, monkeypatch):
-    server = start_orthanc(tmp_path / "pacs", free_port(),
-                           {"AuthenticationEnabled": True, "RegisteredUsers": {"radiology": "s3cret"}})
+    server = start_orthanc(
+        tmp_path / "pacs", free_port(), {"AuthenticationEnabled": True, "RegisteredUsers": {"radiology": "s3cret"}}
+    )
     try:
         study_uid = generate_uid()
         _, files = study_series(tmp_path / "series", study_uid)
@@ -202,8 +234,15 @@ class Results:
 
 def start_node(tmp_path: Path, port: int, destination: Destination, **settings) -> tuple[DicomNode, Results]:
     bundle = copy_bundle(tmp_path, BUNDLE, spatial_size=SIZE)
-    node_settings = NodeSettings(output=tmp_path / "node", port=port, ae_title=NODE_AET, host="127.0.0.1",
-                                 destination=destination, quiet_seconds=1.0, **settings)
+    node_settings = NodeSettings(
+        output=tmp_path / "node",
+        port=port,
+        ae_title=NODE_AET,
+        host="127.0.0.1",
+        destination=destination,
+        quiet_seconds=1.0,
+        **settings,
+    )
     node = serve(bundle, node_settings, device="cpu", network=IntensityThreshold())
     results = Results()
     node.on_result = results.add
@@ -234,7 +273,9 @@ def test_orthanc_sends_a_study_to_the_node_and_gets_the_seg_back(tmp_path, ortha
         study_uid = generate_uid()
         volume, files = study_series(tmp_path / "series", study_uid)
         orthanc.upload(files)
-        orthanc.request("POST", f"/modalities/{NODE_MODALITY}/store", orthanc.study_id(study_uid).encode(), "text/plain")
+        orthanc.request(
+            "POST", f"/modalities/{NODE_MODALITY}/store", orthanc.study_id(study_uid).encode(), "text/plain"
+        )
         (row,) = results.wait_for(1)
     finally:
         node.stop()
@@ -289,12 +330,17 @@ def test_node_survives_bad_input_aborts_and_a_destination_that_is_down(tmp_path)
             archive.shutdown()
     assert rows[-1]["status"] == "stored"
     assert sorted(ds.ReferencedSeriesSequence[0].SeriesInstanceUID for ds in received) == sorted(
-        [good[0].SeriesInstanceUID, pydicom.dcmread(files_b[0]).SeriesInstanceUID])
+        [good[0].SeriesInstanceUID, pydicom.dcmread(files_b[0]).SeriesInstanceUID]
+    )
     assert not list((tmp_path / "node" / "unsent").iterdir())
 
     # --retry-failed: the kept series is tried again at start (and, still cut short, kept again)
-    node = DicomNode(node.segmenter, NodeSettings(output=tmp_path / "node", port=free_port(), host="127.0.0.1",
-                                                  quiet_seconds=1.0, retry_failed=True))
+    node = DicomNode(
+        node.segmenter,
+        NodeSettings(
+            output=tmp_path / "node", port=free_port(), host="127.0.0.1", quiet_seconds=1.0, retry_failed=True
+        ),
+    )
     retried = Results()
     node.on_result = retried.add
     node.start()
@@ -308,6 +354,7 @@ def test_node_survives_bad_input_aborts_and_a_destination_that_is_down(tmp_path)
 
 def storage_scp(destination: Destination, received: list[pydicom.Dataset]):
     """A pynetdicom Storage SCP at ``destination`` that keeps what it receives."""
+
     def keep(event):
         received.append(event.dataset)
         return 0x0000
@@ -336,9 +383,28 @@ def csv_rows(path: Path) -> list[dict]:
 def test_listen_command_finishes_its_series_on_sigterm_and_resumes_the_queue(tmp_path, orthanc):
     bundle = foreground_bundle(tmp_path)
     port, out = free_port(), tmp_path / "node"
-    command = [sys.executable, "-m", "common", "listen", "--bundle", str(bundle), "--port", str(port),
-               "--ae-title", NODE_AET, "--host", "127.0.0.1", "--store-to", f"{ORTHANC_AET}@127.0.0.1:{orthanc.dicom_port}",
-               "--output", str(out), "--quiet-seconds", "1", "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "common",
+        "listen",
+        "--bundle",
+        str(bundle),
+        "--port",
+        str(port),
+        "--ae-title",
+        NODE_AET,
+        "--host",
+        "127.0.0.1",
+        "--store-to",
+        f"{ORTHANC_AET}@127.0.0.1:{orthanc.dicom_port}",
+        "--output",
+        str(out),
+        "--quiet-seconds",
+        "1",
+        "--device",
+        "cpu",
+    ]
     study_uid = generate_uid()
     sent = []
     for name in ("first", "second"):

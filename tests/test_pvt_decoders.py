@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.networks import create_network, list_networks
-from common.networks import pvt_decoders
+from common.networks import create_network, list_networks, pvt_decoders
 from common.networks.attention import elu_feature_map, linear_attention
 from common.networks.layers import ResBlock, RMSNorm, grid_to_tokens, tokens_to_grid
 
@@ -16,6 +15,7 @@ def linear_attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Reference: linear attention through the explicit ``[..., N, M]`` similarity map (quadratic in N)."""
     scores = q @ k.transpose(-2, -1)
     return (scores @ v) / (scores.sum(dim=-1, keepdim=True) + eps)
+
 
 NAMES = ["pvt_gdla", "pvt_linearattn", "pvt_selfattn", "pvt_diffattn"]
 DECODER_WIDTHS = (320, 128, 64)  # de1, de2, de3 of a PVT-v2-b2 encoder
@@ -50,8 +50,9 @@ def test_gdla_parameter_count_matches_the_published_model():
     assert [n_params(m) for m in (model.head1, model.head2, model.head3, model.head4)] == [585, 1_161, 2_889, 4_617]
 
 
-@pytest.mark.parametrize("name, expected", [("pvt_linearattn", 28_258_159), ("pvt_selfattn", 28_258_159),
-                                            ("pvt_diffattn", 28_751_695)])
+@pytest.mark.parametrize(
+    "name, expected", [("pvt_linearattn", 28_258_159), ("pvt_selfattn", 28_258_159), ("pvt_diffattn", 28_751_695)]
+)
 def test_baseline_parameter_counts(name, expected):
     assert n_params(build(name)) == expected
 
@@ -93,7 +94,7 @@ def test_every_parameter_gets_a_gradient(name):
     model = build(name, drop_path_rate=0.0)
     model.train()
     outputs = model(torch.randn(2, 1, 64, 96))
-    sum((o.square().mean() for o in outputs)).backward()
+    sum(o.square().mean() for o in outputs).backward()
     missing = [k for k, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert missing == []
     zero = [k for k, p in model.named_parameters() if p.grad.abs().sum() == 0]
@@ -165,15 +166,18 @@ def test_differential_attention_equals_explicit_softmax_maps():
         e, o = t[:, 0::2], t[:, 1::2]
         return torch.stack((e * pos.cos() - o * pos.sin(), e * pos.sin() + o * pos.cos()), -1).flatten(-2)
 
-    lam = (torch.exp((attn.lambda_q1 * attn.lambda_k1).sum()) - torch.exp((attn.lambda_q2 * attn.lambda_k2).sum())
-           + attn.lambda_init)
+    lam = (
+        torch.exp((attn.lambda_q1 * attn.lambda_k1).sum())
+        - torch.exp((attn.lambda_q2 * attn.lambda_k2).sum())
+        + attn.lambda_init
+    )
     heads = []
     for h in range(2):
         maps = []
         for j in (2 * h, 2 * h + 1):
-            qj, kj = rope(q[0, :, j * 16:(j + 1) * 16]), rope(k[0, :, j * 16:(j + 1) * 16])
+            qj, kj = rope(q[0, :, j * 16 : (j + 1) * 16]), rope(k[0, :, j * 16 : (j + 1) * 16])
             maps.append(torch.softmax(qj @ kj.T / 4.0, dim=-1))
-        y = (maps[0] - lam * maps[1]) @ v[0, :, h * 32:(h + 1) * 32]
+        y = (maps[0] - lam * maps[1]) @ v[0, :, h * 32 : (h + 1) * 32]
         heads.append(attn.subln(y) * (1 - attn.lambda_init))
     expected = attn.out_proj(torch.cat(heads, dim=-1))[None]
     assert attn.lambda_init == pytest.approx(0.8 - 0.6 * torch.exp(torch.tensor(-0.6)).item())
@@ -206,10 +210,16 @@ def per_block(formula) -> int:
     "option, touched, delta",
     [
         ({"differential": False}, r"de\d\.attn\.lambda_scale_(main|aux)", per_block(lambda c: 2 * c)),
-        ({"local_mixing": False}, r"de\d\.attn\.(dwc|pwc|lambda_scale_aux|out_proj)\.?.*",
-         per_block(lambda c: 4 * c * 9 + 4 * c + 16 * c * c + 4 * c + c + c * c)),
-        ({"gate": None}, r"de\d\.attn\.(qkvg|dwc|pwc)\..*",
-         per_block(lambda c: (c * c + c) + (c * 9 + c) + (7 * c * c + c))),
+        (
+            {"local_mixing": False},
+            r"de\d\.attn\.(dwc|pwc|lambda_scale_aux|out_proj)\.?.*",
+            per_block(lambda c: 4 * c * 9 + 4 * c + 16 * c * c + 4 * c + c + c * c),
+        ),
+        (
+            {"gate": None},
+            r"de\d\.attn\.(qkvg|dwc|pwc)\..*",
+            per_block(lambda c: (c * c + c) + (c * 9 + c) + (7 * c * c + c)),
+        ),
         ({"mixer_kernel_size": 5}, r"de\d\.attn\.dwc\.weight", per_block(lambda c: -4 * c * (25 - 9))),
         ({"mixer_kernel_size": 7}, r"de\d\.attn\.dwc\.weight", per_block(lambda c: -4 * c * (49 - 9))),
         ({"up_kernel_size": 5}, r"up\d\.up\.weight", -(512 * 320 + 320 * 128 + 128 * 64) * (25 - 9)),

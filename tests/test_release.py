@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
-import os
 import hashlib
 import json
+import os
 import shutil
 import threading
 import zipfile
@@ -49,16 +49,26 @@ def test_pack_writes_archive_weights_and_checksums(small_bundle, tmp_path):
     bundle, weights = small_bundle
     archive, weights_copy, sums = pack(bundle, weights, tmp_path / "dist", url_base="https://example.org/r1/")
     assert archive.name == f"{NAME}_v0.1.0.zip" and weights_copy.name == f"{NAME}_v0.1.0_model.pt"
-    assert sums.read_text().splitlines() == [f"{digest(archive)}  {archive.name}",
-                                             f"{digest(weights)}  {weights_copy.name}"]
+    assert sums.read_text().splitlines() == [
+        f"{digest(archive)}  {archive.name}",
+        f"{digest(weights)}  {weights_copy.name}",
+    ]
     with zipfile.ZipFile(archive) as zipped:
         names = set(zipped.namelist())
         listing = yaml.safe_load(zipped.read(f"{NAME}/large_files.yml"))["large_files"][0]
         assert zipped.read(f"{NAME}/models/model.pt") == weights.read_bytes()
-    assert {f"{NAME}/configs/inference.json", f"{NAME}/configs/metadata.json", f"{NAME}/docs/README.md",
-            f"{NAME}/LICENSE"} <= names
-    assert listing == {"path": "models/model.pt", "url": f"https://example.org/r1/{weights_copy.name}",
-                       "hash_val": digest(weights), "hash_type": "sha256"}
+    assert {
+        f"{NAME}/configs/inference.json",
+        f"{NAME}/configs/metadata.json",
+        f"{NAME}/docs/README.md",
+        f"{NAME}/LICENSE",
+    } <= names
+    assert listing == {
+        "path": "models/model.pt",
+        "url": f"https://example.org/r1/{weights_copy.name}",
+        "hash_val": digest(weights),
+        "hash_type": "sha256",
+    }
     assert main(["release", "verify", str(archive)]) == 0
 
 
@@ -81,8 +91,12 @@ def test_damaged_archive_and_weights_are_refused(small_bundle, tmp_path, capsys)
 def test_weights_that_do_not_fit_are_not_packed(small_bundle, tmp_path):
     bundle, _ = small_bundle
     wrong = tmp_path / "wrong.pt"
-    torch.save(create_network("pvt_gdla", in_channels=1, num_classes=9, encoder="pvt_v2_b0",
-                              encoder_weights="random").state_dict(), wrong)
+    torch.save(
+        create_network(
+            "pvt_gdla", in_channels=1, num_classes=9, encoder="pvt_v2_b0", encoder_weights="random"
+        ).state_dict(),
+        wrong,
+    )
     with pytest.raises(ReleaseError, match=r"wrong\.pt: these weights do not fit the bundle's network_def"):
         pack(bundle, wrong, tmp_path / "dist")
     assert not (tmp_path / "dist").exists() or not any((tmp_path / "dist").iterdir())
@@ -122,8 +136,10 @@ def test_download_verifies_then_unpacks_a_working_bundle(small_bundle, tmp_path,
     with pytest.raises(ReleaseError, match="the file is damaged or not this release"):
         download(url, "0" * 64, tmp_path / "fetched")
     assert [p.name for p in (tmp_path / "fetched").iterdir()] == []  # nothing left behind
-    assert main(["release", "download", "--url", url, "--sha256", digest(archive),
-                 "--output", str(tmp_path / "fetched")]) == 0
+    assert (
+        main(["release", "download", "--url", url, "--sha256", digest(archive), "--output", str(tmp_path / "fetched")])
+        == 0
+    )
     fetched = tmp_path / "fetched" / NAME
     verify_bundle(fetched)
     segmenter = load_bundle(fetched, device="cpu")  # models/model.pt loads into the bundle's network
@@ -141,8 +157,12 @@ def test_archive_carries_the_code_its_configs_import(small_bundle, tmp_path):
     with zipfile.ZipFile(archive) as zipped:
         names = set(zipped.namelist())
         metadata = json.loads(zipped.read(f"{NAME}/configs/metadata.json"))
-    assert {f"{NAME}/scripts/common/__init__.py", f"{NAME}/scripts/common/networks/registry.py",
-            f"{NAME}/scripts/common/transforms.py", f"{NAME}/scripts/common/data/inputs.py"} <= names
+    assert {
+        f"{NAME}/scripts/common/__init__.py",
+        f"{NAME}/scripts/common/networks/registry.py",
+        f"{NAME}/scripts/common/transforms.py",
+        f"{NAME}/scripts/common/data/inputs.py",
+    } <= names
     assert not any("__pycache__" in n for n in names)
     assert "gdla-bundles" not in metadata["required_packages_version"]
 
@@ -162,16 +182,24 @@ def test_released_bundle_runs_in_a_fresh_environment(small_bundle, tmp_path, htt
     site, base = http_server
     archive = pack(bundle, weights, site, url_base=base)[0]
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
-    packages = [f"torch=={metadata['pytorch_version']}", f"numpy=={metadata['numpy_version']}",
-                f"monai=={metadata['monai_version']}",
-                *(f"{name}=={version}" for name, version in metadata["required_packages_version"].items())]
+    packages = [
+        f"torch=={metadata['pytorch_version']}",
+        f"numpy=={metadata['numpy_version']}",
+        f"monai=={metadata['monai_version']}",
+        *(f"{name}=={version}" for name, version in metadata["required_packages_version"].items()),
+    ]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     venv = tmp_path / "venv"
     start = time.monotonic()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
-    install = subprocess.run([python, "-m", "pip", "install", "-q", "--no-compile", *packages], env=env, capture_output=True,
-                             text=True, timeout=1500)
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--no-compile", *packages],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
     print(f"fresh environment with {len(packages)} packages: {time.monotonic() - start:.0f} s")
 
@@ -188,16 +216,46 @@ def test_released_bundle_runs_in_a_fresh_environment(small_bundle, tmp_path, htt
     downloaded = work / NAME
     (work / "images").mkdir()
     affine = np.diag([1.2, 1.2, 8.0, 1.0])
-    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(100, 30, (40, 36, 3)).astype(np.float32), affine),
-             work / "images" / "case.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).normal(100, 30, (40, 36, 3)).astype(np.float32), affine),
+        work / "images" / "case.nii.gz",
+    )
     run("-m", "monai.bundle", "download_large_files", "--bundle_path", NAME)
-    run("-m", "monai.bundle", "run", "--config_file", f"{NAME}/configs/inference.json", "--bundle_root", NAME,
-        "--dataset_dir", "images", "--output_dir", "masks", "--num_workers", "0")
+    run(
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        f"{NAME}/configs/inference.json",
+        "--bundle_root",
+        NAME,
+        "--dataset_dir",
+        "images",
+        "--output_dir",
+        "masks",
+        "--num_workers",
+        "0",
+    )
     mask = nib.load(work / "masks" / "case_seg.nii.gz")
     assert mask.shape[:3] == (40, 36, 3)
     np.testing.assert_allclose(mask.affine, affine, atol=1e-4)
-    run("-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", "model.ts",
-        "--ckpt_file", f"{NAME}/models/model.pt", "--meta_file", f"{NAME}/configs/metadata.json",
-        "--config_file", f"{NAME}/configs/inference.json", "--bundle_root", NAME, "--use_trace", "True")
+    run(
+        "-m",
+        "monai.bundle",
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        "model.ts",
+        "--ckpt_file",
+        f"{NAME}/models/model.pt",
+        "--meta_file",
+        f"{NAME}/configs/metadata.json",
+        "--config_file",
+        f"{NAME}/configs/inference.json",
+        "--bundle_root",
+        NAME,
+        "--use_trace",
+        "True",
+    )
     assert (work / "model.ts").stat().st_size > 1_000_000
     assert downloaded.is_dir()

@@ -21,6 +21,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 import torch.nn as nn
+from miniature_layouts import write_dicom_series
 from monai.bundle import ConfigParser
 from PIL import Image
 from pydicom.data import get_testdata_file
@@ -30,7 +31,6 @@ from common.__main__ import main
 from common.io.dicom_series import read_dicom_series
 from common.io.volumes import LPS_TO_RAS, load_volume
 from common.segment import BundleError, InputError, find_cases, load_bundle, segment_cases
-from miniature_layouts import write_dicom_series
 
 REPO = Path(__file__).resolve().parent.parent
 ROI = 64
@@ -148,8 +148,9 @@ def test_mri_volume_keeps_geometry_and_left_stays_left(tmp_path, mr_bundle, mark
         source = write_mha(inputs / "brain.mha", stored, stored_affine)
     assert "".join(nib.aff2axcodes(load_volume(source).affine)) == ("LAS" if storage == "nifti_las" else "LPS")
 
-    results = segment_cases(mr_bundle, source, tmp_path / "out", network=IntensityThreshold(), device="cpu",
-                            progress=False)
+    results = segment_cases(
+        mr_bundle, source, tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+    )
 
     assert [(r.case, r.status) for r in results] == [("brain", "ok")]
     output = nib.load(tmp_path / "out" / "brain_seg.nii.gz")
@@ -157,8 +158,10 @@ def test_mri_volume_keeps_geometry_and_left_stays_left(tmp_path, mr_bundle, mark
     np.testing.assert_allclose(output.affine, load_volume(source).affine, atol=1e-5)
     labels = np.asarray(output.dataobj)
     np.testing.assert_array_equal(labels, minmax_above_half(stored))
-    world_x = {side: nib.affines.apply_affine(output.affine, np.argwhere(mask))[:, 0] for side, mask in
-               (("left", left), ("right", right))}
+    world_x = {
+        side: nib.affines.apply_affine(output.affine, np.argwhere(mask))[:, 0]
+        for side, mask in (("left", left), ("right", right))
+    }
     assert (world_x["left"] < 0).all() and (world_x["right"] > 0).all()  # the patient's left is at negative x
     assert labels[left].all() and not labels[right].any()
     assert (tmp_path / "out" / "brain_overlay.png").is_file()
@@ -198,12 +201,18 @@ def test_ct_dicom_series_gives_nifti_and_a_dicom_seg_on_the_source_series(tmp_pa
     series = read_dicom_series(tmp_path / "series")
     base = pydicom.dcmread(files[0], stop_before_pixels=True)
     spacing = [float(v) for v in base.PixelSpacing]
-    affine = LPS_TO_RAS @ np.array([[spacing[1], 0, 0, float(base.ImagePositionPatient[0])],
-                                    [0, spacing[0], 0, float(base.ImagePositionPatient[1])],
-                                    [0, 0, 5.0, float(base.ImagePositionPatient[2])], [0, 0, 0, 1]])
+    affine = LPS_TO_RAS @ np.array(
+        [
+            [spacing[1], 0, 0, float(base.ImagePositionPatient[0])],
+            [0, spacing[0], 0, float(base.ImagePositionPatient[1])],
+            [0, 0, 5.0, float(base.ImagePositionPatient[2])],
+            [0, 0, 0, 1],
+        ]
+    )
 
-    results = segment_cases(bundle, tmp_path / "series", tmp_path / "out", network=IntensityThreshold(),
-                            device="cpu", progress=False)
+    results = segment_cases(
+        bundle, tmp_path / "series", tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+    )
 
     assert [(r.case, r.status) for r in results] == [("series", "ok")]
     output = nib.load(tmp_path / "out" / "series_seg.nii.gz")
@@ -233,8 +242,9 @@ def test_picture_mask_has_the_picture_size(tmp_path, mni):
     grey = np.round(255 * axial / axial.max()).astype(np.uint8)
     Image.fromarray(grey).save(tmp_path / "slice.png")
 
-    results = segment_cases(bundle, tmp_path / "slice.png", tmp_path / "out", network=IntensityThreshold(),
-                            device="cpu", progress=False)
+    results = segment_cases(
+        bundle, tmp_path / "slice.png", tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+    )
 
     assert results[0].status == "ok"
     mask = np.asarray(Image.open(tmp_path / "out" / "slice_seg.png"))
@@ -248,8 +258,9 @@ def test_multilabel_picture_bundle_writes_one_mask_per_channel(tmp_path, mni):
     grey = np.round(255 * axial / axial.max()).astype(np.uint8)
     Image.fromarray(grey).save(tmp_path / "slice_0045.png")
 
-    results = segment_cases(bundle, tmp_path / "slice_0045.png", tmp_path / "out", network=IntensityBands(),
-                            device="cpu", progress=False)
+    results = segment_cases(
+        bundle, tmp_path / "slice_0045.png", tmp_path / "out", network=IntensityBands(), device="cpu", progress=False
+    )
 
     assert results[0].status == "ok", results[0].error
     scaled = (grey.astype(np.float32) - grey.min()) / (grey.max() - grey.min())
@@ -258,7 +269,10 @@ def test_multilabel_picture_bundle_writes_one_mask_per_channel(tmp_path, mni):
         written = np.asarray(Image.open(tmp_path / "out" / f"slice_0045_{channel}.png"))
         np.testing.assert_array_equal(written, np.where(mask, 255, 0))
     assert [p.name for p in results[0].outputs] == [
-        "slice_0045_large_bowel.png", "slice_0045_small_bowel.png", "slice_0045_stomach.png", "slice_0045_overlay.png"
+        "slice_0045_large_bowel.png",
+        "slice_0045_small_bowel.png",
+        "slice_0045_stomach.png",
+        "slice_0045_overlay.png",
     ]
 
 
@@ -275,11 +289,29 @@ def test_segment_equals_the_bundles_inference_config(tmp_path, mr_bundle, mni):
     run_bundle(
         config_file=str(mr_bundle / "configs" / "inference.json"),
         meta_file=str(mr_bundle / "configs" / "metadata.json"),
-        bundle_root=str(mr_bundle), input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "bundle_out"),
+        bundle_root=str(mr_bundle),
+        input_dir=str(tmp_path / "in"),
+        output_dir=str(tmp_path / "bundle_out"),
         device="$torch.device('cpu')",
     )
-    assert main(["segment", "--bundle", str(mr_bundle), "--input", str(tmp_path / "in" / "brain.nii.gz"),
-                 "--output", str(tmp_path / "out"), "--device", "cpu", "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                "--bundle",
+                str(mr_bundle),
+                "--input",
+                str(tmp_path / "in" / "brain.nii.gz"),
+                "--output",
+                str(tmp_path / "out"),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
 
     ours = np.asarray(nib.load(tmp_path / "out" / "brain_seg.nii.gz").dataobj)
     theirs = np.asarray(nib.load(tmp_path / "bundle_out" / "brain_seg.nii.gz").dataobj)
@@ -296,8 +328,19 @@ def test_folder_with_a_corrupt_case(tmp_path, mr_bundle, mni, capsys):
     (inputs / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08 truncated")
     (inputs / "notes.txt").write_text("not an image")
 
-    code = main(["segment", "--bundle", str(mr_bundle), "--input", str(inputs), "--output", str(tmp_path / "out"),
-                 "--device", "cpu"])
+    code = main(
+        [
+            "segment",
+            "--bundle",
+            str(mr_bundle),
+            "--input",
+            str(inputs),
+            "--output",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
+    )
 
     assert code == 1
     for name, (block, block_affine) in good.items():
@@ -337,8 +380,12 @@ def test_wrong_channels_and_wrong_kind_fail_their_case_only(tmp_path, mr_bundle,
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(inputs / "picture.png")
     nib.save(nib.Nifti1Image(volume, affine), inputs / "good.nii.gz")
 
-    results = {r.case: r for r in segment_cases(mr_bundle, inputs, tmp_path / "out", network=IntensityThreshold(),
-                                                 device="cpu", progress=False)}
+    results = {
+        r.case: r
+        for r in segment_cases(
+            mr_bundle, inputs, tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+        )
+    }
 
     assert results["good"].status == "ok"
     assert results["two_channels"].status == "failed"
@@ -361,8 +408,12 @@ def test_find_cases_in_a_mixed_folder(tmp_path, mni):
 
     cases = [(c.name, c.path.name, c.kind) for c in find_cases(root)]
 
-    assert cases == [("a", "a.mha", "volume"), ("a.nii.gz", "a.nii.gz", "volume"), ("b", "b.png", "picture"),
-                     ("series 1", "series 1", "dicom")]
+    assert cases == [
+        ("a", "a.mha", "volume"),
+        ("a.nii.gz", "a.nii.gz", "volume"),
+        ("b", "b.png", "picture"),
+        ("series 1", "series 1", "dicom"),
+    ]
     assert [(c.name, c.kind) for c in find_cases(root / "series 1")] == [("series 1", "dicom")]
     with pytest.raises(InputError, match="not a volume or picture"):
         find_cases(root / "readme.txt")

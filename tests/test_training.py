@@ -48,8 +48,15 @@ def test_schedule_is_timms_cosine_without_warmup_prefix(warmup_lr, min_lr):
     per_epoch, base = 277, 5e-4
     total, warmup = 200 * per_epoch, 10 * per_epoch
     optimizer = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr=base)
-    timm_schedule = CosineLRScheduler(optimizer, t_initial=total, lr_min=min_lr, warmup_lr_init=warmup_lr,
-                                      warmup_t=warmup, cycle_limit=1, t_in_epochs=False)
+    timm_schedule = CosineLRScheduler(
+        optimizer,
+        t_initial=total,
+        lr_min=min_lr,
+        warmup_lr_init=warmup_lr,
+        warmup_t=warmup,
+        cycle_limit=1,
+        t_in_epochs=False,
+    )
     for step in (0, 1, 500, warmup - 1, warmup, warmup + 1, 100 * per_epoch, total - 1, total, total + 50):
         timm_schedule.step_update(step)
         ours = warmup_cosine_lr(step, base, warmup, total, start_lr=warmup_lr, min_lr=min_lr)
@@ -57,7 +64,8 @@ def test_schedule_is_timms_cosine_without_warmup_prefix(warmup_lr, min_lr):
     if warmup_lr == 1e-6:  # the figures at epoch 100: timm 2.51e-4, the restarted cosine 2.71e-4
         assert warmup_cosine_lr(100 * per_epoch, base, warmup, total) == pytest.approx(2.505e-4, abs=1e-7)
         assert warmup_cosine_lr(100 * per_epoch, base, warmup, total, warmup_prefix=True) == pytest.approx(
-            2.71e-4, abs=1e-6)
+            2.71e-4, abs=1e-6
+        )
 
 
 def test_scheduler_applies_the_schedule_to_every_group():
@@ -144,10 +152,14 @@ def test_a_stopped_run_resumes_with_epoch_count_optimizer_and_scheduler(tmp_path
         trainer = toy_trainer(max_epochs, [])
         scheduler = torch.optim.lr_scheduler.StepLR(trainer.optimizer, step_size=1, gamma=0.5)
         objects = {"network": trainer.network, "optimizer": trainer.optimizer, "lr_scheduler": scheduler}
-        for handler in (ResumeFromLatest(tmp_path, objects), SaveForResume(tmp_path, objects),
-                        LrScheduleHandler(scheduler, print_lr=False)):
+        for handler in (
+            ResumeFromLatest(tmp_path, objects),
+            SaveForResume(tmp_path, objects),
+            LrScheduleHandler(scheduler, print_lr=False),
+        ):
             handler.attach(trainer)
         if stop_after is not None:
+
             @trainer.on(__import__("ignite").engine.Events.ITERATION_COMPLETED)
             def kill(engine):  # a crash in the middle of an epoch
                 if engine.state.iteration == stop_after:

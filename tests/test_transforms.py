@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from miniature_layouts import disc, write_busi, write_synapse_npz
 
 from common.data import get_dataset
 from common.transforms import (
@@ -22,7 +23,6 @@ from common.transforms import (
     train_transforms,
     transunet_augmentation,
 )
-from miniature_layouts import disc, write_busi, write_synapse_npz
 
 
 def _labelled_pair(size=(48, 40)) -> dict:
@@ -192,7 +192,8 @@ def test_slice_resize_is_transunets_scipy_zoom():
     image = rng.random((1, 512, 512)).astype(np.float32)
     label = rng.integers(0, 9, (1, 512, 512)).astype(np.float32)
     out = ZoomSliced(("image", "label"), (224, 224))(
-        {"image": torch.from_numpy(image), "label": torch.from_numpy(label)})
+        {"image": torch.from_numpy(image), "label": torch.from_numpy(label)}
+    )
     np.testing.assert_array_equal(out["image"][0].numpy(), zoom(image[0], (224 / 512, 224 / 512), order=3))
     np.testing.assert_array_equal(out["label"][0].numpy(), zoom(label[0], (224 / 512, 224 / 512), order=0))
 

@@ -53,8 +53,10 @@ def brain(mni) -> tuple[np.ndarray, np.ndarray]:  # noqa: F811 (the fixture from
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("stream_bundles")
-    return {name: copy_bundle(root, name, weights=True)
-            for name in ("pvt_gdla_acdc_segmentation", "pvt_gdla_synapse_segmentation")}
+    return {
+        name: copy_bundle(root, name, weights=True)
+        for name in ("pvt_gdla_acdc_segmentation", "pvt_gdla_synapse_segmentation")
+    }
 
 
 def stored(folder: Path, name: str, volume: np.ndarray, affine: np.ndarray) -> Path:

@@ -16,8 +16,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from common.io import writers
-from common.io.dicom_series import read_dicom_series
 from common.io.dicom_seg import write_dicom_seg
+from common.io.dicom_series import read_dicom_series
 from common.io.tables import write_csv
 from common.io.writers import (
     label_colors,
@@ -128,7 +128,9 @@ def test_volume_table_in_millilitres(tmp_path):
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["label"], r["name"], r["voxels"]) for r in rows] == [
-        ("1", "liver", "1000"), ("2", "spleen", "0"), ("3", "label_3", "100")
+        ("1", "liver", "1000"),
+        ("2", "spleen", "0"),
+        ("3", "label_3", "100"),
     ]
     assert float(rows[0]["volume_ml"]) == pytest.approx(1000 * 0.7 * 0.9 * 2.5 / 1000)
     assert float(rows[2]["volume_ml"]) == pytest.approx(100 * 1.575 / 1000)
@@ -201,9 +203,9 @@ def test_atomic_writes_get_a_normal_file_mode(tmp_path):
 def test_dicom_seg_for_a_series_without_optional_patient_fields(tmp_path):
     """Anonymised/converted series often lack type 2 attributes (PatientBirthDate, ...); the SEG is still written."""
     import pydicom
+    from miniature_layouts import write_dicom_series
 
     from common.io.dicom_series import read_dicom_series
-    from miniature_layouts import write_dicom_series
 
     values = np.random.default_rng(0).integers(0, 500, (12, 10, 3)).astype(np.int16)
     write_dicom_series(tmp_path / "series", values, np.diag([0.9, 0.9, 2.5, 1.0]))

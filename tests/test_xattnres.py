@@ -120,8 +120,10 @@ def test_projection_at_the_lower_resolution_equals_resize_then_project(downsampl
     torch.manual_seed(0)
     aggregate = CrossStageAggregation([4, 8, 6], 6, downsample=downsample)
     fine, coarse, current = torch.randn(1, 4, 32, 32), torch.randn(1, 8, 4, 4), torch.randn(1, 6, 8, 8)
-    shrink = F.adaptive_avg_pool2d if downsample == "area" else (
-        lambda t, size: F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+    shrink = (
+        F.adaptive_avg_pool2d
+        if downsample == "area"
+        else (lambda t, size: F.interpolate(t, size=size, mode="bilinear", align_corners=False))
     )
     grow = F.interpolate(coarse, size=(8, 8), mode="bilinear", align_corners=False)
     expected = torch.stack(

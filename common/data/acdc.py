@@ -90,8 +90,10 @@ class ACDC(DatasetReader):
         return fraction_split(list(cases), ACDC_FRACTIONS, self.seed)
 
     def split_origin(self) -> str:
-        return (f"{SEEDED_SPLIT} (seed {self.seed}): 70/10/20 of the training patients, by patient (ED and ES "
-                "together); the authors did not publish theirs")
+        return (
+            f"{SEEDED_SPLIT} (seed {self.seed}): 70/10/20 of the training patients, by patient (ED and ES "
+            "together); the authors did not publish theirs"
+        )
 
     def image_shape(self, entry: Entry) -> tuple[int, ...]:
         return volume_shape(entry["image"])

@@ -103,8 +103,11 @@ class CheckReport:
         return not self.problems
 
     def format(self) -> str:
-        lines = [f"{self.title} ({self.dataset}) at {self.folder}", f"split: {self.split_origin}",
-                 f"{'split':<12}{'cases':>8}{self.sample_unit:>10}"]
+        lines = [
+            f"{self.title} ({self.dataset}) at {self.folder}",
+            f"split: {self.split_origin}",
+            f"{'split':<12}{'cases':>8}{self.sample_unit:>10}",
+        ]
         lines += [f"{name:<12}{cases:>8}{samples:>10}" for name, (cases, samples) in self.split_counts.items()]
         sampled = (
             f"{self.files_read} of {self.files_total} label files, a random sample (without --sample every file is "
@@ -239,8 +242,9 @@ class DatasetReader(ABC):
         )
         unlabelled = [] if max_files is not None else self._unique_unlabelled_entries(lists)
         value_counts: Counter = Counter()
-        for entry in tqdm(to_read + unlabelled, desc="reading files", unit="sample", disable=not progress,
-                          file=sys.stderr):
+        for entry in tqdm(
+            to_read + unlabelled, desc="reading files", unit="sample", disable=not progress, file=sys.stderr
+        ):
             try:
                 if "label" in entry or "label_rle" in entry:
                     value_counts.update(self._checked_label_values(entry))

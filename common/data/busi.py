@@ -73,8 +73,10 @@ class BUSI(BinaryMaskDataset):
             if ignored:
                 scan.notes.append(f"{class_folder}: ignored {len(ignored)} other files, e.g. {ignored[0]}")
         if extra:
-            scan.notes.append(f"{extra} extra mask file(s) '<case>_mask_<n>.png' not used, as in the authors' code "
-                              "(unite_masks=True unites them)")
+            scan.notes.append(
+                f"{extra} extra mask file(s) '<case>_mask_<n>.png' not used, as in the authors' code "
+                "(unite_masks=True unites them)"
+            )
         if not scan.cases and not scan.problems:
             raise layout_error(self.title, folder, self.expected_layout, "no 'benign (n).png' style images")
         return scan

@@ -22,8 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check = actions.add_parser("check", help="count cases per split and read the label files")
     check.add_argument("--dataset", required=True, help=f"one of: {', '.join(dataset_names())}")
     check.add_argument("--root", required=True, help="the dataset folder as downloaded")
-    check.add_argument("--sample", "--max-files", type=int, metavar="N", dest="sample",
-                       help="read a random sample of N labelled samples only (default: every file)")
+    check.add_argument(
+        "--sample",
+        "--max-files",
+        type=int,
+        metavar="N",
+        dest="sample",
+        help="read a random sample of N labelled samples only (default: every file)",
+    )
     check.add_argument("--all", action="store_true", help="read every file (the default; overrides --sample)")
     check.add_argument("--splits", help="a split file (JSON) to use instead of the default split")
     check.add_argument("--write-splits", metavar="PATH", help="write the split used to this JSON file")
@@ -33,8 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         reader = get_dataset(args.dataset, seed=args.seed)
-        report = reader.check(args.root, max_files=None if args.all else args.sample, splits=args.splits,
-                              progress=True)
+        report = reader.check(args.root, max_files=None if args.all else args.sample, splits=args.splits, progress=True)
         print(report.format())
         if args.write_splits:
             path = write_splits(args.write_splits, report.splits, dataset=reader.name, seed=args.seed)

@@ -15,7 +15,6 @@ import random
 import re
 from pathlib import Path
 
-
 from common.data.base import Cases, Scan, describe_folder, layout_error
 from common.data.masks import BinaryMaskDataset
 from common.data.splits import AUTHORS_LIST, Splits, published_list
@@ -55,8 +54,7 @@ class HAM10000(BinaryMaskDataset):
         return {"train": sorted(rest[n_validation:]), "validation": sorted(rest[:n_validation]), "test": test}
 
     def split_origin(self) -> str:
-        return (f"test = {AUTHORS_LIST} (1,015 images); train/validation = 8:1 of the others, "
-                f"seeded ({self.seed})")
+        return f"test = {AUTHORS_LIST} (1,015 images); train/validation = 8:1 of the others, seeded ({self.seed})"
 
     def scan(self, root: str | os.PathLike | None = None) -> Scan:
         root = self._root(root)

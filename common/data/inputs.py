@@ -29,5 +29,6 @@ def inference_datalist(items: Sequence[str | os.PathLike | Mapping], where: str 
     if not entries:
         raise EmptyDatalistError(
             f"nothing to segment: no input matched {where or 'the datalist'}; pass --dataset_dir FOLDER "
-            "(or --datalist \"['a.nii.gz', ...]\")")
+            "(or --datalist \"['a.nii.gz', ...]\")"
+        )
     return entries

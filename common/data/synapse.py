@@ -61,7 +61,7 @@ HELD_OUT_VALIDATION_CASES = 4  # of the 18 training cases, seeded; 14 remain for
 SELECTION_TEXT = {
     "test_set": "checkpoint selected on the test set (authors' protocol)",
     "held_out": f"checkpoint selected on {HELD_OUT_VALIDATION_CASES} validation cases held out of the 18 training "
-                "cases (not the authors' protocol)",
+    "cases (not the authors' protocol)",
 }
 
 
@@ -106,8 +106,11 @@ class _TransUNetSplit(DatasetReader):
         return {"train": [c for c in train if c not in held_out], "validation": held_out, "test": test}
 
     def split_origin(self) -> str:
-        validation = (f"validation = {self.validation_cases} training cases held out (seed {self.seed})"
-                      if self.validation_cases else "validation = the test cases (authors' protocol)")
+        validation = (
+            f"validation = {self.validation_cases} training cases held out (seed {self.seed})"
+            if self.validation_cases
+            else "validation = the test cases (authors' protocol)"
+        )
         return f"{TRANSUNET_LIST} (18 train / 12 test); {validation}"
 
     def _split_notes(self, cases: Cases) -> list[str]:

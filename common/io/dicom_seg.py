@@ -10,7 +10,6 @@ BINARY segmentation with one segment per label present, numbered 1..S in label o
 from __future__ import annotations
 
 import copy
-
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -32,8 +31,17 @@ DEFAULT_SERIES_NUMBER = 1000
 
 #: Type 2 attributes a SEG copies from its source: present (possibly empty) in every valid image, but often
 #: missing from anonymised or converted series, which would stop the SEG from being written.
-PATIENT_STUDY_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                       "ReferringPhysicianName", "StudyID", "AccessionNumber")
+PATIENT_STUDY_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 
 
 def read_source_datasets(source: Sequence[Dataset | str | os.PathLike]) -> list[Dataset]:
@@ -100,16 +108,33 @@ def seg_obstacle(datasets: Sequence[Dataset]) -> str | None:
     SEG over them is missing, or the images are frames of several multi-frame files (a SEG references one)."""
     if not datasets:
         return "no source images"
-    missing = sorted({keyword for ds in datasets for keyword in ("FrameOfReferenceUID", "StudyInstanceUID",
-                      "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID") if not ds.get(keyword)})
+    missing = sorted(
+        {
+            keyword
+            for ds in datasets
+            for keyword in (
+                "FrameOfReferenceUID",
+                "StudyInstanceUID",
+                "SeriesInstanceUID",
+                "SOPInstanceUID",
+                "SOPClassUID",
+            )
+            if not ds.get(keyword)
+        }
+    )
     if missing:
-        return (f"the source series has no {', '.join(missing)} (removed by an anonymiser?), which a SEG needs to "
-                "lie on the source images")
-    multiframe = {ds.SOPInstanceUID for ds in datasets if "NumberOfFrames" in ds or "PerFrameFunctionalGroupsSequence"
-                  in ds}
+        return (
+            f"the source series has no {', '.join(missing)} (removed by an anonymiser?), which a SEG needs to "
+            "lie on the source images"
+        )
+    multiframe = {
+        ds.SOPInstanceUID for ds in datasets if "NumberOfFrames" in ds or "PerFrameFunctionalGroupsSequence" in ds
+    }
     if multiframe and len({ds.SOPInstanceUID for ds in datasets}) > 1:
-        return (f"the series is split over {len({ds.SOPInstanceUID for ds in datasets})} files of which "
-                f"{len(multiframe)} are multi-frame; a SEG references a single multi-frame source")
+        return (
+            f"the series is split over {len({ds.SOPInstanceUID for ds in datasets})} files of which "
+            f"{len(multiframe)} are multi-frame; a SEG references a single multi-frame source"
+        )
     return None
 
 
@@ -169,8 +194,10 @@ def write_dicom_seg(
         _check_alignment(datasets, array, str(path), len(source_frames))
         frames_in_source = int(datasets[0].get("NumberOfFrames", 1) or 1)
         if sorted(source_frames) != list(range(1, frames_in_source + 1)):
-            raise ValueError(f"{path}: the labels' slices must be the {frames_in_source} frames of the source, "
-                             f"each once; found frame numbers {sorted(source_frames)[:10]}...")
+            raise ValueError(
+                f"{path}: the labels' slices must be the {frames_in_source} frames of the source, "
+                f"each once; found frame numbers {sorted(source_frames)[:10]}..."
+            )
         array = array[:, :, np.argsort(source_frames)]  # slice order -> the source's frame order
     else:
         _check_alignment(datasets, array, str(path), len(datasets))

@@ -235,22 +235,37 @@ def _frames(path: Path, dataset: pydicom.Dataset) -> list[_Image] | str:
     shared = shared_items[0] if shared_items else pydicom.Dataset()
     if per_frame and len(per_frame) != count:
         return f"{len(per_frame)} per-frame functional groups for NumberOfFrames {count}"
+
+    def first_item(sequence: str, frame: pydicom.Dataset) -> pydicom.Dataset:
+        """A functional group's item: the frame's own, else the shared one, else the top-level attributes
+        (some legacy multi-frame files)."""
+        for groups in (frame, shared):
+            items = groups.get(sequence)
+            if items:
+                return items[0]
+        return dataset
+
     images = []
     for index in range(count):
         frame = per_frame[index] if per_frame else pydicom.Dataset()
 
-        def item(sequence: str) -> pydicom.Dataset:
-            for groups in (frame, shared):
-                items = groups.get(sequence)
-                if items:
-                    return items[0]
-            return dataset  # fall back to top-level attributes (some legacy multi-frame files)
-
-        position, orientation = item("PlanePositionSequence"), item("PlaneOrientationSequence")
+        position, orientation = (
+            first_item("PlanePositionSequence", frame),
+            first_item("PlaneOrientationSequence", frame),
+        )
         if "ImagePositionPatient" not in position or "ImageOrientationPatient" not in orientation:
             return f"a multi-frame object without plane positions / orientations (frame {index + 1})"
-        images.append(_image(path, index + 1, dataset, position, orientation, item("PixelMeasuresSequence"),
-                             item("PixelValueTransformationSequence")))
+        images.append(
+            _image(
+                path,
+                index + 1,
+                dataset,
+                position,
+                orientation,
+                first_item("PixelMeasuresSequence", frame),
+                first_item("PixelValueTransformationSequence", frame),
+            )
+        )
     return images
 
 

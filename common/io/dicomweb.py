@@ -26,8 +26,25 @@ from common.io.atomic import atomic_path
 TOKEN_VARIABLE = "GDLA_DICOMWEB_TOKEN"
 USER_VARIABLE, PASSWORD_VARIABLE = "GDLA_DICOMWEB_USER", "GDLA_DICOMWEB_PASSWORD"
 #: Modalities of series that hold no images to segment (segmentations, structure sets, reports, key objects...).
-NON_IMAGE_MODALITIES = frozenset({"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "DOC",
-                                  "REG", "FID", "RWV", "AU", "ECG", "PLAN"})
+NON_IMAGE_MODALITIES = frozenset(
+    {
+        "SEG",
+        "RTSTRUCT",
+        "RTPLAN",
+        "RTDOSE",
+        "RTRECORD",
+        "SR",
+        "PR",
+        "KO",
+        "DOC",
+        "REG",
+        "FID",
+        "RWV",
+        "AU",
+        "ECG",
+        "PLAN",
+    }
+)
 DEFAULT_ATTEMPTS = 5
 SERIES_UID_TAG, MODALITY_TAG, SERIES_NUMBER_TAG = "0020000E", "00080060", "00200011"
 _RESOURCE = re.compile(r"^(?P<root>https?://.+?)/studies/(?P<study>[0-9.]+)(?:/series/(?P<series>[0-9.]+))?/?$")
@@ -59,8 +76,10 @@ def parse_resource(url: str) -> DicomWebResource:
     """``ROOT/studies/<StudyInstanceUID>[/series/<SeriesInstanceUID>]`` as a :class:`DicomWebResource`."""
     match = _RESOURCE.match(url.strip())
     if not match:
-        raise DicomWebError(f"{url}: expected a DICOMweb study or series URL, "
-                            "http(s)://HOST/ROOT/studies/<StudyInstanceUID>[/series/<SeriesInstanceUID>]")
+        raise DicomWebError(
+            f"{url}: expected a DICOMweb study or series URL, "
+            "http(s)://HOST/ROOT/studies/<StudyInstanceUID>[/series/<SeriesInstanceUID>]"
+        )
     return DicomWebResource(match["root"], match["study"], match["series"])
 
 
@@ -100,8 +119,10 @@ def named_errors(action: str, url: str) -> Iterator[None]:
         status = f"HTTP {response.status_code} {response.reason}" if response is not None else str(exc)
         hint = ""
         if response is not None and response.status_code in (401, 403):
-            hint = (f" (credentials come from {TOKEN_VARIABLE}, or {USER_VARIABLE} and {PASSWORD_VARIABLE}, "
-                    "or a netrc entry for the host)")
+            hint = (
+                f" (credentials come from {TOKEN_VARIABLE}, or {USER_VARIABLE} and {PASSWORD_VARIABLE}, "
+                "or a netrc entry for the host)"
+            )
         raise DicomWebError(f"{action} {url}: {status}{hint}") from exc
     except requests.RequestException as exc:
         raise DicomWebError(f"{action} {url}: {type(exc).__name__}: {exc}") from exc

@@ -210,8 +210,10 @@ def _map_raw_metaimage_or_nrrd(path: Path) -> LazyVolume | None:
             return None
         detached = fields.get("elementdatafile")
         detached = None if detached is None or detached.upper() == "LOCAL" else detached
-        big_endian = "true" in (fields.get("binarydatabyteordermsb", "").lower(),
-                                fields.get("elementbyteordermsb", "").lower())
+        big_endian = "true" in (
+            fields.get("binarydatabyteordermsb", "").lower(),
+            fields.get("elementbyteordermsb", "").lower(),
+        )
     if detached is not None and (" " in detached or detached.upper().startswith("LIST")):
         return None  # a file pattern or a list of slice files
     data_path = path.parent / detached if detached is not None else path
@@ -221,8 +223,10 @@ def _map_raw_metaimage_or_nrrd(path: Path) -> LazyVolume | None:
     file_size = data_path.stat().st_size
     offset = file_size - nbytes  # raw data ends the file (any byte skip or header size is ahead of it)
     if offset < (0 if detached is not None else header_end):
-        raise VolumeReadError(f"{path}: the header describes {nbytes} bytes of {dtype} voxels {size}, but "
-                              f"{data_path.name} holds only {file_size - (0 if detached else header_end)} after its header")
+        raise VolumeReadError(
+            f"{path}: the header describes {nbytes} bytes of {dtype} voxels {size}, but "
+            f"{data_path.name} holds only {file_size - (0 if detached else header_end)} after its header"
+        )
     mapped = np.memmap(data_path, dtype=dtype, mode="r", offset=offset, shape=size[::-1])  # (Z, Y, X)
     affine = simpleitk_affine(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
     return LazyVolume(mapped.transpose(2, 1, 0), affine, path)
@@ -232,9 +236,16 @@ def _sitk_dtypes() -> dict[int, type]:
     import SimpleITK as sitk
 
     return {
-        sitk.sitkUInt8: np.uint8, sitk.sitkInt8: np.int8, sitk.sitkUInt16: np.uint16, sitk.sitkInt16: np.int16,
-        sitk.sitkUInt32: np.uint32, sitk.sitkInt32: np.int32, sitk.sitkUInt64: np.uint64, sitk.sitkInt64: np.int64,
-        sitk.sitkFloat32: np.float32, sitk.sitkFloat64: np.float64,
+        sitk.sitkUInt8: np.uint8,
+        sitk.sitkInt8: np.int8,
+        sitk.sitkUInt16: np.uint16,
+        sitk.sitkInt16: np.int16,
+        sitk.sitkUInt32: np.uint32,
+        sitk.sitkInt32: np.int32,
+        sitk.sitkUInt64: np.uint64,
+        sitk.sitkInt64: np.int64,
+        sitk.sitkFloat32: np.float32,
+        sitk.sitkFloat64: np.float64,
     }
 
 
@@ -244,7 +255,9 @@ _SITK_DTYPES = _sitk_dtypes()
 # ----------------------------------------------------------------------------- orientation
 
 
-def orientation_transform(affine: np.ndarray, axcodes: str, labels: Sequence[Sequence[str]] | None = None) -> Orientation:
+def orientation_transform(
+    affine: np.ndarray, axcodes: str, labels: Sequence[Sequence[str]] | None = None
+) -> Orientation:
     """The flips and permutation that bring voxel axes with index-to-RAS ``affine`` to ``axcodes``, as MONAI's
     ``Orientation`` and :func:`common.io.volumes.reorient` compute them."""
     current = nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Hashable, Mapping
 
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
@@ -20,8 +20,15 @@ class SaveMask2Dd(MapTransform):
     0/255 mask per channel, ``<source stem>_<channel name>.png``.
     """
 
-    def __init__(self, keys: KeysCollection, output_dir: str | Path, num_classes: int, source_key: str = "source",
-                 postfix: str = "seg", channel_names: list[str] | None = None):
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | Path,
+        num_classes: int,
+        source_key: str = "source",
+        postfix: str = "seg",
+        channel_names: list[str] | None = None,
+    ):
         super().__init__(keys)
         self.output_dir, self.num_classes = Path(output_dir), num_classes
         self.source_key, self.postfix, self.channel_names = source_key, postfix, channel_names
@@ -33,8 +40,10 @@ class SaveMask2Dd(MapTransform):
             mask = d[key]
             if self.channel_names is not None:
                 if mask.ndim != 3 or mask.shape[0] != len(self.channel_names):
-                    raise ValueError(f"{d[self.source_key]}: expected [{len(self.channel_names)}, H, W] binary "
-                                     f"channels, found {tuple(mask.shape)}")
+                    raise ValueError(
+                        f"{d[self.source_key]}: expected [{len(self.channel_names)}, H, W] binary "
+                        f"channels, found {tuple(mask.shape)}"
+                    )
                 for name, channel in zip(self.channel_names, mask):
                     write_png_mask(channel > 0, self.output_dir / f"{stem}_{name}.png", values="binary255")
                 continue

@@ -31,17 +31,60 @@ class VolumeReadError(ValueError):
 
 #: Bytes per voxel of the NRRD ``type`` and MetaImage ``ElementType`` values, and whether a bundle can take them.
 NRRD_TYPES = {
-    "signed char": 1, "int8": 1, "int8_t": 1, "uchar": 1, "unsigned char": 1, "uint8": 1, "uint8_t": 1,
-    "short": 2, "short int": 2, "signed short": 2, "signed short int": 2, "int16": 2, "int16_t": 2,
-    "ushort": 2, "unsigned short": 2, "unsigned short int": 2, "uint16": 2, "uint16_t": 2,
-    "int": 4, "signed int": 4, "int32": 4, "int32_t": 4, "uint": 4, "unsigned int": 4, "uint32": 4, "uint32_t": 4,
-    "longlong": 8, "long long": 8, "long long int": 8, "signed long long": 8, "signed long long int": 8,
-    "int64": 8, "int64_t": 8, "ulonglong": 8, "unsigned long long": 8, "unsigned long long int": 8, "uint64": 8,
-    "uint64_t": 8, "float": 4, "double": 8,
+    "signed char": 1,
+    "int8": 1,
+    "int8_t": 1,
+    "uchar": 1,
+    "unsigned char": 1,
+    "uint8": 1,
+    "uint8_t": 1,
+    "short": 2,
+    "short int": 2,
+    "signed short": 2,
+    "signed short int": 2,
+    "int16": 2,
+    "int16_t": 2,
+    "ushort": 2,
+    "unsigned short": 2,
+    "unsigned short int": 2,
+    "uint16": 2,
+    "uint16_t": 2,
+    "int": 4,
+    "signed int": 4,
+    "int32": 4,
+    "int32_t": 4,
+    "uint": 4,
+    "unsigned int": 4,
+    "uint32": 4,
+    "uint32_t": 4,
+    "longlong": 8,
+    "long long": 8,
+    "long long int": 8,
+    "signed long long": 8,
+    "signed long long int": 8,
+    "int64": 8,
+    "int64_t": 8,
+    "ulonglong": 8,
+    "unsigned long long": 8,
+    "unsigned long long int": 8,
+    "uint64": 8,
+    "uint64_t": 8,
+    "float": 4,
+    "double": 8,
 }
 META_TYPES = {
-    "MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4, "MET_LONG": 4,
-    "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8,
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG": 4,
+    "MET_ULONG": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
 }
 HEADER_LIMIT = 1 << 16  # text headers longer than this are not NRRD / MetaImage headers
 
@@ -101,9 +144,7 @@ def spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
     if len(kept) == 2:
         return (*kept, 1)
     if len(kept) > 4:
-        raise VolumeReadError(
-            f"{path}: expected a 3-D volume (X, Y, Z), or (X, Y, Z, channels); found shape {shape}"
-        )
+        raise VolumeReadError(f"{path}: expected a 3-D volume (X, Y, Z), or (X, Y, Z, channels); found shape {shape}")
     return kept
 
 
@@ -230,8 +271,9 @@ def _check_metaimage_header(path: Path) -> None:
         source = None  # file lists and patterns are left to the reader
     compressed = fields.get("compresseddata", "false").lower() == "true"
     if source is not None and compressed and "compresseddatasize" in fields:
-        _check_data_length(path, source, int(fields["compresseddatasize"]), offset, gzipped=False, shape=shape,
-                           what="compressed bytes")
+        _check_data_length(
+            path, source, int(fields["compresseddatasize"]), offset, gzipped=False, shape=shape, what="compressed bytes"
+        )
     elif source is not None:
         _check_data_length(path, source, expected, offset, gzipped=compressed, shape=shape)
     _check_fits_in_memory(path, shape, expected)
@@ -265,7 +307,13 @@ def _check_fits_in_memory(path: Path, shape: tuple[int, ...], expected: int) -> 
 
 
 def _check_data_length(
-    path: Path, source: Path, expected: int, offset: int, *, gzipped: bool, shape: tuple[int, ...],
+    path: Path,
+    source: Path,
+    expected: int,
+    offset: int,
+    *,
+    gzipped: bool,
+    shape: tuple[int, ...],
     what: str = "bytes of voxel data",
 ) -> None:
     """Compare the bytes of voxel data the header declares with what ``source`` holds after ``offset``."""

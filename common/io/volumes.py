@@ -136,8 +136,9 @@ def _load_with_simpleitk(path: Path) -> Volume:
     image = sitk.ReadImage(str(path))
     dims = image.GetDimension()
     if dims not in (2, 3):
-        raise VolumeReadError(f"{path}: expected a 3-D image (or a 2-D one, read as one slice); found {dims}-D "
-                              f"of size {image.GetSize()}")
+        raise VolumeReadError(
+            f"{path}: expected a 3-D image (or a 2-D one, read as one slice); found {dims}-D of size {image.GetSize()}"
+        )
     array = sitk.GetArrayFromImage(image)  # (Z, Y, X) or (Z, Y, X, C); 2-D: (Y, X) or (Y, X, C)
     if dims == 2:
         array = array[None]

@@ -81,7 +81,9 @@ def read_bundle(path: str | os.PathLike) -> Bundle:
     try:
         label_names = {int(value): str(name) for value, name in channel_def.items()}
     except ValueError:
-        raise BundleError(f"{metadata_file}: channel_def keys must be label values, found {list(channel_def)}") from None
+        raise BundleError(
+            f"{metadata_file}: channel_def keys must be label values, found {list(channel_def)}"
+        ) from None
     multilabel = str(prediction.get("format", "")).lower() in MULTILABEL_FORMATS
     if multilabel:
         label_names = {0: "background", **{value + 1: name for value, name in sorted(label_names.items())}}
@@ -102,6 +104,8 @@ def select_bundles(root: str | os.PathLike, names: str = "all") -> dict[str, Bun
     wanted = available if names.strip().lower() == "all" else [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in wanted if n not in available]
     if unknown or not wanted:
-        raise BundleError(f"models {names!r}: expected 'all' or names from {root}: {', '.join(available)}; "
-                          f"unknown: {', '.join(unknown) or '(none given)'}")
+        raise BundleError(
+            f"models {names!r}: expected 'all' or names from {root}: {', '.join(available)}; "
+            f"unknown: {', '.join(unknown) or '(none given)'}"
+        )
     return {name: read_bundle(root / name) for name in wanted}

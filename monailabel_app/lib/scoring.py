@@ -61,8 +61,13 @@ class FlipEntropyScoring(ScoringMethod):
     def _pipeline(self, weights, device: str) -> tuple[ConfigParser, torch.nn.Module]:
         parser = ConfigParser()
         parser.read_config(str(self.bundle.path / "configs" / "inference.json"))
-        parser.update({"bundle_root": str(self.bundle.path), "device": f"$torch.device('{device}')",
-                       "inferer#output": "probabilities"})
+        parser.update(
+            {
+                "bundle_root": str(self.bundle.path),
+                "device": f"$torch.device('{device}')",
+                "inferer#output": "probabilities",
+            }
+        )
         network = parser.get_parsed_content("network_def").to(device)
         network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
         return parser, network.eval()

@@ -61,8 +61,10 @@ class BundleTraining(BundleTrainTask):
         items = super()._fetch_datalist(request, datastore)
         usable = [item for item in items if self.bundle.accepts(item["image"])]
         if len(usable) < len(items):
-            logger.info(f"{self.bundle.name}: training on {len(usable)} of {len(items)} labelled images "
-                        f"(the others are not {'volumes' if self.bundle.segments_volumes else '2-D pictures'})")
+            logger.info(
+                f"{self.bundle.name}: training on {len(usable)} of {len(items)} labelled images "
+                f"(the others are not {'volumes' if self.bundle.segments_volumes else '2-D pictures'})"
+            )
         if not usable:
             kind = "volumes" if self.bundle.segments_volumes else "2-D pictures"
             raise MONAILabelException(
