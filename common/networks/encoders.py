@@ -7,6 +7,7 @@ or in timm's (``patch_embed.proj.weight``, ``stages.0.blocks.0.attn.q.weight``).
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import re
 import warnings
@@ -58,8 +59,8 @@ def _numpy_scalar_globals() -> list:
     Only the scalar reconstructor, ``numpy.dtype`` and the plain numeric dtype classes: a file naming any other
     global is still refused. Files written under numpy 1 name the reconstructor ``numpy.core.multiarray.scalar``.
     """
-    core = np._core if hasattr(np, "_core") else np.core
-    scalar = core.multiarray.scalar
+    numpy2 = int(np.__version__.split(".")[0]) >= 2
+    scalar = importlib.import_module("numpy._core.multiarray" if numpy2 else "numpy.core.multiarray").scalar
     allowed: list = [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype]
     names = ("Float16DType", "Float32DType", "Float64DType", "Int32DType", "Int64DType", "BoolDType")
     dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25
