@@ -19,6 +19,7 @@ from .bundle_templates import (
     metadata,
     multi_gpu_config,
     multi_gpu_evaluate_config,
+    raw_btcv_config,
     train_config,
 )
 
@@ -56,7 +57,9 @@ def _json(config: dict) -> str:
 
 def bundle_files(spec: BundleSpec) -> dict[str, str]:
     """Relative path -> text of every file of one bundle."""
+    overlays = {"configs/raw_btcv.json": _json(raw_btcv_config(spec))} if spec.dataset == "synapse" else {}
     return {
+        **overlays,
         "configs/metadata.json": _json(metadata(spec)),
         "configs/train.json": _json(train_config(spec)),
         "configs/evaluate.json": _json(evaluate_config(spec)),

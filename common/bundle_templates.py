@@ -726,6 +726,20 @@ def multi_gpu_config(spec: BundleSpec) -> dict:
     }
 
 
+def raw_btcv_config(spec: BundleSpec) -> dict:
+    """``configs/raw_btcv.json`` (Synapse bundles): an overlay on train.json (and evaluate.json after it) that reads
+    the raw BTCV NIfTI layout (``synapse_raw``: volumes windowed and relabelled here) instead of TransUNet's
+    pre-processed release, with that layout's transforms from the same recipe functions."""
+    raw = get_dataset("synapse_raw")
+    return {
+        "dataset_name": "synapse_raw",
+        "train#preprocessing": train_transforms_config(raw, "@spatial_size"),
+        "train#volume_preprocessing": volume_transforms_config(raw),
+        "train#dataset#volume_transform": "@train#volume_preprocessing",
+        "validate#preprocessing": eval_transforms_config(raw, "@spatial_size"),
+    }
+
+
 def multi_gpu_evaluate_config(spec: BundleSpec) -> dict:
     """``configs/multi_gpu_evaluate.json``: overrides of train.json + evaluate.json for ``torchrun``.
 

@@ -70,11 +70,25 @@ def _read_json(path: Path) -> dict:
         raise ReproduceError(f"{path}: not a readable JSON file ({exc})") from exc
 
 
+def evaluation_files(bundle: Path) -> list[str]:
+    """The config files of the bundle's evaluation: ``evaluate.json`` is an overlay on ``train.json``."""
+    return [str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")]
+
+
+def evaluation_config(bundle: Path) -> ConfigParser:
+    """The bundle's evaluation config (:func:`evaluation_files` merged), unparsed."""
+    parser = ConfigParser()
+    try:
+        parser.read_config(evaluation_files(bundle))
+    except (OSError, ValueError) as exc:
+        raise ReproduceError(f"{bundle}: its configs/train.json and configs/evaluate.json do not read ({exc})") from exc
+    parser["bundle_root"] = str(bundle)
+    return parser
+
+
 def bundle_network(bundle: Path, overrides: Mapping[str, object]) -> torch.nn.Module:
     """The bundle's ``network_def`` (random encoder weights), with ``overrides`` applied."""
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "evaluate.json"))
-    parser["bundle_root"] = str(bundle)
+    parser = evaluation_config(bundle)
     for key, value in overrides.items():
         parser[key] = value
     return parser.get_parsed_content("network_def")
@@ -107,7 +121,7 @@ def evaluate(
     failure = None
     try:
         run_bundle(
-            config_file=str(bundle / "configs" / "evaluate.json"),
+            config_file=evaluation_files(bundle),
             bundle_root=str(bundle),
             dataset_dir=str(dataset_dir),
             ckpt_dir=str(ckpt_dir),
@@ -237,7 +251,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     published = published_row(meta.get("eval_metrics"))
     if published is None:
         raise ReproduceError(f"{bundle.name}: the paper publishes no row for this bundle; nothing to reproduce")
-    evaluate_config = _read_json(bundle / "configs" / "evaluate.json")
+    evaluate_config = evaluation_config(bundle)
     dataset = evaluate_config.get("dataset_name")
     overrides = _set_overrides(args.set)
     if dataset == "synapse":
@@ -252,7 +266,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     reader_options = {"validation_cases": validation_cases_for(args.validation)} if dataset == "synapse" else {}
     reader = get_dataset(dataset, **reader_options)
     test_cases = reader.splits(args.dataset_dir)["test"]
-    writer = evaluate_config["evaluate"]["handlers"][-1]
+    writer = evaluate_config.get("validate#handlers")[-1]
     paper_rule = writer.get("paper_rule", "per_class")
     default_selection = SELECTION_TEXT[args.validation] if dataset == "synapse" else writer.get("selection", "")
 

@@ -53,7 +53,12 @@ def write_dataset(spec: BundleSpec, tmp_path: Path) -> Path:
 
 
 #: configs that are overlays, run on top of train.json as the model zoo does
-OVERLAYS = {"evaluate": ["train", "evaluate"], "multi_gpu_evaluate": ["train", "evaluate", "multi_gpu_evaluate"]}
+OVERLAYS = {
+    "evaluate": ["train", "evaluate"],
+    "multi_gpu_evaluate": ["train", "evaluate", "multi_gpu_evaluate"],
+    "raw_btcv_train": ["train", "raw_btcv"],
+    "raw_btcv_evaluate": ["train", "raw_btcv", "evaluate"],
+}
 
 
 def config_files(bundle: Path, config: str) -> list[str]:

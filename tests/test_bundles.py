@@ -367,7 +367,8 @@ def test_inference_feeds_slices_in_the_training_layout(tmp_path):
 
 @pytest.mark.slow
 def test_synapse_bundle_trains_on_raw_btcv_volumes(tmp_path):
-    """The Synapse bundles read the raw BTCV NIfTI layout too (labels mapped to the 8 organs, CT windowed)."""
+    """The Synapse bundles read the raw BTCV NIfTI layout too, through their ``raw_btcv.json`` overlay (labels
+    mapped to the 8 organs, CT windowed)."""
     from miniature_layouts import write_synapse_raw
 
     spec = find_bundle("pvt_gdla_synapse_segmentation")
@@ -375,15 +376,14 @@ def test_synapse_bundle_trains_on_raw_btcv_volumes(tmp_path):
     small = small_overrides(spec)
     run_config(
         bundle,
-        "train",
+        "raw_btcv_train",
         dataset_dir=str(data),
-        dataset_name="synapse_raw",
         epochs=1,
         warmup_epochs=0,
         batch_size=2,
         **small,
     )
-    run_config(bundle, "evaluate", dataset_dir=str(data), dataset_name="synapse_raw", **small)
+    run_config(bundle, "raw_btcv_evaluate", dataset_dir=str(data), **small)
     with open(bundle / "eval" / "summary.csv") as f:
         assert {row["class"] for row in csv.DictReader(f)} == set(class_names(spec)[1:]) | {"mean"}
 
