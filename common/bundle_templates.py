@@ -587,6 +587,15 @@ def evaluate_config(spec: BundleSpec) -> dict:
     }
 
 
+#: a volume bundle's evaluator iteration: reads, segments and writes each volume slab by slab
+STREAMED_ITERATION = {
+    "_target_": "common.bundle_streaming.StreamedVolumeIteration",
+    "_requires_": "@bundled_code",
+    "preprocessing": "@preprocessing",
+    "postprocessing": "@postprocessing",
+}
+
+
 def inference_config(spec: BundleSpec) -> dict:
     """``configs/inference.json``: every image in ``dataset_dir`` (or ``datalist``) -> a mask of the same size."""
     reader = dataset_reader(spec)
@@ -659,17 +668,19 @@ def inference_config(spec: BundleSpec) -> dict:
                 "items": "@datalist",
                 "where": f"$os.path.join(@input_dir, '{suffix}')",
             },
-            "transform": "@preprocessing",
+            # volumes: the data loader hands over file names; the streamed iteration reads them slab by slab
+            **({} if three_d else {"transform": "@preprocessing"}),
         },
         "dataloader": {
             "_target_": "DataLoader",
             "dataset": "@dataset",
             "batch_size": 1,
             "shuffle": False,
-            "num_workers": "@num_workers",
+            "num_workers": 0 if three_d else "@num_workers",
         },
         "inferer": _inferer(spec, "auto"),
         "postprocessing": {"_target_": "Compose", "transforms": [*postprocessing, save]},
+        **({"streamed_iteration": STREAMED_ITERATION} if three_d else {}),
         "handlers": [
             _checkpoint_loader(),
             {"_target_": "StatsHandler", "iteration_log": False},
@@ -680,7 +691,7 @@ def inference_config(spec: BundleSpec) -> dict:
             "val_data_loader": "@dataloader",
             "network": "@network",
             "inferer": "@inferer",
-            "postprocessing": "@postprocessing",
+            **({"iteration_update": "@streamed_iteration"} if three_d else {"postprocessing": "@postprocessing"}),
             "val_handlers": "@handlers",
             "amp": "@amp",
         },

@@ -41,8 +41,7 @@ import pydicom
 import torch
 import torch.nn as nn
 from monai.bundle import ConfigParser
-from monai.data import MetaTensor
-from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged
+from monai.transforms import Compose
 
 from common import dicomweb_segment
 from common.convert import fit_state_dict
@@ -53,7 +52,6 @@ from common.io.dicomweb import DicomWebError
 from common.io.images import PICTURE_SUFFIXES, read_image_2d
 from common.io.lazy_volumes import (
     LazyVolume,
-    as_lazy_volume,
     open_lazy_volume,
 )
 from common.io.mask_saving import SaveMask2Dd
@@ -68,12 +66,10 @@ from common.io.writers import (
     write_volume_overlay,
 )
 from common.networks.encoders import read_state_dict
-from common.transforms import LoadImage2Dd, LoadVolumed
-from common.volume_streaming import StreamingPlan, segment_streamed, streaming_plan
+from common.volume_streaming import StreamingPlan, segment_volume, split_readers, streaming_plan
 
 logger = logging.getLogger(__name__)
 
-READER_TRANSFORMS = (LoadImaged, EnsureChannelFirstd, LoadImage2Dd, LoadVolumed)
 REPORT_FILE = "report.csv"
 VOLUMES_FILE = "volumes.csv"
 
@@ -125,26 +121,17 @@ class BundleSegmenter:
         """Labels ``[X, Y, Z]`` (uint8) of ``volume`` (``[X, Y, Z]`` or ``[X, Y, Z, C]``) on its own voxel grid.
 
         With ``streaming`` (and a bundle pipeline that allows it, :attr:`streaming`) the volume is read, scaled,
-        segmented and written a few slices at a time (:mod:`common.volume_streaming`): same labels, and memory
-        bounded by the input plus a uint8 label volume. Otherwise it is processed whole.
+        segmented and written a few slices at a time (:func:`common.volume_streaming.segment_volume`): same
+        labels, and memory bounded by the input plus a uint8 label volume. Otherwise it is processed whole.
         """
         if self.channel_names:
             raise InputError(f"{volume.path}: the multi-label bundle {self.root.name} segments 2-D pictures only")
         shape = volume.shape if isinstance(volume, LazyVolume) else volume.array.shape
         self._check_channels(1 if len(shape) == 3 else shape[3], volume.path, shape)
-        if streaming and self.streaming is not None:
-            return segment_streamed(self.network, self.inferer, as_lazy_volume(volume), self.streaming)
-        volume = volume.load() if isinstance(volume, LazyVolume) else volume
-        array = volume.array[None] if volume.array.ndim == 3 else np.moveaxis(volume.array, -1, 0)
-        image = MetaTensor(
-            torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)),
-            affine=torch.as_tensor(volume.affine, dtype=torch.float64),
-            meta={"filename_or_obj": str(volume.path)},
-        )
-        data = self.preprocessing({"image": image})
-        data["pred"] = self.inferer(data["image"].unsqueeze(0), self.network)[0]
-        restored = Invertd("pred", self.preprocessing, orig_keys="image", nearest_interp=True)(data)["pred"]
-        return self._checked_labels(restored, volume.array.shape[:3], volume.path)[0]
+        try:
+            return segment_volume(self.network, self.preprocessing, self.inferer, volume, streaming=streaming)
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
 
     def segment_picture(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         """(the picture as read ``[C, H, W]``, uint8 labels ``[K', H, W]``) for a 2-D picture file.
@@ -244,13 +231,12 @@ def load_bundle(
         raise BundleError(
             f"{config_file}: cannot build the bundle's inference pipeline ({type(exc).__name__}: {exc})"
         ) from exc
-    transforms = list(pipeline.transforms)
-    first = next((i for i, t in enumerate(transforms) if not isinstance(t, READER_TRANSFORMS)), len(transforms))
+    readers, preprocessing = split_readers(pipeline)
     return BundleSegmenter(
         root=root,
         network=network.to(device).eval(),
-        readers=Compose(transforms[:first]),
-        preprocessing=Compose(transforms[first:]),
+        readers=readers,
+        preprocessing=preprocessing,
         inferer=inferer,
         label_names={} if multilabel else {value: name for value, name in channel_def.items() if value > 0},
         channel_names=[channel_def[k] for k in sorted(channel_def)] if multilabel else None,

@@ -8,7 +8,8 @@ bundle's orientation (:class:`common.io.lazy_volumes.OrientedSlabs`), scales the
 runs them through :func:`common.inference.stream_slices` and writes the labels into a uint8 array in the input's
 voxel grid through a reoriented view (so no inversion is needed). Memory: the input (memory-mapped where the format
 allows), one uint8 label volume, and the batches in flight. :func:`streaming_plan` says whether a bundle's
-pipeline can run this way; any other pipeline runs whole-volume, as before.
+pipeline can run this way; any other pipeline runs whole-volume, as before. :func:`segment_volume` chooses between
+the two for ``segment``, the bundles' ``inference.json`` and MONAI Label alike.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
+    EnsureChannelFirstd,
     EnsureTyped,
+    Invertd,
+    LoadImaged,
     Orientationd,
     ScaleIntensityd,
     ScaleIntensityRanged,
@@ -31,14 +35,27 @@ from common.inference import SliceInferer2D, stream_slices
 from common.io.lazy_volumes import (
     LazyVolume,
     OrientedSlabs,
+    as_lazy_volume,
     orientation_transform,
     oriented_view,
 )
+from common.io.volumes import Volume
+from common.transforms import LoadImage2Dd, LoadVolumed
 
 IMAGE_KEY = "image"
 STATS_SLABS = 32  # slices per read when scanning the volume for its intensity range
 
 IntensityStep = Callable[[torch.Tensor], torch.Tensor]
+
+#: a bundle preprocessing's leading transforms that read the file; everything after them works on arrays
+READER_TRANSFORMS = (LoadImaged, EnsureChannelFirstd, LoadImage2Dd, LoadVolumed)
+
+
+def split_readers(preprocessing: Compose | Sequence[Callable]) -> tuple[Compose, Compose]:
+    """(the leading :data:`READER_TRANSFORMS`, everything after them) of a bundle's preprocessing."""
+    transforms = list(preprocessing.transforms if isinstance(preprocessing, Compose) else preprocessing)
+    first = next((i for i, t in enumerate(transforms) if not isinstance(t, READER_TRANSFORMS)), len(transforms))
+    return Compose(transforms[:first]), Compose(transforms[first:])
 
 
 @dataclass(frozen=True)
@@ -151,3 +168,40 @@ def segment_streamed(
 
     stream_slices(network, read, slabs.num_slices, write, inferer.options, inferer.device, "cpu", inferer.progress)
     return labels
+
+
+def segment_volume(
+    network: torch.nn.Module,
+    preprocessing: Compose,
+    inferer: SliceInferer2D,
+    volume: Volume | LazyVolume,
+    *,
+    streaming: bool = True,
+) -> np.ndarray:
+    """uint8 labels ``[X, Y, Z]`` of ``volume`` (``[X, Y, Z]`` or ``[X, Y, Z, C]``) on its own voxel grid.
+
+    ``preprocessing`` is a bundle's preprocessing after its readers (:func:`split_readers`). With ``streaming``
+    and a pipeline :func:`streaming_plan` reproduces, the volume is read, scaled, segmented and written a few
+    slices at a time (:func:`segment_streamed`); otherwise it is converted whole, run through ``preprocessing``
+    and ``inferer``, and brought back to its own grid by ``Invertd``. Both give the same labels.
+    """
+    plan = streaming_plan(preprocessing, inferer) if streaming else None
+    if plan is not None:
+        return segment_streamed(network, inferer, as_lazy_volume(volume), plan)
+    volume = volume.load() if isinstance(volume, LazyVolume) else volume
+    array = volume.array[None] if volume.array.ndim == 3 else np.moveaxis(volume.array, -1, 0)
+    image = MetaTensor(
+        torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)),
+        affine=torch.as_tensor(volume.affine, dtype=torch.float64),
+        meta={"filename_or_obj": str(volume.path)},
+    )
+    data = preprocessing({IMAGE_KEY: image})
+    data["pred"] = inferer(data[IMAGE_KEY].unsqueeze(0), network)[0]
+    restored = Invertd("pred", preprocessing, orig_keys=IMAGE_KEY, nearest_interp=True)(data)["pred"]
+    labels = restored.detach().cpu().numpy()
+    if labels.shape != (1, *volume.array.shape[:3]):
+        raise ValueError(
+            f"{volume.path}: the bundle's inferer returned shape {labels.shape}; expected "
+            f"{(1, *volume.array.shape[:3])} (its inferer must output a label map)"
+        )
+    return labels[0].astype(np.uint8)

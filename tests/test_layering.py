@@ -24,6 +24,7 @@ LAYERS = {
     "common.metrics": 3,
     "common.inference": 3,
     "common.volume_streaming": 3,
+    "common.bundle_streaming": 3,
     "common.training": 3,
     "common.evaluation": 3,
     "common.complexity": 3,

@@ -340,6 +340,22 @@ def picture_inference(size: list[int], labels: dict[str, str] = PICTURE_LABELS, 
     }
 
 
+def whole_volume_labels(bundle: Path, source: nib.Nifti1Image) -> np.ndarray:
+    """The labels of ``source`` by ``bundle``'s inference.json pipeline run on the whole volume (no streaming)."""
+    from monai.bundle import ConfigParser
+
+    from common.io.volumes import load_volume
+    from common.volume_streaming import segment_volume, split_readers
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+    preprocessing = split_readers(parser.get_parsed_content("preprocessing"))[1]
+    volume = load_volume(source.get_filename())
+    return segment_volume(network.eval(), preprocessing, parser.get_parsed_content("inferer"), volume, streaming=False)
+
+
 def save_random_weights(bundle: Path, in_channels: int, num_classes: int) -> dict[str, torch.Tensor]:
     """Write ``models/model.pt`` (a plain state dict of the bundle's network, seeded random weights)."""
     torch.manual_seed(0)
@@ -559,6 +575,9 @@ def test_monailabel_serves_and_trains_bundles(server: Server, studies: Path, bun
     assert mask.shape == source.shape
     np.testing.assert_allclose(mask.affine, source.affine, atol=1e-5)
     assert set(np.unique(np.asarray(mask.dataobj))) <= {int(k) for k in TISSUES}
+    # read slab by slab on the server, equal voxel for voxel to the bundle's pipeline run on the whole volume
+    assert f"{VOLUME_ID}.nii.gz: segmented slab by slab with {VOLUME_MODEL}" in server.log_tail(200_000)
+    np.testing.assert_array_equal(np.asarray(mask.dataobj), whole_volume_labels(bundles / VOLUME_MODEL, source))
 
     picture = Image.open(studies / f"{PICTURE_ID}.png")
     status, content = server.infer(PICTURE_MODEL, PICTURE_ID)

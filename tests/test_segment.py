@@ -319,6 +319,58 @@ def test_segment_equals_the_bundles_inference_config(tmp_path, mr_bundle, mni):
     np.testing.assert_array_equal(ours, theirs)
 
 
+def test_bundle_inference_streams_every_format_and_names_a_failed_case(tmp_path, mr_bundle, mni, monkeypatch):
+    """inference.json reads NIfTI, MetaImage and a DICOM series slab by slab (never the loader's whole volume),
+    writes the masks ``segment`` writes, goes on past a broken file and ends with an error naming it."""
+    import common.volume_streaming
+    from monai.bundle import run as run_bundle
+
+    from common.bundle_streaming import FailedCasesError
+
+    block, affine = crop(*mni, (25, 30, 40), (50, 56, 6))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    nib.save(nib.Nifti1Image(*flip_axes(block, affine, (0,))), inputs / "brain.nii.gz")
+    write_mha(inputs / "brain_mha.mha", block, affine)
+    write_dicom_series(inputs / "brain_dicom", np.round(block * 100), affine)
+    (inputs / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08 truncated")
+    streamed = []
+    real_segment_streamed = common.volume_streaming.segment_streamed
+    monkeypatch.setattr(
+        common.volume_streaming,
+        "segment_streamed",
+        lambda *args: streamed.append(args[2].path) or real_segment_streamed(*args),
+    )
+    datalist = [str(inputs / name) for name in ("brain.nii.gz", "broken.nii.gz", "brain_mha.mha", "brain_dicom")]
+
+    with pytest.raises(RuntimeError) as failure:  # monai.bundle wraps the run's error
+        run_bundle(
+            config_file=str(mr_bundle / "configs" / "inference.json"),
+            meta_file=str(mr_bundle / "configs" / "metadata.json"),
+            bundle_root=str(mr_bundle),
+            datalist=datalist,
+            output_dir=str(tmp_path / "bundle_out"),
+            device="$torch.device('cpu')",
+        )
+
+    reason = failure.value.__cause__
+    assert isinstance(reason, FailedCasesError) and str(reason).startswith("1 case(s) not segmented")
+    assert f"{inputs / 'broken.nii.gz'}: expected a NIfTI-1 or NIfTI-2 header" in str(reason)
+    assert sorted(Path(path).name for path in streamed) == ["brain.nii.gz", "brain_dicom", "brain_mha.mha"]
+    assert sorted(p.name for p in (tmp_path / "bundle_out").iterdir()) == [
+        "brain_dicom_seg.nii.gz",
+        "brain_mha_seg.nii.gz",
+        "brain_seg.nii.gz",
+    ]
+    assert main(["segment", "--bundle", str(mr_bundle), "--input", str(inputs), "--output", str(tmp_path / "out")]) == 1
+    for name in ("brain", "brain_mha", "brain_dicom"):
+        theirs = nib.load(tmp_path / "bundle_out" / f"{name}_seg.nii.gz")
+        ours = nib.load(tmp_path / "out" / f"{name}_seg.nii.gz")
+        np.testing.assert_allclose(theirs.affine, ours.affine, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(theirs.dataobj), np.asarray(ours.dataobj))
+        assert len(np.unique(np.asarray(ours.dataobj))) > 1
+
+
 def test_folder_with_a_corrupt_case(tmp_path, mr_bundle, mni, capsys):
     inputs = tmp_path / "cases"
     inputs.mkdir()

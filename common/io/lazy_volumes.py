@@ -22,6 +22,7 @@ predicted in that orientation land in the input's own voxel grid with no copy.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import re
@@ -194,7 +195,7 @@ def _map_raw_metaimage_or_nrrd(path: Path) -> LazyVolume | None:
     reader.ReadImageInformation()
     if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
         return None
-    dtype = _SITK_DTYPES.get(reader.GetPixelID())
+    dtype = _sitk_dtypes().get(reader.GetPixelID())
     if dtype is None:
         return None
     lines, header_end = _read_header_lines(path)
@@ -232,7 +233,9 @@ def _map_raw_metaimage_or_nrrd(path: Path) -> LazyVolume | None:
     return LazyVolume(mapped.transpose(2, 1, 0), affine, path)
 
 
+@functools.cache
 def _sitk_dtypes() -> dict[int, type]:
+    """SimpleITK pixel ids -> numpy types (SimpleITK is imported on first use: it holds ~90 MiB resident)."""
     import SimpleITK as sitk
 
     return {
@@ -247,9 +250,6 @@ def _sitk_dtypes() -> dict[int, type]:
         sitk.sitkFloat32: np.float32,
         sitk.sitkFloat64: np.float64,
     }
-
-
-_SITK_DTYPES = _sitk_dtypes()
 
 
 # ----------------------------------------------------------------------------- orientation

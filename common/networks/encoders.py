@@ -11,6 +11,7 @@ import importlib
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,8 @@ STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "network")
 def load_checkpoint_file(path: str | Path) -> object:
     """``torch.load`` with ``weights_only=True`` and only the numpy scalar types allowed besides tensors.
 
+    Files in torch's zip format are memory-mapped (``mmap=True``): their tensors are read from the page cache
+    when copied into a network, so loading leaves no second copy of the weights in the process's heap.
     Raises ``ValueError`` naming the file and, when the file holds some other Python object, what was found.
     """
     path = Path(path)
@@ -84,7 +87,7 @@ def load_checkpoint_file(path: str | Path) -> object:
         raise FileNotFoundError(f"weights file {path} does not exist")
     try:
         with torch.serialization.safe_globals(NUMPY_SCALAR_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
         what = f"it refers to {found[1]}" if found else str(err).splitlines()[-1]

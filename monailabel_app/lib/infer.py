@@ -1,12 +1,16 @@
 """MONAI Label inference with a bundle's own configs: its pre-processing, its inferer, its post-processing.
 
 The bundle's ``inferer`` (``common.inference.SliceInferer2D`` in this project) runs its 2-D network slice by
-slice over volumes and directly on 2-D pictures. Post-processing steps that save files are dropped: the
-mask goes back to the client instead, written here with the input's geometry.
+slice over volumes and directly on 2-D pictures. Volumes are not loaded whole: they are read, scaled, segmented
+and written a few slices at a time with the bundle's own transforms (:func:`common.volume_streaming.segment_volume`,
+the path ``segment`` and the bundles' ``inference.json`` take), so the labels come back on the input's voxel grid
+and the bundle's ``Invertd`` is skipped. Post-processing steps that save files are dropped: the mask goes back to
+the client instead, written here with the input's geometry.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Any
@@ -15,18 +19,24 @@ import numpy as np
 import torch
 from fastapi import HTTPException
 from monai.data import MetaTensor
-from monai.transforms import SaveImaged
+from monai.transforms import Invertd, SaveImaged
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.tasks.infer.bundle import BundleInferTask
 
 from common.io.images import picture_size
+from common.io.lazy_volumes import open_lazy_volume
 from common.io.mask_saving import SaveMask2Dd
 from common.io.writers import write_nifti, write_png_mask
+from common.volume_streaming import segment_volume, split_readers, streaming_plan
 
 from .bundles import Bundle
 
+logger = logging.getLogger(__name__)
+
 #: Post-processing transforms that write files; MONAI Label returns the mask instead.
 FILE_SAVING_TRANSFORMS = [SaveImaged, SaveMask2Dd]
+#: where a volume request carries the bundle's preprocessing (after its readers) from pre_transforms to run_inferer
+VOLUME_PREPROCESSING_KEY = "volume_preprocessing"
 
 
 class BundleSegmentation(BundleInferTask):
@@ -40,7 +50,12 @@ class BundleSegmentation(BundleInferTask):
 
     def __init__(self, bundle: Bundle, conf: dict[str, str]):
         super().__init__(
-            str(bundle.path), conf, post_filter=FILE_SAVING_TRANSFORMS, add_post_restore=False, load_strict=True
+            str(bundle.path),
+            conf,
+            post_filter=FILE_SAVING_TRANSFORMS,
+            add_post_restore=False,
+            load_strict=True,
+            extend_load_image=False,  # keep the bundle's own readers, which split_readers recognises
         )
         self.bundle = bundle
         self.dimension = bundle.dimension
@@ -57,6 +72,43 @@ class BundleSegmentation(BundleInferTask):
                 status_code=422, detail=f"{image}: model {self.bundle.name!r} segments {expected}; this file is not one"
             )
         return super().__call__(request, callbacks)
+
+    def pre_transforms(self, data: dict | None = None) -> list:
+        """A picture bundle's preprocessing; none for a volume, which :meth:`run_inferer` reads slab by slab."""
+        transforms = super().pre_transforms(data)
+        if not self.bundle.segments_volumes or data is None:
+            return transforms
+        data[VOLUME_PREPROCESSING_KEY] = split_readers(transforms)[1]
+        return []
+
+    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict:
+        """Volumes: uint8 labels ``[1, X, Y, Z]`` on the input's grid with its affine, segmented a few slices at a
+        time where the bundle's pipeline allows (else whole, as :func:`segment_volume` decides); pictures: as usual."""
+        preprocessing = data.pop(VOLUME_PREPROCESSING_KEY, None)
+        if preprocessing is None:
+            return super().run_inferer(data, convert_to_batch=convert_to_batch, device=device)
+        path = str(data.get("image_path", data.get("image")))
+        inferer = self.inferer(data)
+        try:
+            volume = open_lazy_volume(path)
+            network = self._get_network(device, data)
+            streamed = streaming_plan(preprocessing, inferer) is not None
+            labels = segment_volume(network, preprocessing, inferer, volume)
+        except ValueError as exc:  # the volume is not one the bundle can read: say why (HTTP 422)
+            raise HTTPException(status_code=422, detail=str(exc)) from exc
+        logger.info(f"{path}: segmented {'slab by slab' if streamed else 'whole'} with {self.bundle.name}")
+        data[self.output_label_key] = MetaTensor(
+            torch.from_numpy(labels[None]), affine=torch.as_tensor(volume.affine, dtype=torch.float64)
+        )
+        return data
+
+    def post_transforms(self, data: dict | None = None) -> list:
+        """The bundle's postprocessing without file writers, and for volumes without ``Invertd`` (the labels are on
+        the input's grid already)."""
+        transforms = super().post_transforms(data)
+        if self.bundle.segments_volumes:
+            transforms = [transform for transform in transforms if not isinstance(transform, Invertd)]
+        return transforms
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[str, dict]:
         """Write the prediction (a ``[1, ...]`` label map) to a temporary file; returns (file, result json)."""
