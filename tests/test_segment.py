@@ -322,9 +322,9 @@ def test_segment_equals_the_bundles_inference_config(tmp_path, mr_bundle, mni):
 def test_bundle_inference_streams_every_format_and_names_a_failed_case(tmp_path, mr_bundle, mni, monkeypatch):
     """inference.json reads NIfTI, MetaImage and a DICOM series slab by slab (never the loader's whole volume),
     writes the masks ``segment`` writes, goes on past a broken file and ends with an error naming it."""
-    import common.volume_streaming
     from monai.bundle import run as run_bundle
 
+    import common.volume_streaming
     from common.bundle_streaming import FailedCasesError
 
     block, affine = crop(*mni, (25, 30, 40), (50, 56, 6))
