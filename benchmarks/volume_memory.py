@@ -51,7 +51,7 @@ import sys
 from pathlib import Path
 from common.io.volumes import load_volume
 from common.io.writers import structure_volumes, write_nifti, write_volume_overlay
-from common.segment import load_bundle
+from common.bundle_segmenter import load_bundle
 bundle, source, out, precision = sys.argv[1:5]
 segmenter = load_bundle(bundle, device="cpu", precision=precision)
 volume = load_volume(source)

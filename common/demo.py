@@ -344,7 +344,7 @@ class DemoResult:
 
 def run_demo(output: Path, settings: DemoSettings = DemoSettings()) -> DemoResult:
     """Build the dataset, train, evaluate and segment under ``output``; see the module docstring."""
-    from common.segment import segment_cases
+    from common.case_segmentation import segment_cases
 
     start = time.monotonic()
     output = Path(output)
