@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import json
 
-from .bundle_templates import (
-    INPUT_SIZE,
+from .bundle_metadata import metadata
+from .bundle_specs import (
     BundleSpec,
     checkpoint_selection,
     citations,
     class_names,
     dataset_reader,
-    metadata,
     published_metrics,
 )
 from .networks import network_facts
-from .transforms import eval_transforms_config
+from .transforms import INPUT_SIZE, eval_transforms_config
 
 ARCHITECTURES = {
     "pvt_gdla": "PVT-v2-b2 encoder; three decoder blocks with Gated Differential Linear Attention (two linear-attention "

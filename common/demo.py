@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from common.bundle_render import bundle_files
-from common.bundle_templates import BundleSpec, DatasetCard, Recipe
+from common.bundle_specs import BundleSpec, DatasetCard, Recipe
 from common.data.splits import write_splits
 from common.io.atomic import atomic_path
 from common.metrics import read_csv
