@@ -41,10 +41,11 @@ from volume_inference import phantom  # noqa: E402 (after the sys.path entry)
 from common.complexity import true_flops  # noqa: E402 (after the sys.path entry)
 from common.inference import autocast_dtype  # noqa: E402 (after the sys.path entry)
 from common.networks import create_network  # noqa: E402 (after the sys.path entry)
+from common.transforms import CT_WINDOW_HU  # noqa: E402 (after the sys.path entry)
 
 BUNDLE = "pvt_gdla_synapse_segmentation"
 BASE_SLICES = 16  # four batches: both lanes busy, as in a large volume
-HU_SCALE, HU_OFFSET = 400.0, -125.0  # phantom [0, 1] -> the Synapse CT window [-125, 275] HU
+HU_SCALE, HU_OFFSET = CT_WINDOW_HU[1] - CT_WINDOW_HU[0], CT_WINDOW_HU[0]  # phantom [0, 1] -> the CT window in HU
 
 WHOLE_VOLUME = """
 import sys

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .bundle_components import IMPORTS, checkpoint_loader_config, inferer_config, shared_config
 from .bundle_specs import BundleSpec, dataset_reader
+from .data.base import modality_intensity
 from .io.orientation import DISPLAY_AXCODES
 from .transforms import intensity_config
 
@@ -13,9 +14,7 @@ def inference_config(spec: BundleSpec) -> dict:
     reader = dataset_reader(spec)
     three_d = reader.spatial_dims == 3
     suffix = "*.nii*" if three_d else "*.png"
-    intensity = intensity_config(
-        ("ct_window" if spec.dataset_card.modality == "CT" else "minmax") if three_d else "minmax"
-    )
+    intensity = intensity_config(modality_intensity([spec.dataset_card.modality]) if three_d else "minmax")
     if three_d:
         load = [
             {"_target_": "LoadImaged", "keys": "image", "image_only": False},
