@@ -75,26 +75,45 @@ class LoadVolumed(MapTransform):
 def load_volume_tensor(paths: str | os.PathLike | Sequence, h5_key: str = "image") -> MetaTensor:
     """One or more single-channel (or one multi-channel) volume files as a (C, X, Y, Z) MetaTensor."""
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    channels, affine = [], None
+    arrays, affine = [], None
     for path in paths:
         volume = load_volume(path, h5_key=h5_key)
-        array = volume.array[None] if volume.array.ndim == 3 else np.moveaxis(volume.array, -1, 0)
-        if array.ndim != 4:
+        if volume.array.ndim not in (3, 4):
             raise VolumeReadError(f"{path}: expected a 3-D or 4-D volume, found shape {volume.array.shape}")
-        if channels and (array.shape[1:] != channels[0].shape[1:] or not np.allclose(volume.affine, affine, atol=1e-4)):
+        if arrays and (
+            volume.array.shape[:3] != arrays[0].shape[:3] or not np.allclose(volume.affine, affine, atol=1e-4)
+        ):
             raise VolumeReadError(
-                f"{path}: its grid differs from {paths[0]} (shape {array.shape[1:]} vs {channels[0].shape[1:]})"
+                f"{path}: its grid differs from {paths[0]} (shape {volume.array.shape[:3]} vs {arrays[0].shape[:3]})"
             )
-        if array.dtype in (np.uint16, np.uint32, np.uint64):
-            array = array.astype(np.int64 if array.dtype != np.uint16 else np.int32)
-        channels.append(array)
+        arrays.append(_torch_integer(volume.array))
         affine = volume.affine if affine is None else affine
-    stacked = np.concatenate(channels) if len(channels) > 1 else channels[0]
+    if len(arrays) > 1:  # channels of one grid, stacked as the last axis volume_tensor expects
+        arrays = [np.concatenate([a if a.ndim == 4 else a[..., None] for a in arrays], axis=-1)]
+    return volume_tensor(arrays[0], affine, paths[0])
+
+
+def volume_tensor(
+    array: np.ndarray, affine: np.ndarray, source: str | os.PathLike, dtype: np.dtype | type | None = None
+) -> MetaTensor:
+    """A volume ``array`` ``[X, Y, Z]`` or ``[X, Y, Z, C]`` as a channel-first ``[C, X, Y, Z]`` MetaTensor.
+
+    It carries the 4x4 index-to-RAS ``affine`` (float64) and ``source`` as its file name, as MONAI's loaders do;
+    ``dtype`` converts the values (default: kept).
+    """
+    channels_first = array[None] if array.ndim == 3 else np.moveaxis(array, -1, 0)
     return MetaTensor(
-        torch.as_tensor(np.ascontiguousarray(stacked)),
-        affine=torch.as_tensor(affine),
-        meta={"filename_or_obj": str(paths[0])},
+        torch.as_tensor(np.ascontiguousarray(channels_first, dtype=dtype)),
+        affine=torch.as_tensor(affine, dtype=torch.float64),
+        meta={"filename_or_obj": str(source)},
     )
+
+
+def _torch_integer(array: np.ndarray) -> np.ndarray:
+    """Unsigned integers wider than 8 bits as the signed type that holds them (torch computes with neither)."""
+    if array.dtype in (np.uint16, np.uint32, np.uint64):
+        return array.astype(np.int64 if array.dtype != np.uint16 else np.int32)
+    return array
 
 
 class LoadImage2Dd(MapTransform):
