@@ -67,9 +67,9 @@ def _loss(spec: BundleSpec) -> dict:
 
 
 def _training_dataset(reader, datalist: str, seed: str) -> dict:
-    """``train#dataset``: pictures map one to one; volumes are cut into axial slices (common.data.slices)."""
+    """``train#dataset``: pictures map one to one; volumes are cut into axial slices (:mod:`common.training_datasets`)."""
     dataset = {
-        "_target_": "common.data.slices.training_dataset",
+        "_target_": "common.training_datasets.training_dataset",
         "dataset": "@reader",
         "datalist": datalist,
         "transform": "@train#preprocessing",

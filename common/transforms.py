@@ -9,7 +9,7 @@ Pipelines (bundle configs reference them as ``"_target_": "common.transforms.tra
   slices, (C, H, W), already in the display layout of :func:`common.io.volumes.ras_axial_to_display`.
 - :func:`train_transforms`: the published augmentation, as seeded transforms moving image and label
   together. For datasets stored as volumes it works on slice dicts (see
-  :func:`common.data.slices.training_dataset`); for datasets stored as 2-D files it starts from the
+  :func:`common.training_datasets.training_dataset`); for datasets stored as 2-D files it starts from the
   datalist entry.
 - :func:`eval_transforms`: 2-D datasets: load, resize to the network input, normalise. 3-D datasets
   (evaluated per volume): :func:`volume_transforms`; the inference code slices and resizes.
