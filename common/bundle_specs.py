@@ -11,7 +11,9 @@ bundle differs from its rendering.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .data import get_dataset
 from .networks import network_facts
@@ -190,6 +192,22 @@ BUNDLES = [
     BundleSpec("transunet", "uwmgi", "TransUNet (KV)", network_args={"attention": "kv"}),
     BundleSpec("cvt", "uwmgi", "CvT (KV)", network_args={"attention": "kv"}),
 ]
+
+
+#: configs that are overlays, run on top of train.json as the model zoo runs them (each file over the ones before)
+OVERLAYS = {
+    "evaluate": ["train", "evaluate"],
+    "multi_gpu_train": ["train", "multi_gpu_train"],
+    "multi_gpu_evaluate": ["train", "evaluate", "multi_gpu_evaluate"],
+    "raw_btcv_train": ["train", "raw_btcv"],
+    "raw_btcv_evaluate": ["train", "raw_btcv", "evaluate"],
+}
+
+
+def config_files(bundle: str | os.PathLike, config: str) -> list[str]:
+    """The files ``monai.bundle run --config_file`` gets for ``config`` of ``bundle`` (e.g. ``"evaluate"``:
+    ``configs/train.json`` and ``configs/evaluate.json``, in that order)."""
+    return [str(Path(bundle) / "configs" / f"{name}.json") for name in OVERLAYS.get(config, [config])]
 
 
 def find_bundle(name: str) -> BundleSpec:

@@ -211,7 +211,7 @@ class AxialSlicesd(Randomizable, MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
         self.randomize(data)
         keys = list(self.key_iterator(dict(data)))
-        arrays = {key: _plain_tensor(data[key]) for key in keys}
+        arrays = {key: plain_tensor(data[key]) for key in keys}
         others = {key: value for key, value in data.items() if key not in arrays}
         return [
             {
@@ -223,7 +223,8 @@ class AxialSlicesd(Randomizable, MapTransform):
         ]
 
 
-def _plain_tensor(value: object) -> torch.Tensor:
+def plain_tensor(value: object) -> torch.Tensor:
+    """``value`` (a MetaTensor, tensor or array) as a plain tensor, without MONAI's metadata."""
     return value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
 
 
@@ -261,7 +262,7 @@ class RandIntegerRotated(RandomizableTransform, MapTransform):
         if not self._do_transform:
             return d
         for key, order in self.key_iterator(d, self.order):
-            item = _plain_tensor(d[key])
+            item = plain_tensor(d[key])
             rotated = rotate(
                 item.numpy(), self.angle, axes=(2, 1), reshape=False, order=order, mode="constant", cval=0.0
             )
@@ -394,7 +395,7 @@ class RandElasticd(RandomizableTransform, MapTransform):
             [(cols + field[1]) * 2 / max(width - 1, 1) - 1, (rows + field[0]) * 2 / max(height - 1, 1) - 1], dim=-1
         )
         for key, mode in self.key_iterator(d, self.mode):
-            item = _plain_tensor(d[key])
+            item = plain_tensor(d[key])
             warped = F.grid_sample(
                 item[None].float(), grid[None], mode=mode, padding_mode="reflection", align_corners=True
             )
