@@ -41,17 +41,18 @@ from volume_inference import phantom  # noqa: E402 (after the sys.path entry)
 from common.complexity import true_flops  # noqa: E402 (after the sys.path entry)
 from common.inference import autocast_dtype  # noqa: E402 (after the sys.path entry)
 from common.networks import create_network  # noqa: E402 (after the sys.path entry)
+from common.transforms import CT_WINDOW_HU  # noqa: E402 (after the sys.path entry)
 
 BUNDLE = "pvt_gdla_synapse_segmentation"
 BASE_SLICES = 16  # four batches: both lanes busy, as in a large volume
-HU_SCALE, HU_OFFSET = 400.0, -125.0  # phantom [0, 1] -> the Synapse CT window [-125, 275] HU
+HU_SCALE, HU_OFFSET = CT_WINDOW_HU[1] - CT_WINDOW_HU[0], CT_WINDOW_HU[0]  # phantom [0, 1] -> the CT window in HU
 
 WHOLE_VOLUME = """
 import sys
 from pathlib import Path
 from common.io.volumes import load_volume
 from common.io.writers import structure_volumes, write_nifti, write_volume_overlay
-from common.segment import load_bundle
+from common.bundle_segmenter import load_bundle
 bundle, source, out, precision = sys.argv[1:5]
 segmenter = load_bundle(bundle, device="cpu", precision=precision)
 volume = load_volume(source)

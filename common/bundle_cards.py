@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 
-from .bundle_templates import (
-    INPUT_SIZE,
+from .bundle_metadata import metadata
+from .bundle_specs import (
+    OVERLAYS,
     BundleSpec,
     checkpoint_selection,
     citations,
     class_names,
     dataset_reader,
-    metadata,
     published_metrics,
 )
 from .networks import network_facts
-from .transforms import eval_transforms_config
+from .transforms import INPUT_SIZE, eval_transforms_config
 
 ARCHITECTURES = {
     "pvt_gdla": "PVT-v2-b2 encoder; three decoder blocks with Gated Differential Linear Attention (two linear-attention "
@@ -79,6 +79,11 @@ def _recipe_text(spec: BundleSpec) -> str:
         f"to 1e-6; timm's CosineLRScheduler as the authors use it), {recipe.epochs} epochs, "
         f"batch {recipe.batch_size}, fp32, seed 42, {loss}; best checkpoint by mean validation Dice. {encoder}"
     )
+
+
+def _config_file_option(config: str) -> str:
+    """``--config_file``'s value for an overlay ``config`` (:data:`common.bundle_specs.OVERLAYS`), quoted for a shell."""
+    return '"[' + ",".join(f"'configs/{name}.json'" for name in OVERLAYS[config]) + ']"'
 
 
 def _encoder_weights_option(spec: BundleSpec) -> str:
@@ -194,12 +199,12 @@ From this folder (add `--dataset_dir /path/to/data` to each command):
 
 ```bash
 python -m monai.bundle run --config_file configs/train.json{_encoder_weights_option(spec)}
-python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']"
+python -m monai.bundle run --config_file {_config_file_option("evaluate")}
 python -m monai.bundle run --config_file configs/inference.json --dataset_dir /path/to/images
 torchrun --standalone --nproc_per_node=2 -m monai.bundle run \\
-    --config_file "['configs/train.json','configs/multi_gpu_train.json']"
+    --config_file {_config_file_option("multi_gpu_train")}
 torchrun --standalone --nproc_per_node=2 -m monai.bundle run \\
-    --config_file "['configs/train.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']"
+    --config_file {_config_file_option("multi_gpu_evaluate")}
 ```
 
 `evaluate.json` is an overlay on `train.json`: it points `validate#datalist` at the test split and adds the

@@ -1,4 +1,4 @@
-"""Write every bundle folder from :mod:`common.bundle_templates`, or check the checked-in ones are current.
+"""Write every bundle folder from :mod:`common.bundle_specs`, or check the checked-in ones are current.
 
 python -m common bundles render [--root bundles]
 python -m common bundles check  [--root bundles]
@@ -11,12 +11,11 @@ import json
 from pathlib import Path
 
 from .bundle_cards import LICENSE_TEXT, data_license, large_files, model_card
-from .bundle_templates import (
-    BUNDLES,
-    BundleSpec,
+from .bundle_inference_config import inference_config
+from .bundle_metadata import metadata
+from .bundle_specs import BUNDLES, BundleSpec
+from .bundle_train_configs import (
     evaluate_config,
-    inference_config,
-    metadata,
     multi_gpu_config,
     multi_gpu_evaluate_config,
     raw_btcv_config,

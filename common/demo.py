@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from common.bundle_render import bundle_files
-from common.bundle_templates import BundleSpec, DatasetCard, Recipe
+from common.bundle_specs import BundleSpec, DatasetCard, Recipe, config_files
 from common.data.splits import write_splits
 from common.io.atomic import atomic_path
 from common.metrics import read_csv
@@ -242,14 +242,14 @@ def write_bundle(spec: BundleSpec, folder: Path, split_file: Path, settings: Dem
     return folder
 
 
-def _workflow(bundle: Path, *config: str):
-    """The bundle's ``config`` files (an overlay after train.json) as a MONAI workflow, logging as
-    ``monai.bundle run`` would."""
+def _workflow(bundle: Path, config: str):
+    """The bundle's ``config`` (``"train"`` or ``"evaluate"``, an overlay on train.json) as a MONAI workflow,
+    logging as ``monai.bundle run`` would."""
     from monai.bundle import ConfigWorkflow
 
     configs = bundle / "configs"
     return ConfigWorkflow(
-        config_file=[str(configs / name) for name in config],
+        config_file=config_files(bundle, config),
         meta_file=str(configs / "metadata.json"),
         logging_file=str(configs / "logging.conf"),
         workflow_type=None,
@@ -265,7 +265,7 @@ def train(bundle: Path, settings: DemoSettings) -> LearningCurve:
     from ignite.engine import Events
     from ignite.handlers import TimeLimit
 
-    workflow = _workflow(bundle, "train.json")
+    workflow = _workflow(bundle, "train")
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     evaluator = workflow.parser.get_parsed_content("validate#evaluator")
@@ -294,7 +294,7 @@ def train(bundle: Path, settings: DemoSettings) -> LearningCurve:
 
 def evaluate(bundle: Path) -> list[dict]:
     """Run the bundle's ``evaluate.json`` on the test split; returns its summary rows (per class, then mean)."""
-    workflow = _workflow(bundle, "train.json", "evaluate.json")
+    workflow = _workflow(bundle, "evaluate")
     workflow.initialize()
     workflow.run()
     workflow.finalize()
@@ -344,7 +344,7 @@ class DemoResult:
 
 def run_demo(output: Path, settings: DemoSettings = DemoSettings()) -> DemoResult:
     """Build the dataset, train, evaluate and segment under ``output``; see the module docstring."""
-    from common.segment import segment_cases
+    from common.case_segmentation import segment_cases
 
     start = time.monotonic()
     output = Path(output)

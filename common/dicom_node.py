@@ -41,10 +41,12 @@ import torch.nn as nn
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
+from common.bundle_segmenter import BundleError, BundleSegmenter, load_bundle
+from common.case_segmentation import segment_case
 from common.inference import Precision
+from common.input_cases import Case
 from common.io.atomic import atomic_path
 from common.io.dicomweb import NON_IMAGE_MODALITIES
-from common.segment import BundleError, BundleSegmenter, Case, load_bundle, segment_case
 
 logger = logging.getLogger(__name__)
 
@@ -421,7 +423,7 @@ def serve(
     precision: Precision | None = None,
     network: nn.Module | None = None,
 ) -> DicomNode:
-    """Load the bundle (see :func:`common.segment.load_bundle`) and start a :class:`DicomNode`; returns it."""
+    """Load the bundle (see :func:`common.bundle_segmenter.load_bundle`) and start a :class:`DicomNode`; returns it."""
     segmenter = load_bundle(
         bundle, weights=weights, device=device, batch_size=batch_size, precision=precision, network=network
     )

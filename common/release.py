@@ -71,7 +71,7 @@ def _bundle_identity(bundle: Path) -> tuple[str, str]:
 
 def pack(bundle: Path, weights: Path, output: Path, url_base: str = "") -> list[Path]:
     """Write the archive, the weights file and ``SHA256SUMS`` for ``bundle`` with ``weights``; returns their paths."""
-    from .segment import BundleError, load_bundle
+    from .bundle_segmenter import BundleError, load_bundle
 
     try:
         load_bundle(bundle, weights=weights, device="cpu")

@@ -28,6 +28,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.bundle import run as run_bundle
 
+from .bundle_specs import config_files
 from .convert import fit_state_dict, load_reference_checkpoint
 from .data.registry import get_dataset
 from .data.synapse import SELECTION_TEXT, VALIDATION_CHOICES, validation_cases_for
@@ -70,16 +71,11 @@ def _read_json(path: Path) -> dict:
         raise ReproduceError(f"{path}: not a readable JSON file ({exc})") from exc
 
 
-def evaluation_files(bundle: Path) -> list[str]:
-    """The config files of the bundle's evaluation: ``evaluate.json`` is an overlay on ``train.json``."""
-    return [str(bundle / "configs" / "train.json"), str(bundle / "configs" / "evaluate.json")]
-
-
 def evaluation_config(bundle: Path) -> ConfigParser:
-    """The bundle's evaluation config (:func:`evaluation_files` merged), unparsed."""
+    """The bundle's evaluation config (``evaluate.json`` merged over ``train.json``), unparsed."""
     parser = ConfigParser()
     try:
-        parser.read_config(evaluation_files(bundle))
+        parser.read_config(config_files(bundle, "evaluate"))
     except (OSError, ValueError) as exc:
         raise ReproduceError(f"{bundle}: its configs/train.json and configs/evaluate.json do not read ({exc})") from exc
     parser["bundle_root"] = str(bundle)
@@ -121,7 +117,7 @@ def evaluate(
     failure = None
     try:
         run_bundle(
-            config_file=evaluation_files(bundle),
+            config_file=config_files(bundle, "evaluate"),
             bundle_root=str(bundle),
             dataset_dir=str(dataset_dir),
             ckpt_dir=str(ckpt_dir),
@@ -150,7 +146,7 @@ def train(bundle: Path, dataset_dir: Path, run_dir: Path, seed: int, overrides: 
     """Run the bundle's ``configs/train.json`` with ``seed``, checkpoints and logs under ``run_dir``; returns the
     folder holding the selected ``model.pt``."""
     run_bundle(
-        config_file=str(bundle / "configs" / "train.json"),
+        config_file=config_files(bundle, "train"),
         bundle_root=str(bundle),
         dataset_dir=str(dataset_dir),
         ckpt_dir=str(run_dir / "models"),

@@ -18,15 +18,13 @@ from scipy.ndimage import zoom
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-
-def _plain(value: object) -> torch.Tensor:
-    return value.as_tensor() if hasattr(value, "as_tensor") else torch.as_tensor(value)
+from common.transforms import plain_tensor
 
 
 def resize_picture(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """``image [C, H, W]`` -> ``[C, *size]`` float32: torchvision bilinear with anti-aliasing. Values that are
     8-bit integers (pictures as read) are resized as ``uint8``, as the authors' code resizes the loaded picture."""
-    image = _plain(image)
+    image = plain_tensor(image)
     eight_bit = bool(torch.all((image >= 0) & (image <= 255) & (image == image.round())))
     source = image.to(torch.uint8) if eight_bit else image.float()
     resized = tvf.resize(source, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
@@ -35,42 +33,44 @@ def resize_picture(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 def resize_mask(label: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """``label [L, H, W]`` -> ``[L, *size]`` float32 by torchvision's ``NEAREST`` (PIL's legacy nearest)."""
-    return tvf.resize(_plain(label), list(size), interpolation=InterpolationMode.NEAREST).float()
+    return tvf.resize(plain_tensor(label), list(size), interpolation=InterpolationMode.NEAREST).float()
 
 
 def zoom_slice(array: torch.Tensor, size: Sequence[int], order: int) -> torch.Tensor:
     """``array [C, H, W]`` -> ``[C, *size]`` float32 by ``scipy.ndimage.zoom`` with ``order`` per channel."""
-    values = _plain(array).numpy()
+    values = plain_tensor(array).numpy()
     factors = [out / current for out, current in zip(size, values.shape[1:])]
     if factors == [1.0, 1.0]:
         return torch.as_tensor(values, dtype=torch.float32)
     return torch.as_tensor(np.stack([zoom(channel, factors, order=order) for channel in values]), dtype=torch.float32)
 
 
-class ResizePictured(MapTransform):
+class _Resized(MapTransform):
+    """Resize each key's ``[C, H, W]`` item to ``spatial_size`` by :meth:`resize` (which tells images from labels)."""
+
+    def __init__(self, keys: KeysCollection, spatial_size: Sequence[int], allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_size = tuple(spatial_size)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.resize(key, d[key])
+        return d
+
+    def resize(self, key: Hashable, item: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ResizePictured(_Resized):
     """:func:`resize_picture` on ``image_key`` and :func:`resize_mask` on ``label_key`` (either may be missing)."""
 
-    def __init__(self, keys: KeysCollection, spatial_size: Sequence[int], allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.spatial_size = tuple(spatial_size)
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            resize = resize_picture if key == "image" else resize_mask
-            d[key] = resize(d[key], self.spatial_size)
-        return d
+    def resize(self, key: Hashable, item: torch.Tensor) -> torch.Tensor:
+        return (resize_picture if key == "image" else resize_mask)(item, self.spatial_size)
 
 
-class ZoomSliced(MapTransform):
+class ZoomSliced(_Resized):
     """:func:`zoom_slice`: the image by the cubic spline, labels (any other key) by ``order=0``."""
 
-    def __init__(self, keys: KeysCollection, spatial_size: Sequence[int], allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.spatial_size = tuple(spatial_size)
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = zoom_slice(d[key], self.spatial_size, order=3 if key == "image" else 0)
-        return d
+    def resize(self, key: Hashable, item: torch.Tensor) -> torch.Tensor:
+        return zoom_slice(item, self.spatial_size, order=3 if key == "image" else 0)

@@ -9,7 +9,7 @@ Pipelines (bundle configs reference them as ``"_target_": "common.transforms.tra
   slices, (C, H, W), already in the display layout of :func:`common.io.volumes.ras_axial_to_display`.
 - :func:`train_transforms`: the published augmentation, as seeded transforms moving image and label
   together. For datasets stored as volumes it works on slice dicts (see
-  :func:`common.data.slices.training_dataset`); for datasets stored as 2-D files it starts from the
+  :func:`common.training_datasets.training_dataset`); for datasets stored as 2-D files it starts from the
   datalist entry.
 - :func:`eval_transforms`: 2-D datasets: load, resize to the network input, normalise. 3-D datasets
   (evaluated per volume): :func:`volume_transforms`; the inference code slices and resizes.
@@ -75,26 +75,45 @@ class LoadVolumed(MapTransform):
 def load_volume_tensor(paths: str | os.PathLike | Sequence, h5_key: str = "image") -> MetaTensor:
     """One or more single-channel (or one multi-channel) volume files as a (C, X, Y, Z) MetaTensor."""
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    channels, affine = [], None
+    arrays, affine = [], None
     for path in paths:
         volume = load_volume(path, h5_key=h5_key)
-        array = volume.array[None] if volume.array.ndim == 3 else np.moveaxis(volume.array, -1, 0)
-        if array.ndim != 4:
+        if volume.array.ndim not in (3, 4):
             raise VolumeReadError(f"{path}: expected a 3-D or 4-D volume, found shape {volume.array.shape}")
-        if channels and (array.shape[1:] != channels[0].shape[1:] or not np.allclose(volume.affine, affine, atol=1e-4)):
+        if arrays and (
+            volume.array.shape[:3] != arrays[0].shape[:3] or not np.allclose(volume.affine, affine, atol=1e-4)
+        ):
             raise VolumeReadError(
-                f"{path}: its grid differs from {paths[0]} (shape {array.shape[1:]} vs {channels[0].shape[1:]})"
+                f"{path}: its grid differs from {paths[0]} (shape {volume.array.shape[:3]} vs {arrays[0].shape[:3]})"
             )
-        if array.dtype in (np.uint16, np.uint32, np.uint64):
-            array = array.astype(np.int64 if array.dtype != np.uint16 else np.int32)
-        channels.append(array)
+        arrays.append(_torch_integer(volume.array))
         affine = volume.affine if affine is None else affine
-    stacked = np.concatenate(channels) if len(channels) > 1 else channels[0]
+    if len(arrays) > 1:  # channels of one grid, stacked as the last axis volume_tensor expects
+        arrays = [np.concatenate([a if a.ndim == 4 else a[..., None] for a in arrays], axis=-1)]
+    return volume_tensor(arrays[0], affine, paths[0])
+
+
+def volume_tensor(
+    array: np.ndarray, affine: np.ndarray, source: str | os.PathLike, dtype: np.dtype | type | None = None
+) -> MetaTensor:
+    """A volume ``array`` ``[X, Y, Z]`` or ``[X, Y, Z, C]`` as a channel-first ``[C, X, Y, Z]`` MetaTensor.
+
+    It carries the 4x4 index-to-RAS ``affine`` (float64) and ``source`` as its file name, as MONAI's loaders do;
+    ``dtype`` converts the values (default: kept).
+    """
+    channels_first = array[None] if array.ndim == 3 else np.moveaxis(array, -1, 0)
     return MetaTensor(
-        torch.as_tensor(np.ascontiguousarray(stacked)),
-        affine=torch.as_tensor(affine),
-        meta={"filename_or_obj": str(paths[0])},
+        torch.as_tensor(np.ascontiguousarray(channels_first, dtype=dtype)),
+        affine=torch.as_tensor(affine, dtype=torch.float64),
+        meta={"filename_or_obj": str(source)},
     )
+
+
+def _torch_integer(array: np.ndarray) -> np.ndarray:
+    """Unsigned integers wider than 8 bits as the signed type that holds them (torch computes with neither)."""
+    if array.dtype in (np.uint16, np.uint32, np.uint64):
+        return array.astype(np.int64 if array.dtype != np.uint16 else np.int32)
+    return array
 
 
 class LoadImage2Dd(MapTransform):
@@ -192,7 +211,7 @@ class AxialSlicesd(Randomizable, MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> list[dict]:
         self.randomize(data)
         keys = list(self.key_iterator(dict(data)))
-        arrays = {key: _plain_tensor(data[key]) for key in keys}
+        arrays = {key: plain_tensor(data[key]) for key in keys}
         others = {key: value for key, value in data.items() if key not in arrays}
         return [
             {
@@ -204,7 +223,8 @@ class AxialSlicesd(Randomizable, MapTransform):
         ]
 
 
-def _plain_tensor(value: object) -> torch.Tensor:
+def plain_tensor(value: object) -> torch.Tensor:
+    """``value`` (a MetaTensor, tensor or array) as a plain tensor, without MONAI's metadata."""
     return value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
 
 
@@ -242,7 +262,7 @@ class RandIntegerRotated(RandomizableTransform, MapTransform):
         if not self._do_transform:
             return d
         for key, order in self.key_iterator(d, self.order):
-            item = _plain_tensor(d[key])
+            item = plain_tensor(d[key])
             rotated = rotate(
                 item.numpy(), self.angle, axes=(2, 1), reshape=False, order=order, mode="constant", cval=0.0
             )
@@ -375,7 +395,7 @@ class RandElasticd(RandomizableTransform, MapTransform):
             [(cols + field[1]) * 2 / max(width - 1, 1) - 1, (rows + field[0]) * 2 / max(height - 1, 1) - 1], dim=-1
         )
         for key, mode in self.key_iterator(d, self.mode):
-            item = _plain_tensor(d[key])
+            item = plain_tensor(d[key])
             warped = F.grid_sample(
                 item[None].float(), grid[None], mode=mode, padding_mode="reflection", align_corners=True
             )

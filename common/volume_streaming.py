@@ -40,7 +40,7 @@ from common.io.lazy_volumes import (
     oriented_view,
 )
 from common.io.volumes import Volume
-from common.transforms import LoadImage2Dd, LoadVolumed
+from common.transforms import LoadImage2Dd, LoadVolumed, volume_tensor
 
 IMAGE_KEY = "image"
 STATS_SLABS = 32  # slices per read when scanning the volume for its intensity range
@@ -189,13 +189,7 @@ def segment_volume(
     if plan is not None:
         return segment_streamed(network, inferer, as_lazy_volume(volume), plan)
     volume = volume.load() if isinstance(volume, LazyVolume) else volume
-    array = volume.array[None] if volume.array.ndim == 3 else np.moveaxis(volume.array, -1, 0)
-    image = MetaTensor(
-        torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)),
-        affine=torch.as_tensor(volume.affine, dtype=torch.float64),
-        meta={"filename_or_obj": str(volume.path)},
-    )
-    data = preprocessing({IMAGE_KEY: image})
+    data = preprocessing({IMAGE_KEY: volume_tensor(volume.array, volume.affine, volume.path, dtype=np.float32)})
     data["pred"] = inferer(data[IMAGE_KEY].unsqueeze(0), network)[0]
     restored = Invertd("pred", preprocessing, orig_keys=IMAGE_KEY, nearest_interp=True)(data)["pred"]
     labels = restored.detach().cpu().numpy()

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 from monai.bundle import run as run_bundle
 
-from common.bundle_templates import BundleSpec
+from common.bundle_specs import BundleSpec, config_files
 from common.data import get_dataset
 
 BUNDLES_ROOT = Path(__file__).resolve().parent.parent / "bundles"
@@ -50,20 +50,6 @@ def copy_bundle(spec: BundleSpec, tmp_path: Path) -> Path:
 
 def write_dataset(spec: BundleSpec, tmp_path: Path) -> Path:
     return WRITERS[spec.dataset](tmp_path / "data")
-
-
-#: configs that are overlays, run on top of train.json as the model zoo does
-OVERLAYS = {
-    "evaluate": ["train", "evaluate"],
-    "multi_gpu_evaluate": ["train", "evaluate", "multi_gpu_evaluate"],
-    "raw_btcv_train": ["train", "raw_btcv"],
-    "raw_btcv_evaluate": ["train", "raw_btcv", "evaluate"],
-}
-
-
-def config_files(bundle: Path, config: str) -> list[str]:
-    """The files ``monai.bundle run --config_file`` gets for ``config`` (evaluate.json overlays train.json)."""
-    return [str(bundle / "configs" / f"{name}.json") for name in OVERLAYS.get(config, [config])]
 
 
 def run_config(bundle: Path, config: str, **overrides) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from common.bundle_render import render, stale_files
-from common.bundle_templates import BUNDLES
+from common.bundle_specs import BUNDLES
 
 
 def _edit_metadata(path, change) -> None:

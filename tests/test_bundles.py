@@ -16,7 +16,6 @@ import onnxruntime
 import pytest
 import torch
 from bundle_harness import (
-    config_files,
     copy_bundle,
     read_output,
     run_config,
@@ -27,7 +26,7 @@ from bundle_harness import (
 from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 
 from common.bundle_render import stale_files
-from common.bundle_templates import BUNDLES, class_names, find_bundle
+from common.bundle_specs import BUNDLES, class_names, config_files, find_bundle
 from common.data import get_dataset
 
 SCHEMA = Path(__file__).resolve().parent.parent / "common" / "resources" / "bundle_metadata_schema.json"

@@ -22,10 +22,10 @@ from miniature_layouts import write_dicom_series
 from test_segment import IntensityThreshold, copy_bundle
 
 from common.__main__ import main
+from common.case_segmentation import segment_cases
 from common.io.dicom_series import DicomSeriesError, read_dicom_series
 from common.io.staging import publish, staged_folder
 from common.io.volumes import LPS_TO_RAS, VolumeReadError, load_volume, volume_shape
-from common.segment import segment_cases
 
 SHAPE = (64, 64, 5)
 TILT = 12.0

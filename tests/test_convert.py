@@ -100,7 +100,7 @@ def test_segment_weights_accept_the_authors_ckpt(tmp_path):
 
     from reference_keys import write_authors_checkpoint
 
-    from common.segment import load_bundle
+    from common.bundle_segmenter import load_bundle
 
     state = random_state_dict("pvt_gdla", seed=5)
     path = write_authors_checkpoint(tmp_path / "best.ckpt", state, training=True)

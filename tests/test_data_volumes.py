@@ -12,8 +12,8 @@ import torch
 from miniature_layouts import nimare_template, write_nifti
 
 from common.data import get_dataset
-from common.data.slices import VolumeSliceDataset, training_dataset
 from common.io.volumes import VolumeReadError, display_to_ras_axial, load_volume, ras_axial_to_display, reorient
+from common.training_datasets import VolumeSliceDataset, training_dataset
 from common.transforms import AxialSlicesd, volume_transforms
 
 

@@ -223,7 +223,7 @@ def volume_training(size: list[int]) -> dict:
         "train": {
             "datalist": [],
             "dataset": {
-                "_target_": "common.data.slices.training_dataset",
+                "_target_": "common.training_datasets.training_dataset",
                 "dataset": "@dataset_name",
                 "datalist": "@train#datalist",
                 "spatial_size": "@spatial_size",

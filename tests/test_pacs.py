@@ -28,11 +28,11 @@ from pynetdicom.sop_class import CTImageStorage, SegmentationStorage, Verificati
 from test_segment import IntensityThreshold, copy_bundle, ct_series
 
 from common.__main__ import main
+from common.case_segmentation import segment_cases
 from common.dicom_node import Destination, DicomNode, NodeSettings, serve
 from common.dicomweb_segment import retrieve_study, store_segs
 from common.io.dicom_series import read_dicom_series
 from common.io.dicomweb import DicomWebError
-from common.segment import segment_cases
 
 BUNDLE = "pvt_gdla_synapse_segmentation"
 SIZE = 128  # CT_small's in-plane size: the threshold network's mask is exact at the bundle's input size

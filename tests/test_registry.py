@@ -4,7 +4,7 @@ import inspect
 
 import pytest
 
-from common.bundle_templates import BUNDLES, published_metrics
+from common.bundle_specs import BUNDLES, published_metrics
 from common.metrics import PUBLISHED_RESULTS
 from common.networks import create_network, list_networks, network_facts, register_network
 from common.networks.papers import EMCAD_CITATION, GDLA_CITATION, PVT_CITATION, XATTNRES_CITATION

@@ -17,9 +17,9 @@ import torch
 import yaml
 
 from common.__main__ import main
+from common.bundle_segmenter import load_bundle
 from common.networks import create_network
 from common.release import ReleaseError, download, pack, unpack, verify_archive, verify_bundle
-from common.segment import load_bundle
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 NAME = "pvt_gdla_acdc_segmentation"

@@ -28,9 +28,11 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from common.__main__ import main
+from common.bundle_segmenter import BundleError, load_bundle
+from common.case_segmentation import segment_cases
+from common.input_cases import InputError, find_cases
 from common.io.dicom_series import read_dicom_series
 from common.io.volumes import LPS_TO_RAS, load_volume
-from common.segment import BundleError, InputError, find_cases, load_bundle, segment_cases
 
 REPO = Path(__file__).resolve().parent.parent
 ROI = 64

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from miniature_layouts import disc, write_busi, write_synapse_npz
 
 from common.data import get_dataset
+from common.io.volumes import VolumeReadError
 from common.transforms import (
     DecodeRunLengthd,
     LoadMask2Dd,
@@ -18,10 +20,12 @@ from common.transforms import (
     RandIntegerRotated,
     eval_transforms,
     gaussian_blur_2d,
+    load_volume_tensor,
     opencv_gaussian_sigma,
     photo_augmentation,
     train_transforms,
     transunet_augmentation,
+    volume_tensor,
 )
 
 
@@ -204,3 +208,30 @@ def test_photo_augmentation_probabilities_are_the_authors():
 
     probabilities = {type(t).__name__ + str(i): t.prob for i, t in enumerate(photo_augmentation())}
     assert list(probabilities.values()) == [0.5, 0.5, 0.5, 0.2, 0.3, 0.3]
+
+
+def test_volume_tensor_puts_channels_first_and_keeps_the_geometry():
+    array = np.arange(5 * 4 * 3 * 2, dtype=np.int16).reshape(5, 4, 3, 2)
+    affine = np.diag([0.5, 0.7, 2.0, 1.0])
+    tensor = volume_tensor(array, affine, "/data/case.nii.gz", dtype=np.float32)
+    assert tensor.shape == (2, 5, 4, 3) and tensor.dtype == torch.float32
+    for channel in range(2):
+        np.testing.assert_array_equal(tensor[channel].numpy(), array[..., channel])
+    assert tensor.affine.dtype == torch.float64 and np.array_equal(tensor.affine.numpy(), affine)
+    assert tensor.meta["filename_or_obj"] == "/data/case.nii.gz"
+    assert volume_tensor(array[..., 0], affine, "x").shape == (1, 5, 4, 3)
+
+
+def test_load_volume_tensor_stacks_channel_files_of_one_grid(tmp_path):
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    t1 = np.arange(4 * 5 * 3, dtype=np.uint16).reshape(4, 5, 3) * 1000  # beyond int16: widened, not wrapped
+    t2 = -np.arange(4 * 5 * 3, dtype=np.int16).reshape(4, 5, 3)
+    for name, array in (("t1", t1), ("t2", t2), ("other", np.zeros((4, 5, 2), np.int16))):
+        nib.save(nib.Nifti1Image(array, affine), tmp_path / f"{name}.nii.gz")
+    tensor = load_volume_tensor([tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz"])
+    assert tensor.shape == (2, 4, 5, 3) and tensor.dtype == torch.int32
+    np.testing.assert_array_equal(tensor[0].numpy(), t1)
+    np.testing.assert_array_equal(tensor[1].numpy(), t2)
+    assert tensor.meta["filename_or_obj"] == str(tmp_path / "t1.nii.gz")
+    with pytest.raises(VolumeReadError, match=r"other\.nii\.gz: its grid differs .* \(4, 5, 2\) vs \(4, 5, 3\)"):
+        load_volume_tensor([tmp_path / "t1.nii.gz", tmp_path / "other.nii.gz"])

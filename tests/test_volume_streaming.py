@@ -17,6 +17,7 @@ import torch
 from test_segment import copy_bundle, crop, flip_axes, mni, write_mha  # noqa: F401 (mni: a fixture)
 from torch import nn
 
+from common.bundle_segmenter import load_bundle
 from common.inference import SliceInferenceOptions, predict_volume, stream_slices
 from common.io.lazy_volumes import (
     LazyVolume,
@@ -25,7 +26,6 @@ from common.io.lazy_volumes import (
     orientation_transform,
 )
 from common.io.volumes import load_volume, reorient
-from common.segment import load_bundle
 
 SLICES = 7
 

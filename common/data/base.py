@@ -20,6 +20,7 @@ import random
 import sys
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -41,6 +42,12 @@ class DatasetLayoutError(ValueError):
 
 class SampleError(ValueError):
     """One image or label is unreadable or inconsistent; the message names the file."""
+
+
+def modality_intensity(modalities: Iterable[str]) -> str:
+    """The ``intensity`` recipe for images as scanners write them, by DICOM modality: ``"ct_window"`` (Hounsfield
+    units windowed, :data:`common.transforms.CT_WINDOW_HU`) when every channel is CT, else per-image ``"minmax"``."""
+    return "ct_window" if all(modality.upper() == "CT" for modality in modalities) else "minmax"
 
 
 def layout_error(title: str, where: Path, expected: str, found: str) -> DatasetLayoutError:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data.base import Cases, DatasetReader, Entry, Scan, describe_folder, layout_error
+from common.data.base import Cases, DatasetReader, Entry, Scan, describe_folder, layout_error, modality_intensity
 from common.data.splits import DEFAULT_SEED, Splits, fraction_split
 from common.io.images import PICTURE_SUFFIXES, picture_size, read_image_2d
 from common.io.volumes import load_volume, volume_shape
@@ -135,9 +135,7 @@ class NnUNetRaw(DatasetReader):
     @property
     def intensity(self) -> str:
         """CT windowing when every channel is CT, else per-volume min-max."""
-        if self.root is not None and all(c.upper() == "CT" for c in self.description().channel_names):
-            return "ct_window"
-        return "minmax"
+        return modality_intensity(self.description().channel_names) if self.root is not None else "minmax"
 
     def scan(self, root: str | os.PathLike | None = None) -> Scan:
         root = self._root(root)
