@@ -105,6 +105,20 @@ def _results_table(spec: BundleSpec) -> str:
     return "\n".join(rows)
 
 
+def _streaming_note(spec: BundleSpec) -> str:
+    """How a volume bundle's inference.json reads its inputs (nothing for picture bundles)."""
+    if dataset_reader(spec).spatial_dims != 3:
+        return ""
+    return (
+        "\n\nVolumes are segmented slab by slab (`streamed_iteration`, `common.bundle_streaming`): the data loader "
+        "hands over file names, each volume (NIfTI, NRRD, MetaImage or a DICOM series folder in `--datalist`) is "
+        "read, oriented, scaled, segmented and written a few slices at a time with the transforms in "
+        "`preprocessing`, and `postprocessing` runs without its `Invertd` on labels already on the input's grid. "
+        "Memory is a constant plus one byte per voxel of the label map, whatever the volume's size. A case that "
+        "cannot be read is logged and the others go on; the run then ends with an error naming each such file."
+    )
+
+
 def _held_out_note(spec: BundleSpec) -> str:
     if spec.dataset != "synapse":
         return ""
@@ -191,7 +205,7 @@ python -m monai.bundle run --config_file {spec.name}/configs/inference.json --bu
 `python -m common release download --url ... --sha256 ...` does the same download but checks the archive's published
 SHA-256 first. Inference reads every `{suffix}` file in `dataset_dir` (`input_dir` is the same setting), or the files
 given as `--datalist "['a{ext}', 'b{ext}']"` (paths, or dicts with an `image` key); it stops with an error when there
-is nothing to segment. `--load_pretrain False` runs without weights (a smoke test).
+is nothing to segment. `--load_pretrain False` runs without weights (a smoke test).{_streaming_note(spec)}
 
 ## Reproduce
 
