@@ -19,12 +19,23 @@ and the rest two at a time on a two-core CPU, so small chunks would understate i
 process) and forward seconds (timed inside a wrapper around the network; "other" is the rest: resizing, argmax,
 copies) are summed over the chunks.
 
+Matmul floor: at the start of the run square float32 matrix products (and bfloat16 ones where the CPU has native
+bfloat16) are timed on ``--threads`` threads, best of 20; a method's floor is the network's true multiply-accumulates per
+slice (every matmul and convolution of the inference forward pass, :func:`common.complexity.true_flops`) times
+2 times the slices over that rate (bfloat16 for ``auto`` where it runs bfloat16, else float32; float32 for int8),
+and "% floor" is floor seconds over measured seconds: how close the method comes to spending all its time in
+matrix products at the machine's matmul speed.
+
+int8 (``--int8``): the engine with an ONNX Runtime session of the network, its linear layers' weights quantized to
+int8 (:func:`common.int8_runtime.int8_network`, exported at the engine's batch size); its Dice against the
+float32 engine is in the last column. Opt-in; not a default.
+
 Peak memory: each method predicts ``--memory-slices`` slices once more in a fresh process; the figure is the
 growth of the process's peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs`` once the
 network and the volume are built) during that run: activations, resize buffers and the output. It counts
 torch's and numpy's allocations alike, unlike ``tracemalloc``, which does not see torch's allocator.
 
-Usage: ``python benchmarks/volume_inference.py --slices 100 --size 512 --repeats 3``.
+Usage: ``python benchmarks/volume_inference.py --slices 100 --size 512 --repeats 3 [--int8]``.
 """
 
 from __future__ import annotations
@@ -44,14 +55,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy.ndimage import zoom
 
-from common.inference import autocast_dtype, predict_volume
+from common.complexity import true_flops
+from common.inference import autocast_dtype, cpu_has_native_bfloat16, predict_volume
+from common.int8_runtime import int8_network
 from common.metrics import dice
 from common.networks import create_network
 
 NUM_CLASSES = 9
 ROI = 224
 ENGINES = {"engine float32": "float32", "engine auto": "auto"}
-METHODS = ("naive", *ENGINES)
+INT8 = "engine int8"
+
+
+def method_names(args: argparse.Namespace) -> tuple[str, ...]:
+    """The methods of this run: the loop, the two engine precisions and, with ``--int8``, the int8 session."""
+    return ("naive", *ENGINES, *((INT8,) if args.int8 else ()))
 
 
 class TimedNetwork(nn.Module):
@@ -144,18 +162,28 @@ def naive_loop(network: nn.Module, volume: np.ndarray) -> np.ndarray:
     return prediction
 
 
-def build_methods(args: argparse.Namespace) -> dict[str, tuple[TimedNetwork, Callable[[np.ndarray], np.ndarray]]]:
-    """Every method with its own timed copy of one seeded (and fitted) network: ``{name: (timed network, run)}``."""
+def build_methods(
+    args: argparse.Namespace, names: tuple[str, ...]
+) -> dict[str, tuple[TimedNetwork, Callable[[np.ndarray], np.ndarray]]]:
+    """Each method of ``names`` with its own timed copy of one seeded (and fitted) network: ``{name: (timed
+    network, run)}``; the int8 method runs an ONNX Runtime session exported from that network."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     network = create_network("pvt_gdla", in_channels=1, num_classes=NUM_CLASSES, encoder_weights="random")
     fit_to_phantom(network, args.fit_steps, args.seed)
-    naive = TimedNetwork(network).eval()
-    methods = {"naive": (naive, lambda volume: naive_loop(naive, volume))}
-    for name, precision in ENGINES.items():
-        timed = TimedNetwork(copy.deepcopy(network)).eval()
+    precisions = {**ENGINES, INT8: "float32"}
+    methods = {}
+    for name in names:
+        if name == "naive":
+            naive = TimedNetwork(copy.deepcopy(network)).eval()
+            methods[name] = (naive, lambda volume, naive=naive: naive_loop(naive, volume))
+            continue
+        copied = copy.deepcopy(network).eval()
+        if name == INT8:
+            copied = int8_network(copied, args.batch_size, (ROI, ROI), in_channels=1)
+        timed = TimedNetwork(copied).eval()
 
-        def run(volume: np.ndarray, timed: TimedNetwork = timed, precision: str = precision) -> np.ndarray:
+        def run(volume: np.ndarray, timed: TimedNetwork = timed, precision: str = precisions[name]) -> np.ndarray:
             return predict_volume(timed, volume[None], batch_size=args.batch_size, precision=precision)[0]
 
         methods[name] = (timed, run)
@@ -164,18 +192,19 @@ def build_methods(args: argparse.Namespace) -> dict[str, tuple[TimedNetwork, Cal
 
 def time_methods(args: argparse.Namespace, volume: np.ndarray) -> tuple[dict[str, list[dict]], dict[str, np.ndarray]]:
     """Per repeat and method: wall, CPU and forward seconds of one volume; and each method's last mask."""
-    methods = build_methods(args)
+    names = method_names(args)
+    methods = build_methods(args, names)
     for _, run in methods.values():
         run(volume[..., : args.batch_size])
     chunk = -(-(args.chunk or volume.shape[-1]) // args.batch_size) * args.batch_size
-    results: dict[str, list[dict]] = {name: [] for name in METHODS}
-    masks = {name: np.zeros(volume.shape, np.uint8) for name in METHODS}
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    masks = {name: np.zeros(volume.shape, np.uint8) for name in names}
     for repeat in range(args.repeats):
-        totals = {name: {"wall": 0.0, "cpu": 0.0, "forward": 0.0} for name in METHODS}
+        totals = {name: {"wall": 0.0, "cpu": 0.0, "forward": 0.0} for name in names}
         for number, start in enumerate(range(0, volume.shape[-1], chunk)):
             part = slice(start, start + chunk)
-            shift = (repeat + number) % len(METHODS)
-            for name in METHODS[shift:] + METHODS[:shift]:
+            shift = (repeat + number) % len(names)
+            for name in names[shift:] + names[:shift]:
                 timed, run = methods[name]
                 timed.seconds = 0.0
                 wall, cpu = time.perf_counter(), time.process_time()
@@ -183,7 +212,7 @@ def time_methods(args: argparse.Namespace, volume: np.ndarray) -> tuple[dict[str
                 totals[name]["wall"] += time.perf_counter() - wall
                 totals[name]["cpu"] += time.process_time() - cpu
                 totals[name]["forward"] += timed.seconds
-        for name in METHODS:
+        for name in names:
             results[name].append(totals[name])
     return results, masks
 
@@ -199,12 +228,45 @@ def _status_kb(field: str) -> int:
 def peak_memory_mib(method: str, args: argparse.Namespace) -> float:
     """Peak RSS growth (MiB) while ``method`` predicts ``--memory-slices`` slices; meant for a fresh process."""
     volume, _ = phantom(args.size, args.memory_slices, args.seed)
-    _, run = build_methods(argparse.Namespace(**{**vars(args), "fit_steps": 0}))[method]
+    _, run = build_methods(argparse.Namespace(**{**vars(args), "fit_steps": 0}), (method,))[method]
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # resets VmHWM to the current RSS
     baseline = _status_kb("VmRSS")
     run(volume)
     return (_status_kb("VmHWM") - baseline) / 1024
+
+
+def matmul_gflops(dtype: torch.dtype, threads: int, size: int = 1024, repeats: int = 20) -> float:
+    """Best GFLOP/s of ``repeats`` ``size``-square matrix products in ``dtype`` on ``threads`` torch threads (the
+    best, not the median: the floor is what the machine can do, and other load only ever slows a product down)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - start)
+    return 2 * size**3 / min(seconds) / 1e9
+
+
+def matmul_floors(args: argparse.Namespace, names: tuple[str, ...]) -> tuple[dict[str, float], str]:
+    """Seconds per volume each method would take at the measured matmul rate, and a line describing the rates."""
+    network = create_network("pvt_gdla", in_channels=1, num_classes=NUM_CLASSES, encoder_weights="random")
+    flops = true_flops(network, (1, ROI, ROI), all_heads=False) * args.slices
+    rates = {"float32": matmul_gflops(torch.float32, args.threads)}
+    if cpu_has_native_bfloat16():
+        rates["bfloat16"] = matmul_gflops(torch.bfloat16, args.threads)
+    auto = autocast_dtype("auto", torch.device("cpu"))
+    rate_of = {name: rates["float32"] for name in names}
+    if auto is torch.bfloat16:
+        rate_of["engine auto"] = rates["bfloat16"]
+    floors = {name: flops / (rate_of[name] * 1e9) for name in names}
+    described = ", ".join(f"{dtype} {rate:.1f}" for dtype, rate in rates.items())
+    return (
+        floors,
+        f"true {flops / args.slices / 2e9:.2f} GMACs per slice; matmul GFLOP/s on {args.threads} threads: {described}",
+    )
 
 
 def mean_dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -226,30 +288,34 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fit-steps", type=int, default=120, help="training steps on the phantom (default 120)")
     parser.add_argument("--memory-slices", type=int, default=8, help="slices of the memory runs (default 8)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--int8", action="store_true", help="add the int8 ONNX Runtime engine (opt-in path)")
     return parser.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    names = method_names(args)
     volume, labels = phantom(args.size, args.slices, args.seed)
     started = time.perf_counter()
+    floors, rates = matmul_floors(args, names)
     results, masks = time_methods(args, volume)
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn, max_tasks_per_child=1) as pool:
-        peaks = {name: pool.submit(peak_memory_mib, name, args).result() for name in METHODS}
+        peaks = {name: pool.submit(peak_memory_mib, name, args).result() for name in names}
     precision = autocast_dtype("auto", torch.device("cpu"))
     print(
         f"PVT-GDLA, {args.size} x {args.size} x {args.slices} volume, network input {ROI}, {args.threads} threads, "
         f"engine batch {args.batch_size}, channels-last; 'auto' runs {precision or 'float32'} here; "
         f"weights fitted for {args.fit_steps} steps; medians of {args.repeats} volume(s); "
-        f"peak RSS growth over {args.memory_slices} slices; {time.perf_counter() - started:.0f} s in all"
+        f"peak RSS growth over {args.memory_slices} slices; {rates}; {time.perf_counter() - started:.0f} s in all"
     )
     print(
         f"{'method':<16} {'s/volume':>9} {'slices/s':>9} {'speed-up':>9} {'per volume':>12} {'CPU s':>7} "
-        f"{'forward s':>10} {'other s':>8} {'peak +MiB':>10} {'Dice vs naive':>14} {'Dice vs truth':>14}"
+        f"{'forward s':>10} {'other s':>8} {'% floor':>8} {'peak +MiB':>10} {'Dice vs naive':>14} "
+        f"{'Dice vs truth':>14} {'Dice vs f32':>12}"
     )
     naive_walls = [r["wall"] for r in results["naive"]]
-    for name in METHODS:
+    for name in names:
         walls = [r["wall"] for r in results[name]]
         seconds = statistics.median(walls)
         ratios = [naive / wall for naive, wall in zip(naive_walls, walls)]
@@ -257,10 +323,12 @@ def main() -> None:
         forward = statistics.median(r["forward"] for r in results[name])
         speed_up = statistics.median(naive_walls) / seconds
         agreement, accuracy = mean_dice(masks[name], masks["naive"]), mean_dice(masks[name], labels)
+        against_float32 = mean_dice(masks[name], masks["engine float32"])
         print(
             f"{name:<16} {seconds:9.2f} {args.slices / seconds:9.2f} {speed_up:8.2f}x "
             f"{min(ratios):5.2f}-{max(ratios):4.2f}x {cpu:7.1f} {forward:10.2f} {seconds - forward:8.2f} "
-            f"{peaks[name]:10.0f} {agreement:14.4f} {accuracy:14.4f}"
+            f"{100 * floors[name] / seconds:7.1f}% {peaks[name]:10.0f} {agreement:14.4f} {accuracy:14.4f} "
+            f"{against_float32:12.4f}"
         )
 
 

@@ -113,14 +113,15 @@ def _register_cpu_flash_attention_formula() -> None:
 _register_cpu_flash_attention_formula()
 
 
-def true_flops(model: nn.Module, input_size: tuple[int, int, int] = (1, 224, 224)) -> int:
-    """FLOPs (2 per multiply-accumulate) of every matmul, convolution and attention product, all heads, batch 1."""
+def true_flops(model: nn.Module, input_size: tuple[int, int, int] = (1, 224, 224), all_heads: bool = True) -> int:
+    """FLOPs (2 per multiply-accumulate) of every matmul, convolution and attention product, batch 1: of all heads,
+    or with ``all_heads=False`` of the eval-mode forward pass as inference runs it (final output only)."""
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
     try:
         with torch.no_grad(), counter:
-            _AllOutputs(model)(torch.zeros(1, *input_size))
+            (_AllOutputs(model) if all_heads else model)(torch.zeros(1, *input_size))
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())

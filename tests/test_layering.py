@@ -24,6 +24,8 @@ LAYERS = {
     "common.losses": 3,
     "common.metrics": 3,
     "common.inference": 3,
+    "common.host_allocator": 3,
+    "common.int8_runtime": 3,
     "common.volume_streaming": 3,
     "common.bundle_streaming": 3,
     "common.training": 3,
