@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/complexity.py
 	$(PY) benchmarks/mixer_scaling.py
 	$(PY) benchmarks/volume_inference.py --slices 100 --repeats 3
-	$(PY) benchmarks/volume_memory.py --slices 100 600 --whole
+	$(PY) benchmarks/volume_memory.py --slices 100 600 --paths streamed bundle whole
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,8 +5,10 @@ For each size in ``--slices`` the script writes a 512 x 512 x N int16 CT phantom
 memory-mapped; ``nii.gz``: decompressed lazily), and runs ``segment`` on it with a PVT-GDLA Synapse bundle
 (random weights: the masks do not matter here) once per ``--precisions`` entry, each in a fresh process started
 through a small wrapper that reports the process's peak resident set size (``getrusage``'s ``ru_maxrss`` of its
-child: what ``/usr/bin/time -v`` calls maximum resident set size). With ``--whole`` the whole-volume path of
-earlier releases runs beside it (``segment_volume(..., streaming=False)`` plus the same writers), for comparison.
+child: what ``/usr/bin/time -v`` calls maximum resident set size). ``--paths`` chooses what runs: ``streamed``
+(``segment``), ``bundle`` (the bundle's ``inference.json`` through ``python -m monai.bundle run``, which streams
+too) and ``whole`` (the whole-volume path of earlier releases, ``segment_volume(..., streaming=False)`` plus the
+same writers, for comparison).
 
 'growth B/voxel' is (peak - the same command's peak on a 16-slice volume) / voxels: what the volume adds beyond
 a constant (the 16-slice run has four batches, so both lanes are busy as in a large volume). '% floor' is the
@@ -14,7 +16,7 @@ floor time (true MACs of the network at 224 x 224 per slice, times 2 FLOPs, divi
 here for the arithmetic the run uses) over the command's wall time, which includes reading, writing and the
 start-up of the process (imports alone take seconds).
 
-Usage: ``python benchmarks/volume_memory.py --slices 100 600 1500 --precisions float32 auto --whole``.
+Usage: ``python benchmarks/volume_memory.py --slices 100 600 1500 --precisions float32 auto --paths streamed bundle whole``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from common.networks import create_network  # noqa: E402 (after the sys.path ent
 from common.transforms import CT_WINDOW_HU  # noqa: E402 (after the sys.path entry)
 
 BUNDLE = "pvt_gdla_synapse_segmentation"
+PATHS = ("streamed", "bundle", "whole")
 BASE_SLICES = 16  # four batches: both lanes busy, as in a large volume
 HU_SCALE, HU_OFFSET = CT_WINDOW_HU[1] - CT_WINDOW_HU[0], CT_WINDOW_HU[0]  # phantom [0, 1] -> the CT window in HU
 
@@ -125,6 +128,25 @@ def segment_command(path_kind: str, bundle: Path, source: Path, out: Path, preci
             "--precision",
             precision,
         ]
+    if path_kind == "bundle":
+        return [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(bundle / "configs" / "inference.json"),
+            "--bundle_root",
+            str(bundle),
+            "--datalist",
+            f"['{source}']",
+            "--output_dir",
+            str(out),
+            "--device",
+            "$torch.device('cpu')",
+            "--inferer#precision",
+            precision,
+        ]
     return [sys.executable, "-c", WHOLE_VOLUME, str(bundle), str(source), str(out), precision]
 
 
@@ -163,7 +185,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=512, help="slice width and height (default 512)")
     parser.add_argument("--precisions", nargs="+", default=["float32", "auto"], choices=["float32", "auto"])
     parser.add_argument("--format", default="nii", choices=["nii", "nii.gz"], help="file format of the CT")
-    parser.add_argument("--whole", action="store_true", help="also run the whole-volume path of earlier releases")
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        default=["streamed"],
+        choices=PATHS,
+        help="streamed: `segment`; bundle: the bundle's inference.json (`monai.bundle run`, streamed too); "
+        "whole: the whole-volume path of earlier releases",
+    )
     parser.add_argument("--threads", type=int, default=2, help="threads for the matmul rate (default 2)")
     return parser.parse_args()
 
@@ -181,7 +210,7 @@ def main() -> None:
         f"{args.threads} threads; matmul {rates['float32']:.0f} GFLOP/s float32, {rates['auto']:.0f} GFLOP/s "
         f"'auto' ({auto or 'float32'}); PVT-GDLA {flops_per_slice / 2e9:.2f} true GMACs per slice"
     )
-    kinds = ["streamed"] + (["whole"] if args.whole else [])
+    kinds = args.paths
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
         bundle = make_bundle(folder)
