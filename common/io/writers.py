@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-import matplotlib
 import nibabel as nib
 import numpy as np
 import torch
@@ -102,6 +101,8 @@ def write_png_mask(mask: ArrayLike, path: str | os.PathLike, values: PngValues =
 
 def label_colors(num_labels: int) -> np.ndarray:
     """RGB colours ``[num_labels + 1, 3]`` (uint8) for labels 0..num_labels; row 0 (background) is unused."""
+    import matplotlib  # previews only: a released bundle's inference writes masks without it
+
     palette = matplotlib.colormaps["tab10" if num_labels <= 10 else "tab20"].colors
     rows = [(0.0, 0.0, 0.0)] + [palette[(k - 1) % len(palette)] for k in range(1, num_labels + 1)]
     return np.round(np.asarray(rows) * 255).astype(np.uint8)
