@@ -10,8 +10,8 @@ time where the pipeline allows it. The uint8 label map, already on the input's v
 bundle's postprocessing without its ``Invertd`` (nothing is left to invert). A ``SaveImaged`` that writes NIfTI
 without resampling is carried out by :func:`common.io.writers.write_nifti` under the file name ``SaveImaged`` would
 give: the same uint8 mask and affine, written atomically, without the float32 copy of the whole label volume that
-MONAI's writer makes on the way (4 bytes per voxel). A case that cannot be read or segmented is logged with its file name and the others go on; the
-run then ends with an error naming every failed case.
+MONAI's writer makes on the way (4 bytes per voxel). A case that cannot be read or segmented is logged with its
+file name and the others go on; the run then ends with an error naming every failed case.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 from monai.networks.utils import eval_mode
-from monai.transforms import Compose, Invertd, SaveImaged
+from monai.transforms import Compose, SaveImaged
 
 from common.io.lazy_volumes import open_lazy_volume
 from common.io.writers import write_nifti
-from common.volume_streaming import IMAGE_KEY, segment_volume, split_readers
+from common.volume_streaming import IMAGE_KEY, segment_volume, split_readers, without_inversion
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,7 @@ class StreamedVolumeIteration:
 
     def __init__(self, preprocessing: Compose | Sequence, postprocessing: Compose | Sequence):
         self.preprocessing = split_readers(preprocessing)[1]
-        steps = postprocessing.transforms if isinstance(postprocessing, Compose) else postprocessing
-        self.postprocessing = Compose([step for step in steps if not isinstance(step, Invertd)])
+        self.postprocessing = Compose(without_inversion(postprocessing))
         self.failures: list[str] = []
 
     def __call__(self, engine: Engine, batch: Mapping) -> dict:

@@ -84,7 +84,7 @@ class SliceInferenceOptions:
             count is lowered for the duration of the call, so do not run other torch work beside it.
         reuse_host_memory: on a CPU, let glibc's malloc keep freed activation memory for the next batch instead
             of handing it back to the kernel (:func:`common.host_allocator.reuse_freed_host_memory`; process-wide,
-            same results, about 12 % less CPU time per slice measured on a two-core EPYC).
+            same results; less kernel time per batch, at some cost in peak memory: docs/benchmarks.md).
     """
 
     roi_size: tuple[int, int] = (224, 224)

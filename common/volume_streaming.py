@@ -58,6 +58,13 @@ def split_readers(preprocessing: Compose | Sequence[Callable]) -> tuple[Compose,
     return Compose(transforms[:first]), Compose(transforms[first:])
 
 
+def without_inversion(postprocessing: Compose | Sequence[Callable]) -> list[Callable]:
+    """A bundle's postprocessing for labels :func:`segment_volume` already put on the input's grid: its
+    ``Invertd`` steps left out (nothing is left to invert), the rest in order."""
+    steps = postprocessing.transforms if isinstance(postprocessing, Compose) else postprocessing
+    return [step for step in steps if not isinstance(step, Invertd)]
+
+
 @dataclass(frozen=True)
 class StreamingPlan:
     """A bundle pipeline in streamable form: ``axcodes`` (``None``: slices as stored) with the orientation

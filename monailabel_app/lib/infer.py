@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from fastapi import HTTPException
 from monai.data import MetaTensor
-from monai.transforms import Invertd, SaveImaged
+from monai.transforms import SaveImaged
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.tasks.infer.bundle import BundleInferTask
 
@@ -27,7 +27,7 @@ from common.io.images import picture_size
 from common.io.lazy_volumes import open_lazy_volume
 from common.io.mask_saving import SaveMask2Dd
 from common.io.writers import write_nifti, write_png_mask
-from common.volume_streaming import segment_volume, split_readers, streaming_plan
+from common.volume_streaming import segment_volume, split_readers, streaming_plan, without_inversion
 
 from .bundles import Bundle
 
@@ -106,9 +106,7 @@ class BundleSegmentation(BundleInferTask):
         """The bundle's postprocessing without file writers, and for volumes without ``Invertd`` (the labels are on
         the input's grid already)."""
         transforms = super().post_transforms(data)
-        if self.bundle.segments_volumes:
-            transforms = [transform for transform in transforms if not isinstance(transform, Invertd)]
-        return transforms
+        return without_inversion(transforms) if self.bundle.segments_volumes else transforms
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[str, dict]:
         """Write the prediction (a ``[1, ...]`` label map) to a temporary file; returns (file, result json)."""
