@@ -29,15 +29,7 @@ def inference_config(spec: BundleSpec) -> dict:
             {"_target_": "EnsureChannelFirstd", "keys": "image"},
             {"_target_": "Orientationd", "keys": "image", "axcodes": DISPLAY_AXCODES},
         ]
-        save = {
-            "_target_": "SaveImaged",
-            "keys": "pred",
-            "output_dir": "@output_dir",
-            "output_postfix": "seg",
-            "output_dtype": "$numpy.uint8",
-            "resample": False,
-            "separate_folder": False,
-        }
+        save = {"_target_": "common.io.mask_saving.SaveMask3Dd", "keys": "pred", "output_dir": "@output_dir"}
     else:
         load = [{"_target_": "common.transforms.LoadImage2Dd", "keys": "image", "channels": reader.image_channels}]
         save = {
@@ -68,7 +60,7 @@ def inference_config(spec: BundleSpec) -> dict:
     }
     return {
         **shared,
-        "imports": IMPORTS + ["$import glob", "$import numpy"],
+        "imports": IMPORTS + ["$import glob"],
         "dataset_dir": "$@bundle_root + '/sample_data'",
         "input_dir": "@dataset_dir",
         "output_dir": "$@bundle_root + '/predictions'",

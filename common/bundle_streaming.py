@@ -7,10 +7,9 @@ names, and each volume is read through :func:`common.io.lazy_volumes.open_lazy_v
 or a DICOM series folder, validated before the network runs) and segmented by
 :func:`common.volume_streaming.segment_volume` with the bundle's own preprocessing and inferer, a few slices at a
 time where the pipeline allows it. The uint8 label map, already on the input's voxel grid, then goes through the
-bundle's postprocessing without its ``Invertd`` (nothing is left to invert). A ``SaveImaged`` that writes NIfTI
-without resampling is carried out by :func:`common.io.writers.write_nifti` under the file name ``SaveImaged`` would
-give: the same uint8 mask and affine, written atomically, without the float32 copy of the whole label volume that
-MONAI's writer makes on the way (4 bytes per voxel). A case that cannot be read or segmented is logged with its
+bundle's postprocessing without its ``Invertd`` (nothing is left to invert); the bundles save it with
+:class:`common.io.mask_saving.SaveMask3Dd`, which writes it as it is (MONAI's ``SaveImaged`` would first make a
+float32 copy of the whole label volume). A case that cannot be read or segmented is logged with its
 file name and the others go on; the run then ends with an error naming every failed case.
 """
 
@@ -20,15 +19,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 from monai.networks.utils import eval_mode
-from monai.transforms import Compose, SaveImaged
+from monai.transforms import Compose
 
 from common.io.lazy_volumes import open_lazy_volume
-from common.io.writers import write_nifti
 from common.volume_streaming import IMAGE_KEY, segment_volume, split_readers, without_inversion
 
 logger = logging.getLogger(__name__)
@@ -79,22 +76,7 @@ class StreamedVolumeIteration:
             affine=torch.as_tensor(volume.affine, dtype=torch.float64),
             meta={"filename_or_obj": str(Path(path))},
         )
-        data = {PRED_KEY: prediction}
-        for step in self.postprocessing.transforms:
-            data = self._save_nifti(step, data) if isinstance(step, SaveImaged) else step(data)
-        return data[PRED_KEY]
-
-    @staticmethod
-    def _save_nifti(step: SaveImaged, data: dict) -> dict:
-        """``step`` for a uint8 label map ``[1, X, Y, Z]``: NIfTI without resampling through ``write_nifti``."""
-        saver, prediction = step.saver, data[PRED_KEY]
-        unusual = saver.meta_kwargs.get("resample") or saver.init_kwargs.get("output_dtype") not in (np.uint8, None)
-        if saver.output_ext not in (".nii", ".nii.gz") or unusual:
-            return step(data)
-        filename = Path(saver.folder_layout.filename(**saver.fname_formatter(prediction.meta, saver)))
-        filename.parent.mkdir(parents=True, exist_ok=True)
-        write_nifti(prediction[0].numpy(), prediction.affine.numpy(), filename)
-        return data
+        return self.postprocessing({PRED_KEY: prediction})[PRED_KEY]
 
     def _raise_failures(self, engine: Engine) -> None:
         if self.failures:

@@ -46,6 +46,7 @@ IMAGE_KEY = "image"
 STATS_SLABS = 32  # slices per read when scanning the volume for its intensity range
 
 IntensityStep = Callable[[torch.Tensor], torch.Tensor]
+SlabReader = Callable[[int, int], torch.Tensor]
 
 #: a bundle preprocessing's leading transforms that read the file; everything after them works on arrays
 READER_TRANSFORMS = (LoadImaged, EnsureChannelFirstd, LoadImage2Dd, LoadVolumed)
@@ -78,13 +79,19 @@ class StreamingPlan:
 
 
 def streaming_plan(preprocessing: Compose, inferer: object) -> StreamingPlan | None:
-    """``preprocessing``/``inferer`` as a :class:`StreamingPlan`, or ``None`` when any part is not one this module
-    reproduces exactly (another transform, more keys, a float output of the inferer...)."""
+    """``preprocessing``/``inferer`` as a :class:`StreamingPlan` for :func:`segment_streamed`, or ``None`` when any
+    part is not one this module reproduces exactly (another transform, more keys, a float output of the inferer...)."""
     if not isinstance(inferer, SliceInferer2D):
         return None
     options = inferer.options
     if options.output != "labels" or options.activation != "softmax":
         return None
+    return preprocessing_plan(preprocessing)
+
+
+def preprocessing_plan(preprocessing: Compose) -> StreamingPlan | None:
+    """A bundle's preprocessing (after its readers) as a :class:`StreamingPlan`, or ``None`` when a transform is
+    not one :func:`preprocessed_slabs` reproduces exactly."""
     axcodes, labels, global_range, steps = None, None, None, []
     for transform in preprocessing.transforms:
         if tuple(getattr(transform, "keys", ())) != (IMAGE_KEY,):
@@ -143,6 +150,29 @@ def _rescale_step(scaler_owner: ScaleIntensityd, slabs: OrientedSlabs) -> Intens
     return rescale
 
 
+def preprocessed_slabs(volume: LazyVolume, plan: StreamingPlan) -> tuple[OrientedSlabs, SlabReader]:
+    """``volume``'s slabs in the plan's orientation, and ``read(start, stop)``: slices ``start..stop-1`` as the
+    bundle's preprocessing gives them, float32 ``[stop - start, C, H, W]`` (``ScaleIntensityd``'s volume-wide
+    minimum and maximum are found first, in one pass over the slabs)."""
+    transform = (
+        orientation_transform(volume.affine, plan.axcodes, plan.labels)
+        if plan.axcodes is not None
+        else np.array([[0, 1], [1, 1], [2, 1]])
+    )
+    slabs = OrientedSlabs(volume, transform)
+    steps = list(plan.steps)
+    if plan.global_range is not None:
+        steps.insert(0, _rescale_step(plan.global_range, slabs))
+
+    def read(start: int, stop: int) -> torch.Tensor:
+        batch = _as_batch(slabs.slab(start, stop))
+        for step in steps:
+            batch = step(batch)
+        return batch.as_tensor() if isinstance(batch, MetaTensor) else batch
+
+    return slabs, read
+
+
 def segment_streamed(
     network: torch.nn.Module,
     inferer: SliceInferer2D,
@@ -151,24 +181,9 @@ def segment_streamed(
 ) -> np.ndarray:
     """uint8 labels ``[X, Y, Z]`` of ``volume`` in its own voxel grid, equal to what the bundle's preprocessing,
     ``inferer`` and ``Invertd`` give for the whole volume; see the module docstring."""
-    axcodes = plan.axcodes
-    transform = (
-        orientation_transform(volume.affine, axcodes, plan.labels)
-        if axcodes is not None
-        else np.array([[0, 1], [1, 1], [2, 1]])
-    )
-    slabs = OrientedSlabs(volume, transform)
-    steps = list(plan.steps)
-    if plan.global_range is not None:
-        steps.insert(0, _rescale_step(plan.global_range, slabs))
+    slabs, read = preprocessed_slabs(volume, plan)
     labels = np.zeros(volume.shape[:3], dtype=np.uint8)
-    oriented_labels = oriented_view(labels, transform)
-
-    def read(start: int, stop: int) -> torch.Tensor:
-        batch = _as_batch(slabs.slab(start, stop))
-        for step in steps:
-            batch = step(batch)
-        return batch.as_tensor() if isinstance(batch, MetaTensor) else batch
+    oriented_labels = oriented_view(labels, slabs.transform)
 
     def write(start: int, result: torch.Tensor) -> None:
         oriented_labels[:, :, start : start + result.shape[0]] = result[:, 0].permute(1, 2, 0).numpy()

@@ -28,6 +28,7 @@ LAYERS = {
     "common.int8_runtime": 3,
     "common.volume_streaming": 3,
     "common.bundle_streaming": 3,
+    "common.flip_uncertainty": 3,
     "common.training": 3,
     "common.evaluation": 3,
     "common.complexity": 3,

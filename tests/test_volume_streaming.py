@@ -8,6 +8,7 @@ permuted axes, so any slip in orientation, scaling or placement of a slab would 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +19,7 @@ from test_segment import copy_bundle, crop, flip_axes, mni, write_mha  # noqa: F
 from torch import nn
 
 from common.bundle_segmenter import load_bundle
+from common.flip_uncertainty import flip_entropy, volume_flip_entropy
 from common.inference import SliceInferenceOptions, predict_volume, stream_slices
 from common.io.lazy_volumes import (
     LazyVolume,
@@ -26,6 +28,7 @@ from common.io.lazy_volumes import (
     orientation_transform,
 )
 from common.io.volumes import load_volume, reorient
+from common.transforms import volume_tensor
 
 SLICES = 7
 
@@ -119,6 +122,25 @@ def test_only_slabs_of_the_batch_size_are_read(bundles, brain):
     np.testing.assert_array_equal(labels, segmenter.segment_volume(load_volume_like(array, affine), streaming=False))
     assert recording.extents[0] == SLICES  # the intensity range (ScaleIntensityd), one slab of up to 32 slices
     assert sorted(recording.extents[1:]) == sorted([2, 2, 2, 1])
+
+
+@pytest.mark.parametrize("bundle_name", ["pvt_gdla_acdc_segmentation", "pvt_gdla_synapse_segmentation"])
+def test_flip_entropy_of_a_volume_is_scored_slab_by_slab_as_whole(bundles, brain, bundle_name):
+    """The active-learning score reads the volume a slab at a time and equals the score of the whole volume."""
+    segmenter = load_bundle(bundles[bundle_name], device="cpu", batch_size=2)
+    inferer = segmenter.inferer
+    inferer.options = dataclasses.replace(inferer.options, output="probabilities")
+    array, affine = flip_axes(*brain, (0, 2))
+    image = segmenter.preprocessing({"image": volume_tensor(array, affine, Path("brain"), dtype=np.float32)})["image"]
+    whole = flip_entropy(image[None], segmenter.network, inferer, multilabel=False)
+    recording = RecordingArray(array, axis=2)
+    streamed = volume_flip_entropy(
+        segmenter.network, segmenter.preprocessing, inferer, LazyVolume(recording, affine, Path("brain")), False
+    )
+    range_pass = [SLICES] if bundle_name.startswith("pvt_gdla_acdc") else []  # MR: ScaleIntensityd's min and max
+    assert recording.extents == [*range_pass, 4, 3]  # then slabs of twice the batch size
+    assert 0 < streamed < np.log(segmenter.num_classes)
+    assert streamed == pytest.approx(whole, rel=1e-5)
 
 
 def load_volume_like(array: np.ndarray, affine: np.ndarray):

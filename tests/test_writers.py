@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from monai.data import MetaTensor
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
@@ -18,6 +19,7 @@ from pydicom.uid import generate_uid
 from common.io import writers
 from common.io.dicom_seg import write_dicom_seg
 from common.io.dicom_series import read_dicom_series
+from common.io.mask_saving import SaveMask3Dd
 from common.io.tables import write_csv
 from common.io.writers import (
     label_colors,
@@ -76,6 +78,40 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         write_nifti(np.zeros((3, 3, 3)), np.eye(4), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["case.nii.gz"]
+
+
+@pytest.mark.parametrize(
+    ("source", "written"),
+    [
+        ("ct 1.nii.gz", "ct 1_seg.nii.gz"),
+        ("scan.v2.mha", "scan.v2_seg.nii.gz"),
+        ("series_0042", "series_0042_seg.nii.gz"),
+    ],
+)
+def test_volume_mask_saver_names_outputs_as_segment_does(tmp_path, source, written):
+    labels = np.random.default_rng(1).integers(0, 4, size=(1, 9, 7, 5)).astype(np.uint8)
+    mask = MetaTensor(torch.from_numpy(labels), affine=torch.as_tensor(oblique_affine()))
+    mask.meta["filename_or_obj"] = str(tmp_path / "inputs" / source)
+    data = SaveMask3Dd("pred", tmp_path / "out")({"pred": mask})
+    assert data["pred"] is mask
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [written]
+    image = nib.load(tmp_path / "out" / written)
+    assert image.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(image.affine, oblique_affine(), atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(image.dataobj), labels[0])
+
+
+def test_volume_mask_saver_refuses_what_is_not_one_label_map(tmp_path):
+    save = SaveMask3Dd("pred", tmp_path)
+    two_channels = MetaTensor(torch.zeros(2, 4, 4, 4), affine=torch.eye(4), meta={"filename_or_obj": "/in/a.nii"})
+    with pytest.raises(ValueError, match=r"/in/a.nii: expected a \[1, X, Y, Z\] label map, found \(2, 4, 4, 4\)"):
+        save({"pred": two_channels})
+    fractional = MetaTensor(torch.full((1, 4, 4, 4), 0.5), affine=torch.eye(4), meta={"filename_or_obj": "/in/b.nii"})
+    with pytest.raises(ValueError, match="integers 0..255"):
+        save({"pred": fractional})
+    with pytest.raises(ValueError, match="filename_or_obj and affine"):
+        save({"pred": torch.zeros(1, 4, 4, 4)})
+    assert not list(tmp_path.iterdir())
 
 
 def test_png_masks_store_labels_or_binary_255(tmp_path):

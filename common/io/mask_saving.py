@@ -1,4 +1,5 @@
-"""A MONAI dictionary transform that writes predicted 2-D label masks as PNG files named after their inputs."""
+"""MONAI dictionary transforms that write predicted label masks named after their inputs: 2-D masks as PNG files,
+label volumes as NIfTI files."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from .writers import write_png_mask
+from .volumes import volume_suffix
+from .writers import write_nifti, write_png_mask
 
 
 class SaveMask2Dd(MapTransform):
@@ -53,4 +55,33 @@ class SaveMask2Dd(MapTransform):
                 mask = mask[0]
             values = "binary255" if self.num_classes == 2 else "labels"
             write_png_mask(mask, self.output_dir / f"{stem}_{self.postfix}.png", values=values)
+        return d
+
+
+class SaveMask3Dd(MapTransform):
+    """Write ``data[key]`` (a MetaTensor label map ``[1, X, Y, Z]`` on its input's voxel grid) to
+    ``output_dir/<input name>_<postfix>.nii.gz``: uint8, the input's affine, written atomically.
+
+    The input name is the ``filename_or_obj`` of the mask's metadata without its volume suffix (``ct.nii.gz`` ->
+    ``ct``), or the folder name of a DICOM series: the names ``segment`` gives. Nothing is resampled and the
+    mask is not copied to floating point on the way (MONAI's ``SaveImaged`` makes a float32 copy of the volume).
+    """
+
+    def __init__(self, keys: KeysCollection, output_dir: str | Path, postfix: str = "seg"):
+        super().__init__(keys)
+        self.output_dir, self.postfix = Path(output_dir), postfix
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            mask = d[key]
+            meta = getattr(mask, "meta", {})
+            source = meta.get("filename_or_obj")
+            if not source or "affine" not in meta:
+                raise ValueError(f"{key}: expected a MetaTensor with filename_or_obj and affine in its metadata")
+            if mask.ndim != 4 or mask.shape[0] != 1:
+                raise ValueError(f"{source}: expected a [1, X, Y, Z] label map, found {tuple(mask.shape)}")
+            source = Path(str(source))
+            name = source.name[: -len(volume_suffix(source))] if volume_suffix(source) else source.name
+            write_nifti(mask[0], meta["affine"], self.output_dir / f"{name}_{self.postfix}.nii.gz")
         return d

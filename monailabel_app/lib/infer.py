@@ -25,7 +25,7 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 
 from common.io.images import picture_size
 from common.io.lazy_volumes import open_lazy_volume
-from common.io.mask_saving import SaveMask2Dd
+from common.io.mask_saving import SaveMask2Dd, SaveMask3Dd
 from common.io.writers import write_nifti, write_png_mask
 from common.volume_streaming import segment_volume, split_readers, streaming_plan, without_inversion
 
@@ -34,7 +34,7 @@ from .bundles import Bundle
 logger = logging.getLogger(__name__)
 
 #: Post-processing transforms that write files; MONAI Label returns the mask instead.
-FILE_SAVING_TRANSFORMS = [SaveImaged, SaveMask2Dd]
+FILE_SAVING_TRANSFORMS = [SaveImaged, SaveMask2Dd, SaveMask3Dd]
 #: where a volume request carries the bundle's preprocessing (after its readers) from pre_transforms to run_inferer
 VOLUME_PREPROCESSING_KEY = "volume_preprocessing"
 
