@@ -71,6 +71,8 @@ $(LABEL_STAMP): requirements-label.txt constraints-label.txt pyproject.toml
 	$(LABEL_PY) -m pip install --quiet -c constraints-label.txt setuptools torch torchvision
 	SAM2_BUILD_CUDA=0 $(LABEL_PY) -m pip install --quiet --no-build-isolation -c constraints-label.txt -r requirements-label.txt
 	$(LABEL_PY) -m pip install --quiet --no-deps -e .
+	@# both environments hold the same torch build (5 GB): files equal in content become one (util-linux hardlink)
+	if [ -d $(VENV)/lib ] && command -v hardlink >/dev/null; then hardlink --ignore-time --quiet $(VENV)/lib $(LABEL_VENV)/lib; fi
 	touch $(LABEL_STAMP)
 
 label: $(LABEL_STAMP)

@@ -8,7 +8,9 @@ through a small wrapper that reports the process's peak resident set size (``get
 child: what ``/usr/bin/time -v`` calls maximum resident set size). ``--paths`` chooses what runs: ``streamed``
 (``segment``), ``bundle`` (the bundle's ``inference.json`` through ``python -m monai.bundle run``, which streams
 too) and ``whole`` (the whole-volume path of earlier releases, ``segment_volume(..., streaming=False)`` plus the
-same writers, for comparison).
+same writers, for comparison). ``--python`` runs the measured commands with another interpreter, e.g. that of a
+virtual environment with only the project's runtime dependencies (``pip install -c constraints.txt .``): the
+development environment imports more (MONAI imports scikit-learn and pandas when they are installed).
 
 'growth B/voxel' is (peak - the same command's peak on a 16-slice volume) / voxels: what the volume adds beyond
 a constant (the 16-slice run has four batches, so both lanes are busy as in a large volume). '% floor' is the
@@ -56,8 +58,8 @@ from pathlib import Path
 from common.io.volumes import load_volume
 from common.io.writers import structure_volumes, write_nifti, write_volume_overlay
 from common.bundle_segmenter import load_bundle
-bundle, source, out, precision = sys.argv[1:5]
-segmenter = load_bundle(bundle, device="cpu", precision=precision)
+bundle, source, out, precision, batch_size = sys.argv[1:6]
+segmenter = load_bundle(bundle, device="cpu", precision=precision, batch_size=int(batch_size) or None)
 volume = load_volume(source)
 labels = segmenter.segment_volume(volume, streaming=False)
 write_nifti(labels, volume.affine, Path(out) / "case_seg.nii.gz")
@@ -110,10 +112,14 @@ def run_measured(command: list[str]) -> dict:
     return {"seconds": report["seconds"], "peak_mib": report["peak_kib"] / 1024}
 
 
-def segment_command(path_kind: str, bundle: Path, source: Path, out: Path, precision: str) -> list[str]:
+def segment_command(
+    path_kind: str, bundle: Path, source: Path, out: Path, precision: str, python: str, batch_size: int | None
+) -> list[str]:
+    """The command line of ``path_kind`` (see :data:`PATHS`); ``batch_size`` ``None`` keeps the bundle's."""
     if path_kind == "streamed":
+        batch = ["--batch-size", str(batch_size)] if batch_size else []
         return [
-            sys.executable,
+            python,
             "-m",
             "common",
             "segment",
@@ -127,10 +133,12 @@ def segment_command(path_kind: str, bundle: Path, source: Path, out: Path, preci
             "cpu",
             "--precision",
             precision,
+            *batch,
         ]
     if path_kind == "bundle":
+        batch = ["--inferer#sw_batch_size", str(batch_size)] if batch_size else []
         return [
-            sys.executable,
+            python,
             "-m",
             "monai.bundle",
             "run",
@@ -146,8 +154,9 @@ def segment_command(path_kind: str, bundle: Path, source: Path, out: Path, preci
             "$torch.device('cpu')",
             "--inferer#precision",
             precision,
+            *batch,
         ]
-    return [sys.executable, "-c", WHOLE_VOLUME, str(bundle), str(source), str(out), precision]
+    return [python, "-c", WHOLE_VOLUME, str(bundle), str(source), str(out), precision, str(batch_size or 0)]
 
 
 def matmul_gflops(dtype: torch.dtype | None, size: int = 2048, repeats: int = 5) -> float:
@@ -194,6 +203,10 @@ def parse_args() -> argparse.Namespace:
         "whole: the whole-volume path of earlier releases",
     )
     parser.add_argument("--threads", type=int, default=2, help="threads for the matmul rate (default 2)")
+    parser.add_argument("--batch-size", type=int, help="slices per forward pass (default: the bundle's, 4)")
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter of the measured commands (default: this one)"
+    )
     return parser.parse_args()
 
 
@@ -208,7 +221,8 @@ def main() -> None:
     print(
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {cpu_description()}; torch {torch.__version__}, "
         f"{args.threads} threads; matmul {rates['float32']:.0f} GFLOP/s float32, {rates['auto']:.0f} GFLOP/s "
-        f"'auto' ({auto or 'float32'}); PVT-GDLA {flops_per_slice / 2e9:.2f} true GMACs per slice"
+        f"'auto' ({auto or 'float32'}); PVT-GDLA {flops_per_slice / 2e9:.2f} true GMACs per slice; "
+        f"commands run by {args.python}; batch size {args.batch_size or 'as in the bundle'}"
     )
     kinds = args.paths
     with tempfile.TemporaryDirectory() as temporary:
@@ -217,7 +231,9 @@ def main() -> None:
         base = {}
         for kind in kinds:
             source = write_ct(folder / f"base.{args.format}", BASE_SLICES, args.size)
-            base[kind] = run_measured(segment_command(kind, bundle, source, folder / "out", "float32"))["peak_mib"]
+            base[kind] = run_measured(
+                segment_command(kind, bundle, source, folder / "out", "float32", args.python, args.batch_size)
+            )["peak_mib"]
         print(
             f"{'path':<9} {'slices':>6} {'precision':>9} {'seconds':>8} {'slices/s':>8} {'% floor':>7} "
             f"{'peak MiB':>9} {'input MiB':>9} {'growth B/voxel':>14}"
@@ -227,7 +243,9 @@ def main() -> None:
             voxels = args.size * args.size * slices
             for precision in args.precisions:
                 for kind in kinds:
-                    result = run_measured(segment_command(kind, bundle, source, folder / "out", precision))
+                    result = run_measured(
+                        segment_command(kind, bundle, source, folder / "out", precision, args.python, args.batch_size)
+                    )
                     floor = slices * flops_per_slice / (rates[precision] * 1e9)
                     growth = (result["peak_mib"] - base[kind]) * 2**20 / voxels
                     print(

@@ -113,6 +113,24 @@ def test_raw_formats_are_memory_mapped_and_compressed_ones_read_once(tmp_path, b
     assert isinstance(lazy.data, nib.arrayproxy.ArrayProxy)
 
 
+@pytest.mark.parametrize("endianness", ["<", ">"])
+def test_compressed_nifti_is_decompressed_once_and_read_in_any_order(tmp_path, brain, endianness):
+    """A ``.nii.gz`` (scaled, with a header extension, either byte order) is decompressed into one buffer of its
+    stored bytes; slabs read back to front equal ``load_volume``'s array."""
+    array, affine = brain
+    image = nib.Nifti1Image(array, affine, nib.Nifti1Header(endianness=endianness))
+    image.header.set_slope_inter(0.5, -10.0)
+    image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"phantom CT"))
+    path = tmp_path / "brain.nii.gz"
+    nib.save(image, path)
+    lazy = open_lazy_volume(path)
+    assert isinstance(lazy.data, nib.arrayproxy.ArrayProxy)  # scaled slab by slab
+    whole = load_volume(path).array
+    for start, stop in ((4, 7), (0, 4), (2, 5)):
+        np.testing.assert_array_equal(lazy.read((slice(None), slice(None), slice(start, stop))), whole[..., start:stop])
+    np.testing.assert_array_equal(lazy.load().array, whole)
+
+
 def test_only_slabs_of_the_batch_size_are_read(bundles, brain):
     """Through ``segment_volume`` the volume is read a batch of slices at a time (and once more for min-max)."""
     segmenter = load_bundle(bundles["pvt_gdla_acdc_segmentation"], device="cpu", batch_size=2)

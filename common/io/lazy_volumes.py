@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import os
 import re
 from collections.abc import Sequence
@@ -140,13 +141,55 @@ def _validated(volume: LazyVolume) -> LazyVolume:
 
 
 def _decompressed_nifti(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
-    """A ``.nii.gz`` decompressed once into memory (the file's own bytes: its stored dtype, unscaled), with an
-    array proxy over them, so slabs are read in any order without decompressing the file again."""
+    """A ``.nii.gz`` decompressed once into one buffer of the file's own bytes (its stored dtype, unscaled), with an
+    array proxy over it, so slabs are read in any order without decompressing the file again. The buffer is sized
+    from the header and filled in place: no second, transient copy of the volume (``gzip``'s ``read()`` joins its
+    chunks into a new object)."""
     with gzip.open(path, "rb") as handle:
-        content = handle.read()
-    header_size = int(np.frombuffer(content[:4], dtype="<i4")[0])
-    kind = nib.Nifti2Image if header_size in (540, 540 << 24 & 0xFFFFFFFF) else nib.Nifti1Image
-    return kind.from_bytes(content)
+        start = handle.read(4)
+        header_size = int(np.frombuffer(start, dtype="<i4")[0]) if len(start) == 4 else 0
+        kind = nib.Nifti2Image if header_size in (540, 540 << 24 & 0xFFFFFFFF) else nib.Nifti1Image
+        header_bytes = start + handle.read(kind.header_class.template_dtype.itemsize - 4)
+        header = kind.header_class.from_fileobj(io.BytesIO(header_bytes), check=False)
+        data_bytes = int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
+        buffer = bytearray(max(int(header.get_data_offset()), len(header_bytes)) + data_bytes)
+        buffer[: len(header_bytes)] = header_bytes
+        view, filled = memoryview(buffer), len(header_bytes)
+        while filled < len(buffer) and (count := handle.readinto(view[filled:])):
+            filled += count
+    if filled < len(buffer):
+        raise VolumeReadError(f"{path}: the file ends after {filled} bytes; its header needs {len(buffer)}")
+    source = nib.FileHolder(fileobj=_BufferFile(buffer))
+    return kind.from_file_map({"header": source, "image": source})
+
+
+class _BufferFile(io.RawIOBase):
+    """A read-only, seekable file over an in-memory buffer, without a copy of it (``io.BytesIO`` copies a
+    ``bytearray``)."""
+
+    def __init__(self, buffer: bytearray):
+        super().__init__()
+        self._view, self._position = memoryview(buffer), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def readinto(self, target) -> int:
+        count = max(0, min(len(target), len(self._view) - self._position))
+        target[:count] = self._view[self._position : self._position + count]
+        self._position += count
+        return count
 
 
 def as_lazy_volume(volume: Volume | LazyVolume) -> LazyVolume:
