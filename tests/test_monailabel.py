@@ -549,6 +549,64 @@ def server(label_env, studies, bundles, tmp_path_factory):
         stop(process)
 
 
+SCORING_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from lib.bundles import read_bundle
+from lib.scoring import FlipEntropyScoring
+from monailabel.datastore.local import LocalDatastore
+datastore = LocalDatastore(sys.argv[2])
+result = FlipEntropyScoring(read_bundle(sys.argv[3]))({}, datastore)
+scores = {i: datastore.get_image_info(i).get("epistemic_entropy") for i in datastore.list_images()}
+print(json.dumps({"result": result, "scores": scores}))
+"""
+
+
+@pytest.mark.slow
+def test_epistemic_scoring_reads_volumes_slab_by_slab(label_env, studies, bundles, tmp_path):
+    """The volume bundle's epistemic score, computed by the app in MONAI Label's environment on a datastore with
+    an unlabelled volume and a broken one: the volume's score equals the whole-volume score, the broken file is
+    logged and counted, and the scoring goes on."""
+    from monai.bundle import ConfigParser
+
+    from common.flip_uncertainty import flip_entropy
+    from common.io.volumes import load_volume
+    from common.transforms import volume_tensor
+    from common.volume_streaming import split_readers
+
+    shutil.copy(studies / f"{VOLUME_ID}.nii.gz", tmp_path / "unlabelled.nii.gz")
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08 truncated")
+    run = subprocess.run(
+        [
+            str(label_env / "bin" / "python"),
+            "-c",
+            SCORING_SCRIPT,
+            str(REPO / "monailabel_app"),
+            str(tmp_path),
+            str(bundles / VOLUME_MODEL),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=REQUEST_TIMEOUT_S,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (report["result"]["scored"], report["result"]["failed"]) == (1, 1), report
+    assert "broken not scored" in run.stderr and "broken.nii.gz" in run.stderr
+
+    parser = ConfigParser()
+    parser.read_config(str(bundles / VOLUME_MODEL / "configs" / "inference.json"))
+    parser["inferer#output"] = "probabilities"
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(bundles / VOLUME_MODEL / "models" / "model.pt", weights_only=True))
+    volume = load_volume(tmp_path / "unlabelled.nii.gz")
+    preprocessing = split_readers(parser.get_parsed_content("preprocessing"))[1]
+    image = preprocessing({"image": volume_tensor(volume.array, volume.affine, volume.path, dtype=np.float32)})["image"]
+    whole = flip_entropy(image[None], network.eval(), parser.get_parsed_content("inferer"), multilabel=False)
+    assert report["scores"]["unlabelled"] == pytest.approx(whole, rel=1e-5)
+
+
 # ----------------------------------------------------------------------------- the test
 
 
