@@ -8,7 +8,9 @@ through a small wrapper that reports the process's peak resident set size (``get
 child: what ``/usr/bin/time -v`` calls maximum resident set size). ``--paths`` chooses what runs: ``streamed``
 (``segment``), ``bundle`` (the bundle's ``inference.json`` through ``python -m monai.bundle run``, which streams
 too) and ``whole`` (the whole-volume path of earlier releases, ``segment_volume(..., streaming=False)`` plus the
-same writers, for comparison). ``--python`` runs the measured commands with another interpreter, e.g. that of a
+same writers, for comparison) and ``label`` (a MONAI Label server of ``make label-env``'s environment, started
+for the run with the bundle and the CT as its datastore, answering one ``/infer`` request: the peak is the
+server process's, start-up included; the bundle's own precision and batch size). ``--python`` runs the measured commands with another interpreter, e.g. that of a
 virtual environment with only the project's runtime dependencies (``pip install -c constraints.txt .``): the
 development environment imports more (MONAI imports scikit-learn and pandas when they are installed).
 
@@ -48,7 +50,7 @@ from common.networks import create_network  # noqa: E402 (after the sys.path ent
 from common.transforms import CT_WINDOW_HU  # noqa: E402 (after the sys.path entry)
 
 BUNDLE = "pvt_gdla_synapse_segmentation"
-PATHS = ("streamed", "bundle", "whole")
+PATHS = ("streamed", "bundle", "whole", "label")
 BASE_SLICES = 16  # four batches: both lanes busy, as in a large volume
 HU_SCALE, HU_OFFSET = CT_WINDOW_HU[1] - CT_WINDOW_HU[0], CT_WINDOW_HU[0]  # phantom [0, 1] -> the CT window in HU
 
@@ -65,6 +67,50 @@ labels = segmenter.segment_volume(volume, streaming=False)
 write_nifti(labels, volume.affine, Path(out) / "case_seg.nii.gz")
 write_volume_overlay(volume.array, labels, volume.affine, Path(out) / "case_overlay.png")
 structure_volumes(labels, volume.affine, segmenter.label_names)
+"""
+
+LABEL_SERVER = """
+import os, shutil, signal, socket, subprocess, sys, time, urllib.error, urllib.request
+from pathlib import Path
+label_python, app, bundle, source, work = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5])
+shutil.rmtree(work, ignore_errors=True)
+(work / "studies").mkdir(parents=True)
+os.link(source, work / "studies" / source.name)
+shutil.copytree(app, work / "app")
+with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+command = [label_python, "-m", "monailabel.main", "start_server", "--app", str(work / "app"), "--studies",
+           str(work / "studies"), "--conf", "bundles", str(bundle.parent), "--conf", "models", bundle.name,
+           "--host", "127.0.0.1", "--port", str(port)]
+env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
+log = open(work / "server.log", "wb")
+server = subprocess.Popen(command, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+def call(path, data=None, timeout=30):
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method="POST" if data else "GET")
+    if data:
+        request.add_header("Content-Type", "application/x-www-form-urlencoded")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, response.read()
+try:
+    deadline = time.monotonic() + 300
+    while True:
+        if server.poll() is not None or time.monotonic() > deadline:
+            sys.exit("the MONAI Label server did not start: " + (work / "server.log").read_text(errors="replace")[-3000:])
+        try:
+            if call("/info/")[0] == 200:
+                break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(2)
+    image = source.name.split(".")[0]
+    status, content = call(f"/infer/{bundle.name}?image={image}&output=image", b"params=%7B%7D", timeout=3600)
+    if status != 200 or not content:
+        sys.exit(f"/infer answered {status}")
+    if "segmented slab by slab" not in (work / "server.log").read_text(errors="replace"):
+        sys.exit("the server did not stream the volume: " + (work / "server.log").read_text(errors="replace")[-3000:])
+finally:
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=60)
 """
 
 MEASURED = """
@@ -156,6 +202,9 @@ def segment_command(
             precision,
             *batch,
         ]
+    if path_kind == "label":
+        app, label_python = ROOT / "monailabel_app", ROOT / ".venv-label" / "bin" / "python"
+        return [sys.executable, "-c", LABEL_SERVER, str(label_python), str(app), str(bundle), str(source), str(out)]
     return [python, "-c", WHOLE_VOLUME, str(bundle), str(source), str(out), precision, str(batch_size or 0)]
 
 
@@ -200,7 +249,8 @@ def parse_args() -> argparse.Namespace:
         default=["streamed"],
         choices=PATHS,
         help="streamed: `segment`; bundle: the bundle's inference.json (`monai.bundle run`, streamed too); "
-        "whole: the whole-volume path of earlier releases",
+        "whole: the whole-volume path of earlier releases; label: a MONAI Label server (make label-env) "
+        "answering one /infer request",
     )
     parser.add_argument("--threads", type=int, default=2, help="threads for the matmul rate (default 2)")
     parser.add_argument("--batch-size", type=int, help="slices per forward pass (default: the bundle's, 4)")
