@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-import torch
 from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 from monai.networks.utils import eval_mode
 from monai.transforms import Compose
 
 from common.io.lazy_volumes import open_lazy_volume
-from common.volume_streaming import IMAGE_KEY, segment_volume, split_readers, without_inversion
+from common.volume_streaming import (
+    IMAGE_KEY,
+    labels_on_input_grid,
+    segment_volume,
+    split_readers,
+    without_inversion,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,12 +75,7 @@ class StreamedVolumeIteration:
     def _segment(self, engine: Engine, path: str) -> MetaTensor:
         volume = open_lazy_volume(path)
         labels = segment_volume(engine.network, self.preprocessing, engine.inferer, volume)
-        prediction = MetaTensor(
-            torch.from_numpy(labels[None]),
-            affine=torch.as_tensor(volume.affine, dtype=torch.float64),
-            meta={"filename_or_obj": str(Path(path))},
-        )
-        return self.postprocessing({PRED_KEY: prediction})[PRED_KEY]
+        return self.postprocessing({PRED_KEY: labels_on_input_grid(labels, volume)})[PRED_KEY]
 
     def _raise_failures(self, engine: Engine) -> None:
         if self.failures:

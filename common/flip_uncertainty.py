@@ -10,15 +10,13 @@ as :mod:`common.volume_streaming` does for segmentation, and never held whole.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from monai.transforms import Compose
 
 from common.inference import Network, SliceInferer2D
 from common.io.lazy_volumes import LazyVolume, as_lazy_volume
 from common.io.volumes import Volume
-from common.transforms import volume_tensor
-from common.volume_streaming import IMAGE_KEY, preprocessed_slabs, preprocessing_plan
+from common.volume_streaming import IMAGE_KEY, preprocessed_slabs, preprocessed_whole, preprocessing_plan
 
 #: spatial dims flipped for each test-time view of a ``[1, C, H, W(, Z)]`` input (slices lie along the last axis)
 FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (2, 3))
@@ -60,9 +58,8 @@ def volume_flip_entropy(
     """
     plan = preprocessing_plan(preprocessing)
     if plan is None:
-        volume = volume.load() if isinstance(volume, LazyVolume) else volume
-        image = preprocessing({IMAGE_KEY: volume_tensor(volume.array, volume.affine, volume.path, dtype=np.float32)})
-        return flip_entropy(image[IMAGE_KEY][None], network, inferer, multilabel)
+        image = preprocessed_whole(preprocessing, volume)[IMAGE_KEY]
+        return flip_entropy(image[None], network, inferer, multilabel)
     slabs, read = preprocessed_slabs(as_lazy_volume(volume), plan)
     step = 2 * inferer.options.batch_size
     total, count = 0.0, 0

@@ -211,7 +211,7 @@ def segment_volume(
     if plan is not None:
         return segment_streamed(network, inferer, as_lazy_volume(volume), plan)
     volume = volume.load() if isinstance(volume, LazyVolume) else volume
-    data = preprocessing({IMAGE_KEY: volume_tensor(volume.array, volume.affine, volume.path, dtype=np.float32)})
+    data = preprocessed_whole(preprocessing, volume)
     data["pred"] = inferer(data[IMAGE_KEY].unsqueeze(0), network)[0]
     restored = Invertd("pred", preprocessing, orig_keys=IMAGE_KEY, nearest_interp=True)(data)["pred"]
     labels = restored.detach().cpu().numpy()
@@ -221,3 +221,20 @@ def segment_volume(
             f"{(1, *volume.array.shape[:3])} (its inferer must output a label map)"
         )
     return labels[0].astype(np.uint8)
+
+
+def preprocessed_whole(preprocessing: Compose, volume: Volume | LazyVolume) -> dict:
+    """``{"image": MetaTensor [C, ...]}``: ``volume`` read whole and run through a bundle's ``preprocessing``
+    (readers excluded): the path of pipelines :func:`preprocessing_plan` cannot stream."""
+    volume = volume.load() if isinstance(volume, LazyVolume) else volume
+    return preprocessing({IMAGE_KEY: volume_tensor(volume.array, volume.affine, volume.path, dtype=np.float32)})
+
+
+def labels_on_input_grid(labels: np.ndarray, volume: Volume | LazyVolume) -> MetaTensor:
+    """:func:`segment_volume`'s labels ``[X, Y, Z]`` as the ``[1, X, Y, Z]`` MetaTensor a bundle's postprocessing
+    receives: the input's affine and file name in its metadata."""
+    return MetaTensor(
+        torch.from_numpy(labels[None]),
+        affine=torch.as_tensor(volume.affine, dtype=torch.float64),
+        meta={"filename_or_obj": str(volume.path)},
+    )

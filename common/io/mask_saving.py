@@ -82,6 +82,6 @@ class SaveMask3Dd(MapTransform):
             if mask.ndim != 4 or mask.shape[0] != 1:
                 raise ValueError(f"{source}: expected a [1, X, Y, Z] label map, found {tuple(mask.shape)}")
             source = Path(str(source))
-            name = source.name[: -len(volume_suffix(source))] if volume_suffix(source) else source.name
+            name = source.name[: len(source.name) - len(volume_suffix(source))]  # a DICOM folder has no suffix
             write_nifti(mask[0], meta["affine"], self.output_dir / f"{name}_{self.postfix}.nii.gz")
         return d

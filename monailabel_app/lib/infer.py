@@ -27,7 +27,13 @@ from common.io.images import picture_size
 from common.io.lazy_volumes import open_lazy_volume
 from common.io.mask_saving import SaveMask2Dd, SaveMask3Dd
 from common.io.writers import write_nifti, write_png_mask
-from common.volume_streaming import segment_volume, split_readers, streaming_plan, without_inversion
+from common.volume_streaming import (
+    labels_on_input_grid,
+    segment_volume,
+    split_readers,
+    streaming_plan,
+    without_inversion,
+)
 
 from .bundles import Bundle
 
@@ -97,9 +103,7 @@ class BundleSegmentation(BundleInferTask):
         except ValueError as exc:  # the volume is not one the bundle can read: say why (HTTP 422)
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         logger.info(f"{path}: segmented {'slab by slab' if streamed else 'whole'} with {self.bundle.name}")
-        data[self.output_label_key] = MetaTensor(
-            torch.from_numpy(labels[None]), affine=torch.as_tensor(volume.affine, dtype=torch.float64)
-        )
+        data[self.output_label_key] = labels_on_input_grid(labels, volume)
         return data
 
     def post_transforms(self, data: dict | None = None) -> list:
