@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,3 +37,56 @@ def test_a_large_block_is_served_from_the_heap_not_mapped():
         libc.free(block)
     heap_free = libc.mallinfo2().fordblks
     assert heap_free >= size, f"the freed block went back to the kernel ({heap_free} bytes free in the heap)"
+
+
+ARENA_PROBE = """
+import ctypes, os, re, sys, tempfile, threading
+from common.host_allocator import _glibc, reuse_freed_host_memory
+if sys.argv[1] == "capped":
+    reuse_freed_host_memory()
+libc = _glibc()
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.fdopen.restype = ctypes.c_void_p
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+allocated = threading.Barrier(4)
+
+def allocate():
+    block = libc.malloc(1 << 20)
+    allocated.wait()  # all three threads hold a block at once, so none can take over another's arena
+    libc.free(block)
+
+threads = [threading.Thread(target=allocate) for _ in range(3)]
+for thread in threads:
+    thread.start()
+allocated.wait()
+with tempfile.TemporaryFile() as report:
+    stream = libc.fdopen(os.dup(report.fileno()), b"w")
+    libc.malloc_info(0, stream)
+    libc.fclose(stream)
+    report.seek(0)
+    print(len(re.findall(rb"<heap nr=", report.read())))
+for thread in threads:
+    thread.join()
+"""
+
+
+def arenas_after_three_threads_allocate(mode: str) -> int:
+    """malloc's arenas in a fresh process once three threads hold a block each (``mode`` ``"capped"``: after
+    :func:`reuse_freed_host_memory`)."""
+    result = subprocess.run(
+        [sys.executable, "-c", ARENA_PROBE, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    return int(result.stdout.strip())
+
+
+def test_worker_threads_share_one_arena_once_tuned():
+    if _glibc() is None or not hasattr(_glibc(), "malloc_info"):
+        pytest.skip("not glibc")
+    assert arenas_after_three_threads_allocate("default") > 1, "glibc gave the threads no arenas of their own"
+    assert arenas_after_three_threads_allocate("capped") == 1

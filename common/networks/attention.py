@@ -37,5 +37,5 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: flo
         k_sum = k.sum(dim=-2, keepdim=True)  # [..., 1, d]
         numerator = q @ kv  # [..., N, e]
         denominator = (q * k_sum).sum(dim=-1, keepdim=True)  # [..., N, 1]
-        out = numerator / (denominator + eps)
+        out = numerator.div_(denominator + eps)  # in place: one [..., N, e] buffer less at a time
     return out.to(dtype)

@@ -97,12 +97,15 @@ class GatedDifferentialLinearAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         b, n, _ = x.shape
-        projection = self.qkvg(x)  # [B, N, 4C]
-        passes = [projection]
-        if self.dwc is not None:
-            passes.append(grid_to_tokens(self.pwc(self.dwc(tokens_to_grid(projection, size)))))
-        y = self._gated_heads(torch.stack(passes))  # [S, B, N, H, D]
+        y = self._gated_heads(self._projections(x, size))  # [S, B, N, H, D]
         return self.out_proj(y.permute(1, 2, 0, 3, 4).reshape(b, n, -1))
+
+    def _projections(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``[S, B, N, 4C]``: ``qkvg(x)`` and, with local mixing, its depthwise/pointwise pass (held only stacked)."""
+        projection = self.qkvg(x)  # [B, N, 4C]
+        if self.dwc is None:
+            return projection[None]
+        return torch.stack((projection, grid_to_tokens(self.pwc(self.dwc(tokens_to_grid(projection, size))))))
 
     def _lambdas(self) -> torch.Tensor:
         """``[S, H, D]``: the subtraction weights of the main and (if present) local pass."""
@@ -115,25 +118,34 @@ class GatedDifferentialLinearAttention(nn.Module):
         s, b, n, _ = projections.shape
         h, d = self.num_heads, self.head_dim
         q, k, v, *g = projections.split(self.dim, dim=-1)
-
-        def heads(t: torch.Tensor) -> torch.Tensor:  # [S, B, N, C] -> [S, B, H, N, D]
-            return t.reshape(s, b, n, h, d).transpose(2, 3)
-
-        q, k, v = heads(elu_feature_map(q)), heads(elu_feature_map(k)), heads(v)
-        if self.differential:
-            # [S, B, H, 2, N, D/2]: subspace 1 = channels 0..15 of each head, subspace 2 = 16..31
-            q = q.unflatten(-1, (2, d // 2)).transpose(-3, -2)
-            k = k.unflatten(-1, (2, d // 2)).transpose(-3, -2)
-            both = linear_attention(q, k, v.unsqueeze(3), LINEAR_ATTENTION_EPS)  # [S, B, H, 2, N, D]
-            lam = self._lambdas()[:, None, :, None, :]  # [S, 1, H, 1, D]
-            y = both[:, :, :, 0] - lam * both[:, :, :, 1]
-        else:
-            y = linear_attention(q, k, v, LINEAR_ATTENTION_EPS)
-        y = self.ln(y).transpose(2, 3)  # [S, B, N, H, D]
+        y = self.ln(self._head_attention(q, k, v)).transpose(2, 3)  # [S, B, N, H, D]
         if self.gate:
             gate = g[0].reshape(s, b, n, h, d)
             y = y * (torch.sigmoid(gate) if self.gate == "sigmoid" else F.silu(gate))
         return y
+
+    def _head_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q, k, v ``[S, B, N, C]`` -> per-head (differential) linear attention ``[S, B, H, N, D]``.
+
+        The feature maps live only as arguments of the contraction and both subspaces' outputs only inside this
+        call, so neither is held through the subtraction, norm and gate (docs/benchmarks.md, "Volume memory").
+        """
+        s, b, n, _ = q.shape
+        h, d = self.num_heads, self.head_dim
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # [S, B, N, C] -> [S, B, H, N, D]
+            return t.reshape(s, b, n, h, d).transpose(2, 3)
+
+        def features(t: torch.Tensor) -> torch.Tensor:  # [S, B, N, C] -> phi, [S, B, H, 2, N, D/2] if differential
+            phi = heads(elu_feature_map(t))
+            # subspace 1 = channels 0..15 of each head, subspace 2 = 16..31
+            return phi.unflatten(-1, (2, d // 2)).transpose(-3, -2) if self.differential else phi
+
+        if not self.differential:
+            return linear_attention(features(q), features(k), heads(v), LINEAR_ATTENTION_EPS)
+        both = linear_attention(features(q), features(k), heads(v).unsqueeze(3), LINEAR_ATTENTION_EPS)  # [S,B,H,2,N,D]
+        lam = self._lambdas()[:, None, :, None, :]  # [S, 1, H, 1, D]
+        return both[:, :, :, 0] - lam * both[:, :, :, 1]
 
 
 class _MultiHeadAttention(nn.Module):
