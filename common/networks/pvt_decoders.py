@@ -136,14 +136,17 @@ class GatedDifferentialLinearAttention(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:  # [S, B, N, C] -> [S, B, H, N, D]
             return t.reshape(s, b, n, h, d).transpose(2, 3)
 
-        def features(t: torch.Tensor) -> torch.Tensor:  # [S, B, N, C] -> phi, [S, B, H, 2, N, D/2] if differential
-            phi = heads(elu_feature_map(t))
-            # subspace 1 = channels 0..15 of each head, subspace 2 = 16..31
-            return phi.unflatten(-1, (2, d // 2)).transpose(-3, -2) if self.differential else phi
+        def features(t: torch.Tensor) -> torch.Tensor:  # [S, B, N, C] -> phi(t) as heads [S, B, H, N, D]
+            return heads(elu_feature_map(t))
+
+        def subspaces(t: torch.Tensor) -> torch.Tensor:  # [S, B, H, N, D] -> [S, B, H, 2, N, D/2]: halves of D
+            return t.unflatten(-1, (2, d // 2)).transpose(-3, -2)
 
         if not self.differential:
             return linear_attention(features(q), features(k), heads(v), LINEAR_ATTENTION_EPS)
-        both = linear_attention(features(q), features(k), heads(v).unsqueeze(3), LINEAR_ATTENTION_EPS)  # [S,B,H,2,N,D]
+        both = linear_attention(
+            subspaces(features(q)), subspaces(features(k)), heads(v).unsqueeze(3), LINEAR_ATTENTION_EPS
+        )  # [S, B, H, 2, N, D]
         lam = self._lambdas()[:, None, :, None, :]  # [S, 1, H, 1, D]
         return both[:, :, :, 0] - lam * both[:, :, :, 1]
 
