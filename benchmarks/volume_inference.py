@@ -27,7 +27,7 @@ and "% floor" is floor seconds over measured seconds: how close the method comes
 matrix products at the machine's matmul speed.
 
 int8 (``--int8``): the engine with an ONNX Runtime session of the network, its linear layers' weights quantized to
-int8 (:func:`common.int8_runtime.int8_network`, exported at the engine's batch size); its Dice against the
+int8 (:func:`common.int8_runtime.int8_network`, exported for the engine's slices per pass); its Dice against the
 float32 engine is in the last column. Opt-in; not a default.
 
 Peak memory: each method predicts ``--memory-slices`` slices once more in a fresh process; the figure is the
@@ -56,7 +56,13 @@ import torch.nn.functional as F
 from scipy.ndimage import zoom
 
 from common.complexity import true_flops
-from common.inference import autocast_dtype, cpu_has_native_bfloat16, predict_volume
+from common.inference import (
+    SliceInferenceOptions,
+    autocast_dtype,
+    cpu_has_native_bfloat16,
+    predict_volume,
+    slices_per_pass,
+)
 from common.int8_runtime import int8_network
 from common.metrics import dice
 from common.networks import create_network
@@ -180,7 +186,8 @@ def build_methods(
             continue
         copied = copy.deepcopy(network).eval()
         if name == INT8:
-            copied = int8_network(copied, args.batch_size, (ROI, ROI), in_channels=1)
+            per_pass = slices_per_pass(SliceInferenceOptions(batch_size=args.batch_size), torch.device("cpu"))
+            copied = int8_network(copied, per_pass, (ROI, ROI), in_channels=1)
         timed = TimedNetwork(copied).eval()
 
         def run(volume: np.ndarray, timed: TimedNetwork = timed, precision: str = precisions[name]) -> np.ndarray:
@@ -279,9 +286,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=100, help="slices in the volume (default 100)")
     parser.add_argument("--size", type=int, default=512, help="slice width and height (default 512)")
-    parser.add_argument(
-        "--batch-size", type=int, default=4, help="engine slices per forward (default 4, as the bundles)"
-    )
+    parser.add_argument("--batch-size", type=int, default=4, help="engine slices in flight (default 4, as the bundles)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--repeats", type=int, default=1, help="timed volumes per method (default 1)")
     parser.add_argument("--chunk", type=int, default=0, help="slices per turn of a method (default 0: the volume)")

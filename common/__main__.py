@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from .triton_import import skip_triton_without_gpu
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("common.data.cli", "inspect a dataset folder before training (data check)"),
     "bundles": ("common.bundle_render", "write the bundles from their templates, or check they are current"),
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.set_defaults(_module=module_name)
     argv = sys.argv[1:] if argv is None else argv
     known, _ = parser.parse_known_args(argv[:1])
+    skip_triton_without_gpu()  # before the command's imports pull in torch._dynamo (through MONAI and torchvision)
     module = importlib.import_module(known._module)
     full = argparse.ArgumentParser(prog=f"python -m common {known.command}")
     module.add_arguments(full)

@@ -138,7 +138,7 @@ def load_bundle(
     """Read ``bundle``'s ``configs/inference.json`` and ``configs/metadata.json`` and load its network.
 
     ``weights`` replaces ``models/model.pt`` (a state dict, read with ``weights_only=True``); ``network`` replaces
-    the bundle's network altogether (weights are then not read). ``batch_size`` (slices per forward pass) and
+    the bundle's network altogether (weights are then not read). ``batch_size`` (slices in flight at once) and
     ``precision`` (see :class:`common.inference.SliceInferenceOptions`) override the config's inferer;
     ``progress`` shows a bar over slices.
     """

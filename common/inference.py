@@ -56,7 +56,10 @@ class SliceInferenceOptions:
 
     Args:
         roi_size: network input (h, w); every slice is resized to it (or tiled by it with ``sliding_window``).
-        batch_size: slices per forward pass (1-4 is fastest on a CPU; larger on a GPU).
+        batch_size: slices in flight at once, which bounds the activations' memory on every device: one forward
+            pass of that many on a GPU; on a CPU shared out among the ``concurrent_batches``
+            (:func:`slices_per_pass`: 4 is two passes of 2 on two threads, as fast as two passes of 4 and
+            lighter). 4 suits a CPU; larger batches suit a GPU.
         interpolation: image resize into the network: ``"spline"`` (cubic B-spline, equal to the authors'
             ``scipy.ndimage.zoom(order=3)`` to float precision), or torch's ``"bicubic"`` or ``"bilinear"``.
         align_corners: ``True`` aligns the corner pixel centres, as ``scipy.ndimage.zoom`` does (required by
@@ -77,11 +80,12 @@ class SliceInferenceOptions:
             device has no fast path for them. Resizing, softmax and argmax always run in float32.
         channels_last: run in channels-last memory format: batches are converted, and so is the network
             (an ``nn.Module`` is converted in place). Same labels; faster on CPUs and GPUs.
-        concurrent_batches: on a CPU, batches in flight at once, each on its own thread with an equal share of
+        concurrent_batches: on a CPU, forward passes at once, each on its own thread with an equal share of
             torch's intra-op threads (two one-thread passes keep two cores busier than one two-thread pass).
             ``None``: 2 when torch has exactly 2 threads (measured 1.3x faster), else 1 (multi-thread passes on
-            worker threads were slower than on the calling thread); always 1 on other devices. torch's thread
-            count is lowered for the duration of the call, so do not run other torch work beside it.
+            worker threads were slower than on the calling thread); never more than ``batch_size``, always 1 on
+            other devices. torch's thread count is lowered for the duration of the call, so do not run other
+            torch work beside it.
         reuse_host_memory: on a CPU, let glibc's malloc keep freed activation memory for the next batch instead
             of handing it back to the kernel (:func:`common.host_allocator.reuse_freed_host_memory`; process-wide,
             same results; less kernel time per batch, at some cost in peak memory: docs/benchmarks.md).
@@ -250,6 +254,7 @@ class _SliceBatchPredictor:
     def __init__(self, network: Network, options: SliceInferenceOptions, device: torch.device):
         self.network, self.options, self.device = network, options, device
         self.dtype = autocast_dtype(options.precision, device)
+        self.slices_per_pass = slices_per_pass(options, device)
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw network output for network-sized inputs, float32 ``[b, K, h, w]``."""
@@ -272,7 +277,7 @@ class _SliceBatchPredictor:
             logits = sliding_window_inference(
                 batch,
                 options.roi_size,
-                options.batch_size,
+                self.slices_per_pass,
                 self.logits,
                 overlap=options.overlap,
                 mode=options.blend_mode,
@@ -311,12 +316,21 @@ def _as_tensor(volume: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def concurrent_lanes(options: SliceInferenceOptions, device: torch.device) -> int:
-    """How many slice batches run at once: ``options.concurrent_batches`` on a CPU (auto: 2 with 2 threads)."""
+    """How many forward passes run at once: ``options.concurrent_batches`` on a CPU (auto: 2 with 2 threads), at
+    most ``options.batch_size``; 1 on other devices."""
     if device.type != "cpu":
         return 1
     if options.concurrent_batches is not None:
-        return options.concurrent_batches
-    return 2 if torch.get_num_threads() == 2 else 1
+        lanes = options.concurrent_batches
+    else:
+        lanes = 2 if torch.get_num_threads() == 2 else 1
+    return min(lanes, options.batch_size)
+
+
+def slices_per_pass(options: SliceInferenceOptions, device: torch.device) -> int:
+    """Slices in one forward pass: ``options.batch_size`` shared out among the :func:`concurrent_lanes`, so that
+    no more than ``batch_size`` slices are in flight on any device (a remainder is left unused)."""
+    return options.batch_size // concurrent_lanes(options, device)
 
 
 @contextlib.contextmanager
@@ -363,8 +377,8 @@ def stream_slices(
     host); ``write(start, result)`` receives their output ``[b, K', H, W]`` on ``output_device``. Nothing
     holds more than the batches in flight, so memory is bounded by the batch size whatever the volume's size:
     on a GPU every batch goes through pinned host memory with a non-blocking copy and its result comes back to
-    the host. Batches run :func:`concurrent_lanes` at a time; ``read`` and ``write`` are called under one lock,
-    one call at a time, so they need not be thread-safe.
+    the host. Batches of :func:`slices_per_pass` slices run :func:`concurrent_lanes` at a time; ``read`` and
+    ``write`` are called under one lock, one call at a time, so they need not be thread-safe.
     """
     if num_slices < 1:
         raise ValueError(f"the input has no slices ({num_slices})")
@@ -375,9 +389,10 @@ def stream_slices(
     if device.type == "cpu" and options.reuse_host_memory:
         reuse_freed_host_memory()
     lock = threading.Lock()
+    step = predictor.slices_per_pass
 
     def run(start: int) -> None:
-        stop = min(start + options.batch_size, num_slices)
+        stop = min(start + step, num_slices)
         with lock:
             batch = read(start, stop)
         with torch.inference_mode():
@@ -385,7 +400,7 @@ def stream_slices(
         with lock:
             write(start, result)
 
-    starts = range(0, num_slices, options.batch_size)
+    starts = range(0, num_slices, step)
     bar = tqdm(total=len(starts), desc="slices", unit="batch", disable=not progress)
     with bar, _batch_map(concurrent_lanes(options, device)) as batch_map:
         for _ in batch_map(run, starts):
@@ -479,7 +494,7 @@ class SliceInferer2D(Inferer):
 
     Args:
         roi_size: network input (h, w).
-        sw_batch_size: slices per forward pass.
+        sw_batch_size: slices in flight at once (``SliceInferenceOptions.batch_size``).
         device: where the network runs (default: where its parameters are).
         output_device: where the result is assembled (default: the input's device).
         progress: show a progress bar over slice batches.

@@ -7,8 +7,10 @@ convolutions stay float32) and returns an :class:`OrtNetwork`: a callable mappin
 batches (``b`` up to the export batch size) to logits ``[b, K, h, w]``, which :func:`common.inference.predict_volume`
 and :func:`common.inference.stream_slices` take in place of the PyTorch network::
 
-    network = int8_network(torch_network, batch_size=4, roi_size=(224, 224), in_channels=1)
-    labels = predict_volume(network, volume, batch_size=4, roi_size=(224, 224))
+    options = SliceInferenceOptions(batch_size=4, roi_size=(224, 224))
+    per_pass = slices_per_pass(options, torch.device("cpu"))  # 2 on two threads: two passes of 2 at once
+    network = int8_network(torch_network, batch_size=per_pass, roi_size=(224, 224), in_channels=1)
+    labels = predict_volume(network, volume, options)
 
 Quantization changes the logits: check the masks against float32 on your data before relying on it
 (``python benchmarks/volume_inference.py --int8`` reports the Dice against the float32 engine).
@@ -104,7 +106,8 @@ def int8_network(
 ) -> OrtNetwork:
     """``network`` exported and int8-quantized (:func:`export_onnx`, :func:`quantize_linear_weights`) as a session.
 
-    ``workdir`` keeps ``model.onnx`` and ``model.int8.onnx`` (default: a temporary folder, removed once the session
+    ``batch_size``: slices of one forward pass, the engine's :func:`common.inference.slices_per_pass` (smaller
+    batches are padded to it). ``workdir`` keeps ``model.onnx`` and ``model.int8.onnx`` (default: a temporary folder, removed once the session
     is built). ``threads``: ONNX Runtime threads per call; default torch's thread count shared among the batches
     the engine runs at once on a CPU (:func:`common.inference.concurrent_lanes`).
     """

@@ -54,7 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, required=True, help="folder for the masks, previews and tables")
     parser.add_argument("--weights", type=Path, help="state dict to use instead of BUNDLE/models/model.pt")
     parser.add_argument("--device", help="where the network runs (default: cuda if available, else cpu)")
-    parser.add_argument("--batch-size", type=int, help="slices per forward pass (default: the bundle's)")
+    parser.add_argument(
+        "--batch-size", type=int, help="slices in flight at once, which bounds memory (default: the bundle's)"
+    )
     parser.add_argument(
         "--precision",
         choices=get_args(Precision),

@@ -22,6 +22,7 @@ from common.inference import (
     nearest_indices,
     predict_volume,
     resize_spline,
+    slices_per_pass,
 )
 from common.io.writers import write_nifti
 
@@ -276,17 +277,18 @@ def test_concurrent_batches_share_the_threads_and_give_the_same_labels():
     torch.set_num_threads(2)
     try:
         network = ThreadRecorder().eval()
-        labels = predict_volume(network, volume, roi_size=(32, 32), batch_size=1, concurrent_batches=2)
+        labels = predict_volume(network, volume, roi_size=(32, 32), batch_size=2, concurrent_batches=2)
         assert torch.get_num_threads() == 2
         np.testing.assert_array_equal(labels, expected)
         workers = {name for name, threads in network.calls if threads == 1}
         assert len(network.calls) == 9 and len(workers) == 2  # every batch on one of two one-thread workers
         assert threading.main_thread().name not in workers
         with pytest.raises(RuntimeError, match="broken batch"):
-            predict_volume(ThreadRecorder(fail_on_call=5).eval(), volume, roi_size=(32, 32), batch_size=1)
+            predict_volume(ThreadRecorder(fail_on_call=5).eval(), volume, roi_size=(32, 32), batch_size=2)
         assert torch.get_num_threads() == 2
         auto, cpu = SliceInferenceOptions(), torch.device("cpu")
         assert concurrent_lanes(auto, cpu) == 2 and concurrent_lanes(auto, torch.device("cuda")) == 1
+        assert concurrent_lanes(SliceInferenceOptions(batch_size=1), cpu) == 1  # no lane without a slice
         for threads in (1, 4):
             torch.set_num_threads(threads)
             assert concurrent_lanes(auto, cpu) == 1  # one lane on the calling thread with all threads
@@ -295,6 +297,41 @@ def test_concurrent_batches_share_the_threads_and_give_the_same_labels():
         torch.set_num_threads(previous)
     with pytest.raises(ValueError, match="concurrent_batches must be at least 1"):
         SliceInferenceOptions(concurrent_batches=0)
+
+
+class InFlightRecorder(IntensityBands):
+    """:class:`IntensityBands` that notes each call's batch and the most slices inside calls at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock, self.inside, self.most_inside, self.batches = threading.Lock(), 0, 0, []
+        self.both_lanes_inside = threading.Barrier(2, timeout=10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with self.lock:
+            self.inside += x.shape[0]
+            self.most_inside = max(self.most_inside, self.inside)
+            self.batches.append(x.shape[0])
+        if len(self.batches) <= 2:
+            self.both_lanes_inside.wait()  # the first two passes meet inside, so both lanes are seen at once
+        output = super().forward(x)
+        with self.lock:
+            self.inside -= x.shape[0]
+        return output
+
+
+@pytest.mark.parametrize(("batch_size", "per_pass"), [(4, 2), (5, 2), (2, 1)])
+def test_two_lanes_share_the_batch_size_so_it_bounds_the_slices_in_flight(batch_size, per_pass):
+    volume = smooth_volume((40, 30, 12), seed=8)
+    expected = predict_volume(IntensityBands().eval(), volume, roi_size=(32, 32), batch_size=1)
+    cpu = torch.device("cpu")
+    options = SliceInferenceOptions(roi_size=(32, 32), batch_size=batch_size, concurrent_batches=2)
+    assert slices_per_pass(options, cpu) == per_pass
+    assert slices_per_pass(options, torch.device("cuda")) == batch_size  # one pass of the whole batch on a GPU
+    network = InFlightRecorder().eval()
+    np.testing.assert_array_equal(predict_volume(network, volume, options), expected)
+    assert set(network.batches) == {per_pass} and sum(network.batches) == 12
+    assert network.most_inside == 2 * per_pass <= batch_size
 
 
 def test_clear_refusals():

@@ -51,6 +51,7 @@ LAYERS = {
     "common.dicom_node": 4,
     "common.data.cli": 4,
     "common.__main__": 4,
+    "common.triton_import": 4,
 }
 LAYER_NAMES = ("io", "data", "transforms", "networks/engine", "bundles/CLI")
 
