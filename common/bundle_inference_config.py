@@ -106,6 +106,10 @@ def inference_config(spec: BundleSpec) -> dict:
             "val_handlers": "@handlers",
             "amp": "@amp",
         },
-        "initialize": ["@bundled_code", "$monai.utils.set_determinism(seed=0)"],
+        "initialize": [
+            "@bundled_code",
+            "$@inferer.prepare_host_memory(@device)",
+            "$monai.utils.set_determinism(seed=0)",
+        ],
         "run": ["$@evaluator.run()"],
     }

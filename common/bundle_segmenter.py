@@ -21,7 +21,6 @@ from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from common.convert import fit_state_dict
-from common.host_allocator import reuse_freed_host_memory
 from common.inference import Precision, SliceInferer2D
 from common.input_cases import InputError
 from common.io.images import read_image_2d
@@ -176,8 +175,8 @@ def load_bundle(
     try:
         pipeline = parser.get_parsed_content("preprocessing")
         inferer = parser.get_parsed_content("inferer")
-        if device.type == "cpu" and isinstance(inferer, SliceInferer2D) and inferer.options.reuse_host_memory:
-            reuse_freed_host_memory()  # before the network is built: torch's threads then share one malloc arena
+        if isinstance(inferer, SliceInferer2D):
+            inferer.prepare_host_memory(device)  # before the network is built
         if network is None:
             network = _network_with_weights(parser, Path(weights) if weights else root / "models" / "model.pt")
     except BundleError:

@@ -513,6 +513,14 @@ class SliceInferer2D(Inferer):
         self.options = SliceInferenceOptions(roi_size=tuple(roi_size), batch_size=sw_batch_size, **options)
         self.device, self.output_device, self.progress = device, output_device, progress
 
+    def prepare_host_memory(self, device: DeviceLike = None) -> bool:
+        """On a CPU (``device``, else the inferer's, else the CPU) with ``reuse_host_memory``, tune malloc now
+        (:func:`common.host_allocator.reuse_freed_host_memory`). Call it before the network is built: building it
+        starts torch's threads, which share one malloc arena only if they first allocate after the call. Returns
+        whether malloc was tuned."""
+        device = torch.device(device or self.device or "cpu")
+        return device.type == "cpu" and self.options.reuse_host_memory and reuse_freed_host_memory()
+
     def __call__(self, inputs: torch.Tensor, network: Network, *args: Any, **kwargs: Any) -> torch.Tensor:
         """``[B, C, X, Y, Z]`` or ``[B, C, H, W]`` -> ``[B, K', ...]``; ``args``/``kwargs`` go to ``network``."""
         tensor = _as_tensor(inputs)

@@ -334,6 +334,16 @@ def test_two_lanes_share_the_batch_size_so_it_bounds_the_slices_in_flight(batch_
     assert network.most_inside == 2 * per_pass <= batch_size
 
 
+def test_the_inferer_tunes_host_memory_only_for_a_cpu_and_when_asked(monkeypatch):
+    calls = []
+    monkeypatch.setattr(inference, "reuse_freed_host_memory", lambda: calls.append("tuned") or True)
+    assert SliceInferer2D().prepare_host_memory("cpu") and calls == ["tuned"]
+    assert SliceInferer2D(device="cpu").prepare_host_memory() and len(calls) == 2
+    assert not SliceInferer2D().prepare_host_memory(torch.device("cuda"))
+    assert not SliceInferer2D(reuse_host_memory=False).prepare_host_memory("cpu")
+    assert len(calls) == 2
+
+
 def test_clear_refusals():
     network = IntensityBands()
     with pytest.raises(ValueError, match="training mode"):
