@@ -333,6 +333,13 @@ def slices_per_pass(options: SliceInferenceOptions, device: torch.device) -> int
     return options.batch_size // concurrent_lanes(options, device)
 
 
+def prepare_host_memory(options: SliceInferenceOptions, device: torch.device) -> bool:
+    """On a CPU with ``options.reuse_host_memory``, tune malloc now (:func:`reuse_freed_host_memory`; once per
+    process). Best called before the network is built: building it starts torch's threads, which share one malloc
+    arena only if they first allocate after the call. Returns whether malloc was tuned."""
+    return device.type == "cpu" and options.reuse_host_memory and reuse_freed_host_memory()
+
+
 @contextlib.contextmanager
 def _batch_map(lanes: int) -> Iterator[Callable]:
     """``map`` for slice batches: the built-in one for one lane (the calling thread, all of torch's threads);
@@ -386,8 +393,7 @@ def stream_slices(
     device = _compute_device(network, device, torch.device("cpu"))
     output_device = torch.device(output_device) if output_device is not None else torch.device("cpu")
     predictor = _SliceBatchPredictor(network, options, device)
-    if device.type == "cpu" and options.reuse_host_memory:
-        reuse_freed_host_memory()
+    prepare_host_memory(options, device)
     lock = threading.Lock()
     step = predictor.slices_per_pass
 
@@ -514,12 +520,9 @@ class SliceInferer2D(Inferer):
         self.device, self.output_device, self.progress = device, output_device, progress
 
     def prepare_host_memory(self, device: DeviceLike = None) -> bool:
-        """On a CPU (``device``, else the inferer's, else the CPU) with ``reuse_host_memory``, tune malloc now
-        (:func:`common.host_allocator.reuse_freed_host_memory`). Call it before the network is built: building it
-        starts torch's threads, which share one malloc arena only if they first allocate after the call. Returns
-        whether malloc was tuned."""
-        device = torch.device(device or self.device or "cpu")
-        return device.type == "cpu" and self.options.reuse_host_memory and reuse_freed_host_memory()
+        """:func:`prepare_host_memory` for ``device`` (else the inferer's, else the CPU): call it before the
+        network is built. Returns whether malloc was tuned."""
+        return prepare_host_memory(self.options, torch.device(device or self.device or "cpu"))
 
     def __call__(self, inputs: torch.Tensor, network: Network, *args: Any, **kwargs: Any) -> torch.Tensor:
         """``[B, C, X, Y, Z]`` or ``[B, C, H, W]`` -> ``[B, K', ...]``; ``args``/``kwargs`` go to ``network``."""
