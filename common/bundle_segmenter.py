@@ -178,7 +178,7 @@ def load_bundle(
         if isinstance(inferer, SliceInferer2D):
             inferer.prepare_host_memory(device)  # before the network is built
         if network is None:
-            network = _network_with_weights(parser, Path(weights) if weights else root / "models" / "model.pt")
+            network = network_with_weights(parser, Path(weights) if weights else root / "models" / "model.pt")
     except BundleError:
         raise
     except Exception as exc:
@@ -207,8 +207,10 @@ def _read_json(path: Path) -> dict:
         raise BundleError(f"{path}: not a readable JSON file ({exc})") from exc
 
 
-def _network_with_weights(parser: ConfigParser, weights: Path) -> nn.Module:
-    """The config's ``network_def`` with the state dict in ``weights`` (ours, or an authors' checkpoint)."""
+def network_with_weights(parser: ConfigParser, weights: Path) -> nn.Module:
+    """The config's ``network_def`` with the state dict in ``weights`` (ours, or an authors' checkpoint), read
+    with ``weights_only=True``. The parser's own instance is used where it has built one already, so the weights
+    are held once."""
     if not weights.is_file():
         raise BundleError(
             f"{weights}: model weights not found; train the bundle (configs/train.json) or pass --weights"

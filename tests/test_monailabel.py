@@ -607,6 +607,63 @@ def test_epistemic_scoring_reads_volumes_slab_by_slab(label_env, studies, bundle
     assert report["scores"]["unlabelled"] == pytest.approx(whole, rel=1e-5)
 
 
+NETWORK_SCRIPT = """
+import json, os, sys, weakref
+import torch
+sys.path.insert(0, sys.argv[1])
+from lib.bundles import read_bundle
+from lib.infer import BundleSegmentation
+bundle = read_bundle(sys.argv[2])
+weights = bundle.path / "models" / "model.pt"
+task = BundleSegmentation(bundle, {})
+built_at_start = weakref.ref(task.bundle_config.ref_resolver.resolved_content["network_def"])
+network = task._get_network("cpu", None)
+saved = torch.load(weights, weights_only=True)
+report = {
+    "template_kept": task.network is not None,
+    "is_the_start_up_instance": network is built_at_start(),
+    "weights_loaded": all(torch.equal(value, saved[key]) for key, value in network.state_dict().items()),
+    "config_still_holds_it": "network_def" in task.bundle_config.ref_resolver.resolved_content,
+    "reused": task._get_network("cpu", None) is network,
+}
+changed = {key: value + 1 if value.is_floating_point() else value for key, value in saved.items()}
+torch.save(changed, weights)
+os.utime(weights, (1, 1))
+previous = weakref.ref(network)
+del network
+network = task._get_network("cpu", None)
+report["reloaded"] = all(torch.equal(value, changed[key]) for key, value in network.state_dict().items())
+report["previous_released"] = previous() is None
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.slow
+def test_inference_task_holds_the_weights_once(label_env, bundles, tmp_path):
+    """MONAI Label's bundle task keeps the network it builds at start-up as a template, deep-copies it and loads
+    the checkpoint into the copy. The app's task loads the weights into the start-up instance itself, keeps no
+    template, and when ``model.pt`` changes releases the old network and loads the new weights."""
+    bundle = shutil.copytree(bundles / VOLUME_MODEL, tmp_path / VOLUME_MODEL)
+    run = subprocess.run(
+        [str(label_env / "bin" / "python"), "-c", NETWORK_SCRIPT, str(REPO / "monailabel_app"), str(bundle)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=REQUEST_TIMEOUT_S,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert report == {
+        "template_kept": False,
+        "is_the_start_up_instance": True,
+        "weights_loaded": True,
+        "config_still_holds_it": False,
+        "reused": True,
+        "reloaded": True,
+        "previous_released": True,
+    }
+
+
 # ----------------------------------------------------------------------------- the test
 
 

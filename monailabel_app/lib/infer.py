@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from monai.transforms import SaveImaged
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.tasks.infer.bundle import BundleInferTask
 
+from common.bundle_segmenter import network_with_weights
 from common.io.images import picture_size
 from common.io.lazy_volumes import open_lazy_volume
 from common.io.mask_saving import SaveMask2Dd, SaveMask3Dd
@@ -65,6 +67,9 @@ class BundleSegmentation(BundleInferTask):
         )
         self.bundle = bundle
         self.dimension = bundle.dimension
+        # MONAI Label keeps the network_def it built above as a template to deep-copy; _get_network loads the
+        # weights into that instance instead, so the template is not needed
+        self.network = None
         # the label values of the maps this task returns (a multi-label bundle's channel k is value k + 1)
         self.labels = {name.lower(): value for value, name in bundle.label_names.items() if value != 0}
 
@@ -78,6 +83,23 @@ class BundleSegmentation(BundleInferTask):
                 status_code=422, detail=f"{image}: model {self.bundle.name!r} segments {expected}; this file is not one"
             )
         return super().__call__(request, callbacks)
+
+    def _get_network(self, device: str, data: dict | None) -> torch.nn.Module:
+        """The bundle's network on ``device`` with ``models/model.pt`` (read with ``weights_only=True``), kept
+        until that file changes. MONAI Label's own version loads the checkpoint into a deep copy of its template,
+        holding the weights three times while it loads and twice after; here they are held once per device."""
+        path = Path(self.get_path())
+        modified = path.stat().st_mtime
+        cached = self._networks.pop(device, None)
+        if cached is not None and cached[1] == modified:
+            self._networks[device] = cached
+            return cached[0]
+        del cached  # an outdated network goes before its successor is built
+        network = network_with_weights(self.bundle_config, path).to(device).eval()
+        # the config built that instance (at start-up, for the first device): the next device or reload builds anew
+        self.bundle_config.ref_resolver.remove_resolved_content("network_def")
+        self._networks[device] = (network, modified)
+        return network
 
     def pre_transforms(self, data: dict | None = None) -> list:
         """A picture bundle's preprocessing; none for a volume, which :meth:`run_inferer` reads slab by slab."""

@@ -18,6 +18,7 @@ from monai.bundle import ConfigParser
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
+from common.bundle_segmenter import network_with_weights
 from common.flip_uncertainty import flip_entropy, volume_flip_entropy
 from common.io.lazy_volumes import open_lazy_volume
 from common.volume_streaming import split_readers
@@ -79,6 +80,4 @@ class FlipEntropyScoring(ScoringMethod):
                 "inferer#output": "probabilities",
             }
         )
-        network = parser.get_parsed_content("network_def").to(device)
-        network.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
-        return parser, network.eval()
+        return parser, network_with_weights(parser, weights).to(device).eval()
