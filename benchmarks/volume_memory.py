@@ -2,7 +2,8 @@
 
 For each size in ``--slices`` the script writes a 512 x 512 x N int16 CT phantom (the anatomy of
 ``volume_inference.phantom`` in Hounsfield units: body and seven blobs) as ``--format`` (``nii``: uncompressed,
-memory-mapped; ``nii.gz``: decompressed lazily), and runs ``segment`` on it with a PVT-GDLA Synapse bundle
+read slab by slab; ``nii.gz``: decompressed lazily; ``mha`` and ``nrrd``: uncompressed, memory-mapped; ``dcm``: a
+DICOM series folder, one CT file per slice, read a batch of files at a time), and runs ``segment`` on it with a PVT-GDLA Synapse bundle
 (random weights: the masks do not matter here) once per ``--precisions`` entry, each in a fresh process started
 through a small wrapper that reports the process's peak resident set size (``getrusage``'s ``ru_maxrss`` of its
 child: what ``/usr/bin/time -v`` calls maximum resident set size). ``--paths`` chooses what runs: ``streamed``
@@ -42,7 +43,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "tests"))
 
+import SimpleITK as sitk  # noqa: E402 (after the sys.path entry)
+from miniature_layouts import write_dicom_series  # noqa: E402 (after the sys.path entry)
 from volume_inference import phantom  # noqa: E402 (after the sys.path entry)
 
 from common.complexity import true_flops  # noqa: E402 (after the sys.path entry)
@@ -124,7 +128,10 @@ print(json.dumps({"code": code, "seconds": time.perf_counter() - started,
 
 
 def write_ct(path: Path, slices: int, size: int) -> Path:
-    """An int16 CT phantom ``[size, size, slices]`` (RAS, 0.7 x 0.7 x 1 mm), written without holding it whole."""
+    """An int16 CT phantom ``[size, size, slices]`` (RAS, 0.7 x 0.7 x 1 mm) in the format ``path`` names: NIfTI
+    (``.nii``, ``.nii.gz``, written without holding the volume whole), raw MetaImage (``.mha``) or raw NRRD
+    (``.nrrd``), or a DICOM series (a folder ending ``.dcm``: one CT file per slice)."""
+    nifti = path if path.name.endswith((".nii", ".nii.gz")) else path.with_name(path.name.split(".")[0] + ".nii")
     block, _ = phantom(size, min(slices, 50), seed=0)
     raw = path.with_suffix(".raw")
     array = np.memmap(raw, dtype=np.int16, mode="w+", shape=(size, size, slices), order="F")
@@ -132,10 +139,29 @@ def write_ct(path: Path, slices: int, size: int) -> Path:
         part = block[..., : min(block.shape[-1], slices - start)]
         array[..., start : start + part.shape[-1]] = np.round(part * HU_SCALE + HU_OFFSET).astype(np.int16)
     affine = np.diag([0.7, 0.7, 1.0, 1.0])
-    nib.save(nib.Nifti1Image(array, affine), path)
+    nib.save(nib.Nifti1Image(array, affine), nifti)
     del array
     raw.unlink()
+    if nifti == path:
+        return path
+    volume = nib.load(nifti)
+    if path.suffix == ".dcm":
+        write_dicom_series(path, np.asarray(volume.dataobj), volume.affine, modality="CT")
+    else:  # ITK stores LPS: the RAS axes x and y point the other way
+        image = sitk.GetImageFromArray(np.asarray(volume.dataobj).transpose(2, 1, 0))
+        image.SetSpacing([0.7, 0.7, 1.0])
+        image.SetDirection([-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0])
+        sitk.WriteImage(image, str(path), useCompression=False)
+    nifti.unlink()
     return path
+
+
+def remove(path: Path) -> None:
+    """Delete a volume file or DICOM series folder."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def make_bundle(folder: Path) -> Path:
@@ -243,7 +269,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--slices", type=int, nargs="+", default=[100, 600, 1500], help="volume sizes (slices)")
     parser.add_argument("--size", type=int, default=512, help="slice width and height (default 512)")
     parser.add_argument("--precisions", nargs="+", default=["float32", "auto"], choices=["float32", "auto"])
-    parser.add_argument("--format", default="nii", choices=["nii", "nii.gz"], help="file format of the CT")
+    parser.add_argument(
+        "--format",
+        default="nii",
+        choices=["nii", "nii.gz", "mha", "nrrd", "dcm"],
+        help="file format of the CT (mha and nrrd uncompressed; dcm: a DICOM series folder)",
+    )
     parser.add_argument(
         "--paths",
         nargs="+",
@@ -305,7 +336,7 @@ def main() -> None:
                         f"{result['peak_mib']:9.0f} {voxels * 2 / 2**20:9.0f} {growth:14.2f}",
                         flush=True,
                     )
-            source.unlink()
+            remove(source)
         print(f"{BASE_SLICES}-slice runs (the constant): " + ", ".join(f"{k} {v:.0f} MiB" for k, v in base.items()))
 
 

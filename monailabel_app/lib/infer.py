@@ -67,9 +67,11 @@ class BundleSegmentation(BundleInferTask):
         )
         self.bundle = bundle
         self.dimension = bundle.dimension
-        # MONAI Label keeps the network_def it built above as a template to deep-copy; _get_network loads the
-        # weights into that instance instead, so the template is not needed
+        # MONAI Label built network_def above, as a template to deep-copy for each device. It is let go: the
+        # network is built when first asked for (MONAI Label's conf "preload" asks at start-up), so a server that
+        # offers many bundles holds only the networks it uses
         self.network = None
+        self.bundle_config.ref_resolver.remove_resolved_content("network_def")
         # the label values of the maps this task returns (a multi-label bundle's channel k is value k + 1)
         self.labels = {name.lower(): value for value, name in bundle.label_names.items() if value != 0}
 
@@ -85,9 +87,10 @@ class BundleSegmentation(BundleInferTask):
         return super().__call__(request, callbacks)
 
     def _get_network(self, device: str, data: dict | None) -> torch.nn.Module:
-        """The bundle's network on ``device`` with ``models/model.pt`` (read with ``weights_only=True``), kept
-        until that file changes. MONAI Label's own version loads the checkpoint into a deep copy of its template,
-        holding the weights three times while it loads and twice after; here they are held once per device."""
+        """The bundle's network on ``device`` with ``models/model.pt`` (read with ``weights_only=True``), built
+        on first use and kept until that file changes. MONAI Label's own version loads the checkpoint into a deep
+        copy of its template, holding the weights three times while it loads and twice after; here they are held
+        once per device."""
         path = Path(self.get_path())
         modified = path.stat().st_mtime
         cached = self._networks.pop(device, None)
@@ -96,8 +99,7 @@ class BundleSegmentation(BundleInferTask):
             return cached[0]
         del cached  # an outdated network goes before its successor is built
         network = network_with_weights(self.bundle_config, path).to(device).eval()
-        # the config built that instance (at start-up, for the first device): the next device or reload builds anew
-        self.bundle_config.ref_resolver.remove_resolved_content("network_def")
+        self.bundle_config.ref_resolver.remove_resolved_content("network_def")  # held here only; the next is new
         self._networks[device] = (network, modified)
         return network
 
