@@ -6,8 +6,8 @@ alone once the volume's intensity range is known (``ScaleIntensityd``: one pass 
 volume is never converted, reoriented or scaled as a whole: :func:`segment_streamed` reads slabs of slices in the
 bundle's orientation (:class:`common.io.lazy_volumes.OrientedSlabs`), scales them with the bundle's own transforms,
 runs them through :func:`common.inference.stream_slices` and writes the labels into a uint8 array in the input's
-voxel grid through a reoriented view (so no inversion is needed). Memory: the input (memory-mapped where the format
-allows), one uint8 label volume, and the batches in flight. :func:`streaming_plan` says whether a bundle's
+voxel grid through a reoriented view (so no inversion is needed). Memory: the input where it is held whole (a
+decompressed ``.nii.gz``; other formats stay on disk), one uint8 label volume, and the batches in flight. :func:`streaming_plan` says whether a bundle's
 pipeline can run this way; any other pipeline runs whole-volume, as before. :func:`segment_volume` chooses between
 the two for ``segment``, the bundles' ``inference.json`` and MONAI Label alike.
 """
@@ -128,7 +128,7 @@ def _as_batch(slab: np.ndarray) -> torch.Tensor:
     """A slab ``[X, Y, b]`` or ``[X, Y, b, C]`` as a float32 batch of slices ``[b, C, X, Y]``."""
     slab = slab[..., None] if slab.ndim == 3 else slab
     batch = np.empty((slab.shape[2], slab.shape[3], slab.shape[0], slab.shape[1]), dtype=np.float32)
-    batch[...] = slab.transpose(2, 3, 0, 1)  # always a copy: a memory-mapped slab stays read-only
+    batch[...] = slab.transpose(2, 3, 0, 1)  # always a copy: the slab may be a read-only view of the source
     return torch.from_numpy(batch)
 
 

@@ -6,9 +6,11 @@
   decompressed once into memory as stored (int16 stays int16; scaling is applied per slab), because reading it
   through the proxy decompresses from the start for every slab read against the file order (measured: 247 s
   instead of 10 s for 200 slices of 512 x 512 read back to front);
-- NRRD and MetaImage with raw (uncompressed) data, attached or in a detached data file, are memory-mapped from
-  the data's offset (the geometry comes from SimpleITK's header reader, as :func:`load_volume` gets it);
-  compressed ones are read once by SimpleITK, whose buffer is then used without a copy;
+- NRRD and MetaImage with raw (uncompressed) data, attached or in a detached data file, through the same array
+  proxy set at the data's offset (the geometry comes from SimpleITK's header reader, as :func:`load_volume` gets
+  it): a slab is read from the file, not memory-mapped, because a map's pages count toward the process's resident
+  memory once touched, for as long as the volume is open (a 600-slice CT: 300 MiB more at the peak); compressed
+  ones are read once by SimpleITK, whose buffer is then used without a copy;
 - DICOM series folders through :func:`common.io.dicom_series.read_dicom_series` with ``lazy=True``: a slab reads
   only its slices' files (multi-frame files are read once);
 - anything else (HDF5, 2-D files, files with extra singleton dimensions) is read by :func:`load_volume` and
@@ -61,8 +63,8 @@ FINITE_CHECK_SLICES = 32  # slices per read when floating-point voxels are check
 
 @dataclass(frozen=True)
 class LazyVolume:
-    """A volume whose voxels are read on demand: ``data`` is anything sliced like an array (a memory map, a
-    nibabel array proxy, a :class:`DicomSlices`, an array) of shape (X, Y, Z) or (X, Y, Z, C); ``affine`` maps
+    """A volume whose voxels are read on demand: ``data`` is anything sliced like an array (a nibabel array
+    proxy, a :class:`DicomSlices`, an array) of shape (X, Y, Z) or (X, Y, Z, C); ``affine`` maps
     index to RAS mm; ``series`` holds the headers and files of a DICOM series (``None`` for other sources)."""
 
     data: Any
@@ -105,9 +107,9 @@ def open_lazy_volume(path: str | os.PathLike, *, series_uid: str | None = None) 
             if _streamable(lazy, np.dtype(image.get_data_dtype())):
                 return _validated(lazy)
         elif suffix in SIMPLEITK_SUFFIXES:
-            mapped = _map_raw_metaimage_or_nrrd(path)
-            if mapped is not None and _streamable(mapped, mapped.data.dtype):
-                return _validated(mapped)
+            raw = _raw_metaimage_or_nrrd(path)
+            if raw is not None and _streamable(raw, raw.data.dtype):
+                return _validated(raw)
     except VolumeReadError:
         raise
     except Exception as exc:
@@ -228,9 +230,9 @@ def _header_fields(lines: list[str], nrrd: bool) -> dict[str, str]:
     return fields
 
 
-def _map_raw_metaimage_or_nrrd(path: Path) -> LazyVolume | None:
-    """A memory map of an NRRD / MetaImage file's raw data, or ``None`` when the data is compressed, split
-    over several files or has several components (then it is read whole)."""
+def _raw_metaimage_or_nrrd(path: Path) -> LazyVolume | None:
+    """An NRRD / MetaImage file's raw data behind an array proxy (read on slicing, no memory map), or ``None``
+    when the data is compressed, split over several files or has several components (then it is read whole)."""
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -271,9 +273,9 @@ def _map_raw_metaimage_or_nrrd(path: Path) -> LazyVolume | None:
             f"{path}: the header describes {nbytes} bytes of {dtype} voxels {size}, but "
             f"{data_path.name} holds only {file_size - (0 if detached else header_end)} after its header"
         )
-    mapped = np.memmap(data_path, dtype=dtype, mode="r", offset=offset, shape=size[::-1])  # (Z, Y, X)
+    proxy = nib.arrayproxy.ArrayProxy(data_path, (size, dtype, offset), mmap=False, order="F")  # X runs fastest
     affine = simpleitk_affine(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
-    return LazyVolume(mapped.transpose(2, 1, 0), affine, path)
+    return LazyVolume(proxy, affine, path)
 
 
 @functools.cache
