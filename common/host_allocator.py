@@ -57,3 +57,11 @@ def reuse_freed_host_memory(
         return False
     libc.mallopt(M_ARENA_MAX, 1)
     return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
+
+
+def release_freed_host_memory() -> bool:
+    """Hand the freed memory malloc keeps back to the kernel now (``malloc_trim``): for when inference is over
+    and what follows (writing a volume's outputs) would otherwise allocate on top of the activations kept for
+    reuse. Returns whether any was released (``False`` elsewhere than glibc)."""
+    libc = _glibc()
+    return libc is not None and hasattr(libc, "malloc_trim") and bool(libc.malloc_trim(0))

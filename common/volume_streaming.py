@@ -31,6 +31,7 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
+from common.host_allocator import release_freed_host_memory
 from common.inference import SliceInferer2D, stream_slices
 from common.io.lazy_volumes import (
     LazyVolume,
@@ -189,6 +190,7 @@ def segment_streamed(
         oriented_labels[:, :, start : start + result.shape[0]] = result[:, 0].permute(1, 2, 0).numpy()
 
     stream_slices(network, read, slabs.num_slices, write, inferer.options, inferer.device, "cpu", inferer.progress)
+    release_freed_host_memory()  # the activations malloc kept for reuse: the volume's outputs come next
     return labels
 
 

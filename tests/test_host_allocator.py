@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from common.host_allocator import _glibc, reuse_freed_host_memory
+from common.host_allocator import _glibc, release_freed_host_memory, reuse_freed_host_memory
 
 
 class MallInfo2(ctypes.Structure):
@@ -39,9 +40,32 @@ def test_a_large_block_is_served_from_the_heap_not_mapped():
     assert heap_free >= size, f"the freed block went back to the kernel ({heap_free} bytes free in the heap)"
 
 
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux's /proc/self/statm")
+def test_kept_memory_goes_back_to_the_kernel_when_released():
+    """Once tuned, a freed 24 MiB block stays resident for reuse; release_freed_host_memory hands it back."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
+        pytest.skip("not glibc")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    assert reuse_freed_host_memory()
+    size = 24 * 1024 * 1024
+    block = libc.malloc(size)
+    assert block
+    ctypes.memset(block, 1, size)  # resident
+    libc.free(block)
+    kept = resident_bytes()
+    assert release_freed_host_memory()
+    assert kept - resident_bytes() >= size // 2, "the freed block stayed resident"
+
+
 ARENA_PROBE = """
 import ctypes, os, re, sys, tempfile, threading
-from common.host_allocator import _glibc, reuse_freed_host_memory
+from common.host_allocator import _glibc, release_freed_host_memory, reuse_freed_host_memory
 if sys.argv[1] == "capped":
     reuse_freed_host_memory()
 libc = _glibc()

@@ -190,14 +190,17 @@ def synthetic_ct_series(folder, slices: int = 5) -> list:
     return paths
 
 
-def test_dicom_seg_round_trip(tmp_path):
+@pytest.mark.parametrize("values", [(2, 5), (1, 2)], ids=["renumbered", "numbered-1-to-S"])
+def test_dicom_seg_round_trip(tmp_path, values):
+    """Labels with gaps become segments 1..S (a renumbered copy); labels 1..S go to the SEG as they are."""
+    liver, ventricle = values
     sources = synthetic_ct_series(tmp_path / "series")
     series = read_dicom_series(tmp_path / "series")  # the reader's layout is the writer's layout
     labels = np.zeros(series.array.shape, np.uint8)  # (columns, rows, slices)
-    labels[10:40, 20:60, 1:4] = 2
-    labels[70:100, 5:30, 2:5] = 5
+    labels[10:40, 20:60, 1:4] = liver
+    labels[70:100, 5:30, 2:5] = ventricle
     assert list(series.files) == sources
-    path = write_dicom_seg(series.files, labels, tmp_path / "seg.dcm", {2: "liver", 5: "left ventricle"})
+    path = write_dicom_seg(series.files, labels, tmp_path / "seg.dcm", {liver: "liver", ventricle: "left ventricle"})
     source_datasets = [pydicom.dcmread(p) for p in sources]
     source_uids = [ds.SOPInstanceUID for ds in source_datasets]
     raw = pydicom.dcmread(path)
@@ -210,7 +213,7 @@ def test_dicom_seg_round_trip(tmp_path):
     assert raw.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"  # SNOMED liver
     segmentation = hd.seg.segread(path)
     decoded = segmentation.get_pixels_by_source_instance(source_uids, combine_segments=True)  # [slices, rows, cols]
-    label_of_segment = np.array([0, 2, 5])
+    label_of_segment = np.array([0, liver, ventricle])
     np.testing.assert_array_equal(label_of_segment[decoded].transpose(2, 1, 0), labels)
 
 

@@ -23,7 +23,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from common import __version__
-from common.io.writers import ArrayLike, as_label_array, atomic_path
+from common.io.writers import ArrayLike, as_label_array, atomic_path, label_counts
 
 MANUFACTURER = "gdla-bundles"
 DEFAULT_SERIES_NUMBER = 1000
@@ -201,12 +201,14 @@ def write_dicom_seg(
         array = array[:, :, np.argsort(source_frames)]  # slice order -> the source's frame order
     else:
         _check_alignment(datasets, array, str(path), len(datasets))
-    present = [int(v) for v in np.unique(array) if v != 0]
+    present = [int(v) for v in np.flatnonzero(label_counts(array)) if v != 0]
     if not present:
         raise ValueError(f"{path}: the labels hold no foreground; a DICOM SEG needs at least one segment")
-    renumber = np.zeros(256, dtype=np.uint8)
-    renumber[present] = np.arange(1, len(present) + 1)
-    frames = renumber[array.transpose(2, 1, 0)]  # [slices, rows, columns], segment numbers 1..S
+    frames = array.transpose(2, 1, 0)  # [slices, rows, columns], a view
+    if present != list(range(1, len(present) + 1)):  # segment numbers must run 1..S: renumber (a copy)
+        renumber = np.zeros(256, dtype=np.uint8)
+        renumber[present] = np.arange(1, len(present) + 1)
+        frames = renumber[frames]
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
     )

@@ -210,6 +210,16 @@ def write_volume_overlay(
     return path
 
 
+def label_counts(labels: np.ndarray) -> np.ndarray:
+    """Voxels of each value 0..255 in a uint8 label array (``[256]`` int64), counted a block at a time: neither a
+    sorted copy (``np.unique``) nor an integer copy of the whole array (``np.bincount``) is made."""
+    counts = np.zeros(256, dtype=np.int64)
+    flat = labels.reshape(-1)  # a view where the array is contiguous
+    for block in np.array_split(flat, max(1, flat.size // COUNT_BLOCK)):  # bincount makes an intp copy of a block
+        counts += np.bincount(block, minlength=256)
+    return counts
+
+
 def structure_volumes(
     labels: ArrayLike, affine: ArrayLike, label_names: Mapping[int, str] | None = None
 ) -> list[dict[str, object]]:
@@ -221,9 +231,7 @@ def structure_volumes(
     array = as_label_array(labels, "volume table")
     affine = _check_affine(affine, "volume table")
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-    counts = np.zeros(256, dtype=np.int64)
-    for block in np.array_split(array.reshape(-1), max(1, array.size // COUNT_BLOCK)):  # bincount makes an intp copy
-        counts += np.bincount(block, minlength=256)
+    counts = label_counts(array)
     names = dict(label_names or {})
     if any(not 0 < int(value) < 256 for value in names):
         raise ValueError(f"volume table: label names must be keyed by labels 1..255, found {sorted(names)}")
