@@ -10,6 +10,7 @@ BINARY segmentation with one segment per label present, numbered 1..S in label o
 from __future__ import annotations
 
 import copy
+import io
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -227,6 +228,9 @@ def write_dicom_seg(
         device_serial_number="1",
         series_description=series_description,
     )
+    # pydicom copies a bytes value into a buffer before it writes it (twice the frames at once); a file-like
+    # value it writes in chunks. BytesIO shares the bytes until written to.
+    seg.PixelData = io.BytesIO(seg.PixelData)
     with atomic_path(path) as temporary:
         seg.save_as(temporary)
     return path
