@@ -549,6 +549,20 @@ def server(label_env, studies, bundles, tmp_path_factory):
         stop(process)
 
 
+def run_in_label_env(label_env: Path, script: str, cwd: Path, *args: Path) -> tuple[dict, str]:
+    """Run ``script`` with MONAI Label's interpreter (argv: the app folder, then ``args``); the JSON object on its
+    last line of output, and its log (stderr)."""
+    run = subprocess.run(
+        [str(label_env / "bin" / "python"), "-c", script, str(REPO / "monailabel_app"), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=REQUEST_TIMEOUT_S,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1]), run.stderr
+
+
 SCORING_SCRIPT = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
@@ -576,24 +590,9 @@ def test_epistemic_scoring_reads_volumes_slab_by_slab(label_env, studies, bundle
 
     shutil.copy(studies / f"{VOLUME_ID}.nii.gz", tmp_path / "unlabelled.nii.gz")
     (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08 truncated")
-    run = subprocess.run(
-        [
-            str(label_env / "bin" / "python"),
-            "-c",
-            SCORING_SCRIPT,
-            str(REPO / "monailabel_app"),
-            str(tmp_path),
-            str(bundles / VOLUME_MODEL),
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=REQUEST_TIMEOUT_S,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(run.stdout.strip().splitlines()[-1])
+    report, log = run_in_label_env(label_env, SCORING_SCRIPT, tmp_path, tmp_path, bundles / VOLUME_MODEL)
     assert (report["result"]["scored"], report["result"]["failed"]) == (1, 1), report
-    assert "broken not scored" in run.stderr and "broken.nii.gz" in run.stderr
+    assert "broken not scored" in log and "broken.nii.gz" in log
 
     parser = ConfigParser()
     parser.read_config(str(bundles / VOLUME_MODEL / "configs" / "inference.json"))
@@ -647,15 +646,7 @@ def test_inference_task_holds_the_weights_once(label_env, bundles, tmp_path):
     parameters live but its own) with the weights of ``model.pt``, reused until that file changes; then the old
     network is released and the new weights loaded."""
     bundle = shutil.copytree(bundles / VOLUME_MODEL, tmp_path / VOLUME_MODEL)
-    run = subprocess.run(
-        [str(label_env / "bin" / "python"), "-c", NETWORK_SCRIPT, str(REPO / "monailabel_app"), str(bundle)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=REQUEST_TIMEOUT_S,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(run.stdout.strip().splitlines()[-1])
+    report, _ = run_in_label_env(label_env, NETWORK_SCRIPT, tmp_path, bundle)
     assert report == {
         "parameters_held_at_start": 0,
         "weights_loaded": True,
