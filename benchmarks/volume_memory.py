@@ -1,10 +1,10 @@
 """Peak memory and seconds of ``python -m common segment`` on large CTs, and the share of the matmul floor.
 
 For each size in ``--slices`` the script writes a 512 x 512 x N int16 CT phantom (the anatomy of
-``volume_inference.phantom`` in Hounsfield units: body and seven blobs) as ``--format`` (``nii``: uncompressed,
-read slab by slab; ``nii.gz``: decompressed lazily; ``mha`` and ``nrrd``: uncompressed, memory-mapped; ``dcm``: a
-DICOM series folder, one CT file per slice, read a batch of files at a time), and runs ``segment`` on it with a PVT-GDLA Synapse bundle
-(random weights: the masks do not matter here) once per ``--precisions`` entry, each in a fresh process started
+``volume_inference.phantom`` in Hounsfield units: body and seven blobs) as ``--format`` (``nii``, ``mha`` and
+``nrrd``: uncompressed, read slab by slab; ``nii.gz``: decompressed once into memory; ``dcm``: a DICOM series
+folder, one CT file per slice, read a batch of files at a time), and runs ``segment`` on it with a PVT-GDLA Synapse
+bundle (random weights: the masks do not matter here) once per ``--precisions`` entry, each in a fresh process started
 through a small wrapper that reports the process's peak resident set size (``getrusage``'s ``ru_maxrss`` of its
 child: what ``/usr/bin/time -v`` calls maximum resident set size). ``--paths`` chooses what runs: ``streamed``
 (``segment``), ``bundle`` (the bundle's ``inference.json`` through ``python -m monai.bundle run``, which streams

@@ -108,8 +108,8 @@ def int8_network(
 
     ``batch_size``: slices of one forward pass, the engine's :func:`common.inference.slices_per_pass` (smaller
     batches are padded to it). ``workdir`` keeps ``model.onnx`` and ``model.int8.onnx`` (default: a temporary
-    folder, removed once the session is built). ``threads``: ONNX Runtime threads per call; default torch's thread count shared among the batches
-    the engine runs at once on a CPU (:func:`common.inference.concurrent_lanes`).
+    folder, removed once the session is built). ``threads``: ONNX Runtime threads per call; default torch's thread
+    count shared among the batches the engine runs at once on a CPU (:func:`common.inference.concurrent_lanes`).
     """
     if threads is None:
         lanes = concurrent_lanes(SliceInferenceOptions(), torch.device("cpu"))

@@ -65,7 +65,7 @@ def test_kept_memory_goes_back_to_the_kernel_when_released():
 
 ARENA_PROBE = """
 import ctypes, os, re, sys, tempfile, threading
-from common.host_allocator import _glibc, release_freed_host_memory, reuse_freed_host_memory
+from common.host_allocator import _glibc, reuse_freed_host_memory
 if sys.argv[1] == "capped":
     reuse_freed_host_memory()
 libc = _glibc()
