@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from common.io import writers
-from common.io.dicom_seg import write_dicom_seg
+from common.io.dicom_seg import read_source_datasets, write_dicom_seg
 from common.io.dicom_series import read_dicom_series
 from common.io.mask_saving import SaveMask3Dd
 from common.io.tables import write_csv
@@ -215,6 +215,66 @@ def test_dicom_seg_round_trip(tmp_path, values):
     decoded = segmentation.get_pixels_by_source_instance(source_uids, combine_segments=True)  # [slices, rows, cols]
     label_of_segment = np.array([0, liver, ventricle])
     np.testing.assert_array_equal(label_of_segment[decoded].transpose(2, 1, 0), labels)
+
+
+def test_dicom_seg_frames_are_highdicoms_when_bits_carry_over_between_frames(tmp_path):
+    """Frames of 13 x 11 pixels (not a multiple of 8) share bytes in the bit-packed PixelData: the frames written
+    one by one to the file are the bytes highdicom joins in memory, and decode to the labels."""
+    from miniature_layouts import write_dicom_series
+
+    write_dicom_series(tmp_path / "series", np.zeros((13, 11, 4), np.int16), np.diag([0.8, 0.8, 2.5, 1.0]))
+    series = read_dicom_series(tmp_path / "series")
+    labels = np.random.default_rng(0).integers(0, 4, series.array.shape).astype(np.uint8)
+    labels[:, :, 2] = 0  # a slice without foreground: no frames for it
+    path = write_dicom_seg(series.files, labels, tmp_path / "seg.dcm", {1: "liver", 2: "spleen", 3: "aorta"})
+    written = pydicom.dcmread(path)
+    in_memory = hd.seg.Segmentation(
+        source_images=read_source_datasets(series.files),
+        pixel_array=labels.transpose(2, 1, 0),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=hd.seg.segread(path).SegmentSequence,
+        series_instance_uid=hd.UID(),
+        series_number=1,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="0",
+        device_serial_number="1",
+    )
+    assert written.NumberOfFrames == in_memory.NumberOfFrames == 9
+    packed = -(-9 * 13 * 11 // 8)  # 161 bytes, padded to even length (highdicom pads with "0", DICOM says 0x00)
+    assert written.PixelData[:packed] == in_memory.PixelData[:packed]
+    assert written.PixelData[packed:] == b"\0"
+    decoded = hd.seg.segread(path).get_pixels_by_source_instance(
+        [ds.SOPInstanceUID for ds in read_source_datasets(series.files)], combine_segments=True
+    )
+    np.testing.assert_array_equal(decoded.transpose(2, 1, 0), labels)
+
+
+def test_dicom_seg_frames_are_not_held_in_memory(tmp_path, monkeypatch):
+    """The SEG's bit-packed frames go to the file as they are made: the writer's Python allocations stay well
+    below the frames' size (highdicom alone holds them twice: each frame, then the joined value). What remains
+    is a few copies of one frame while it is encoded and the frames' descriptions."""
+    import tracemalloc
+
+    from miniature_layouts import write_dicom_series
+
+    write_dicom_series(tmp_path / "series", np.zeros((512, 512, 40), np.int16), np.diag([0.8, 0.8, 2.5, 1.0]))
+    series = read_dicom_series(tmp_path / "series", lazy=True)
+    labels = np.repeat(np.arange(1, 9, dtype=np.uint8), 64)[:, None, None] * np.ones((1, 512, 40), np.uint8)
+    names = {value: f"organ {value}" for value in range(1, 9)}
+    frame_bytes = 8 * 40 * 512 * 512 // 8  # eight segments in every slice: 320 frames, 10 MiB
+    monkeypatch.setattr(writers, "COUNT_BLOCK", 1 << 16)  # label counting's own block, small beside the frames
+    write_dicom_seg(series.files[:2], labels[..., :2], tmp_path / "first.dcm", names)  # highdicom loads its tables
+    tracemalloc.start()
+    try:
+        path = write_dicom_seg(series.files, labels, tmp_path / "seg.dcm", names)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(pydicom.dcmread(path).PixelData) == frame_bytes
+    assert peak < frame_bytes / 2, f"{peak} bytes allocated at the peak for {frame_bytes} bytes of frames"
 
 
 def test_dicom_seg_refuses_misaligned_or_empty_labels(tmp_path):

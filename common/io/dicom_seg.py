@@ -10,11 +10,12 @@ BINARY segmentation with one segment per label present, numbered 1..S in label o
 from __future__ import annotations
 
 import copy
-import io
 import os
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import highdicom as hd
 import numpy as np
@@ -213,24 +214,45 @@ def write_dicom_seg(
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=algorithm_version
     )
-    seg = hd.seg.Segmentation(
-        source_images=datasets,
-        pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segment_descriptions(present, label_names, algorithm, segment_codes),
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=algorithm_name,
-        software_versions=__version__,
-        device_serial_number="1",
-        series_description=series_description,
-    )
-    # pydicom copies a bytes value into a buffer before it writes it (twice the frames at once); a file-like
-    # value it writes in chunks. BytesIO shares the bytes until written to.
-    seg.PixelData = io.BytesIO(seg.PixelData)
-    with atomic_path(path) as temporary:
+    with atomic_path(path) as temporary, tempfile.TemporaryFile(dir=path.parent, suffix=".frames") as spool:
+        seg = FramesToFileSegmentation(
+            spool,
+            source_images=datasets,
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=segment_descriptions(present, label_names, algorithm, segment_codes),
+            series_instance_uid=hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=algorithm_name,
+            software_versions=__version__,
+            device_serial_number="1",
+            series_description=series_description,
+        )
+        if spool.tell() % 2:  # an element's value has even length
+            spool.write(b"\0")
+        spool.seek(0)
+        seg.PixelData = spool  # pydicom writes a file-like value in chunks
         seg.save_as(temporary)
     return path
+
+
+class FramesToFileSegmentation(hd.seg.Segmentation):
+    """highdicom's SEG whose bit-packed frames go to ``spool`` (a binary file) as they are encoded.
+
+    highdicom keeps every encoded frame, then joins them into one ``PixelData`` value: twice the SEG's frames in
+    memory (152 MiB for eight organs in each of 600 slices of 512 x 512). Here each frame is written to the
+    spool instead and ``PixelData`` is left empty; the caller sets it to the spool before saving. The bytes
+    written are highdicom's own, in its order (its ``_encode_pixels_native``, which packs each frame, or the
+    bits carried over between frames whose pixel count is not a multiple of 8).
+    """
+
+    def __init__(self, spool: BinaryIO, **segmentation: Any) -> None:
+        self._frames_spool = spool
+        super().__init__(**segmentation)
+
+    def _encode_pixels_native(self, planes: np.ndarray) -> bytes:
+        self._frames_spool.write(super()._encode_pixels_native(planes))
+        return b""
