@@ -85,7 +85,7 @@ shutil.copytree(app, work / "app")
 with socket.socket() as probe:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
-command = [label_python, "-m", "monailabel.main", "start_server", "--app", str(work / "app"), "--studies",
+command = [label_python, "-m", "common.label_server", "start_server", "--app", str(work / "app"), "--studies",
            str(work / "studies"), "--conf", "bundles", str(bundle.parent), "--conf", "models", bundle.name,
            "--host", "127.0.0.1", "--port", str(port)]
 env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}

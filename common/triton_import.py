@@ -5,8 +5,8 @@
 beside torch's CUDA builds. Triton compiles GPU kernels and nothing else; loading it on a machine without a GPU
 costs about 85-105 MiB of resident memory (``libtriton`` and its Python modules; docs/benchmarks.md, "Volume
 memory") and buys nothing. :func:`skip_triton_without_gpu` is called by the command line before it imports a
-command; a bundle run through ``python -m monai.bundle`` and the MONAI Label server import MONAI before any of
-this package, so they load Triton as before.
+command, and by the MONAI Label launcher (:mod:`common.label_server`); a bundle run through
+``python -m monai.bundle`` imports MONAI before any of this package, so it loads Triton as before.
 """
 
 from __future__ import annotations

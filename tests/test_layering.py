@@ -52,6 +52,7 @@ LAYERS = {
     "common.data.cli": 4,
     "common.__main__": 4,
     "common.triton_import": 4,
+    "common.label_server": 4,
 }
 LAYER_NAMES = ("io", "data", "transforms", "networks/engine", "bundles/CLI")
 

@@ -443,10 +443,10 @@ def free_port() -> int:
 
 
 class Server:
-    """HTTP calls to the MONAI Label server at ``base``; ``log`` is its console output."""
+    """HTTP calls to the MONAI Label server at ``base``; ``log`` is its console output, ``pid`` its process."""
 
-    def __init__(self, base: str, log: Path):
-        self.base, self.log = base, log
+    def __init__(self, base: str, log: Path, pid: int | None = None):
+        self.base, self.log, self.pid = base, log, pid
 
     def log_tail(self, chars: int = 6000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else "(no log)"
@@ -515,7 +515,7 @@ def server(label_env, studies, bundles, tmp_path_factory):
     command = [
         str(label_env / "bin" / "python"),
         "-m",
-        "monailabel.main",
+        "common.label_server",
         "start_server",
         "--app",
         str(app),
@@ -541,7 +541,7 @@ def server(label_env, studies, bundles, tmp_path_factory):
         process = subprocess.Popen(
             command, cwd=work, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
-    running = Server(f"http://127.0.0.1:{port}", log)
+    running = Server(f"http://127.0.0.1:{port}", log, process.pid)
     try:
         wait_until_ready(process, running)
         yield running
@@ -721,6 +721,15 @@ def test_monailabel_serves_and_trains_bundles(server: Server, studies: Path, bun
     assert all(score > 0 for score in scores.values()), scores
     chosen = server.json("POST", "/activelearning/epistemic", {})
     assert chosen["id"] == max(scores, key=scores.get), (chosen, scores)
+
+    # served, segmented and scored by a process (common.label_server) that never loaded what it leaves out: none
+    # of their compiled libraries is mapped (torch's are, so the check sees them)
+    mapped = Path(f"/proc/{server.pid}/maps").read_text()
+    assert "/site-packages/torch/" in mapped
+    loaded = [
+        name for name in ("pandas", "pyarrow", "sklearn", "matplotlib", "triton") if f"/site-packages/{name}/" in mapped
+    ]
+    assert not loaded, f"the server process loaded {loaded}"
 
     weights = bundles / VOLUME_MODEL / "models" / "model.pt"
     before = torch.load(weights, weights_only=True)

@@ -53,7 +53,7 @@ def pacs_server(label_env, orthanc: Orthanc, bundles, tmp_path_factory):
     command = [
         str(label_env / "bin" / "python"),
         "-m",
-        "monailabel.main",
+        "common.label_server",
         "start_server",
         "--app",
         str(app),

@@ -1,0 +1,48 @@
+"""Start the MONAI Label server without the packages its process never uses.
+
+``python -m common.label_server start_server --app monailabel_app --studies ...`` takes the arguments of
+``monailabel start_server`` and runs MONAI Label's own entry point (``monailabel.main``), after two things:
+
+- Triton is left unloaded when torch sees no GPU (:mod:`common.triton_import`; about 80 MiB resident).
+- ``import monai`` imports every optional package it finds installed, and MONAI Label's environment installs
+  many: mlflow, pandas (with pyarrow), matplotlib and scikit-learn alone hold about 135 MiB resident in the
+  server (docs/benchmarks.md). The server process loads the app, answers ``/info``, ``/datastore``,
+  ``/activelearning``, ``/infer`` and ``/scoring`` with it, and uses none of them: our tasks track no
+  experiments, read no tables, draw no plots. MONAI Label trains, scores and batch-infers in the background in
+  subprocesses of its own (``python -m monailabel.interfaces.utils.app``), which import everything as before.
+  In this process ``import`` of those packages fails, so MONAI's optional imports treat them as not installed
+  (a feature that needed one would say so when used). TensorBoard stays: a training run with ``run_sync=true``
+  runs in the server process and the bundles' training logs with it.
+"""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+from common.triton_import import skip_triton_without_gpu
+
+#: packages MONAI imports when installed that the server process does not use (experiment tracking, data
+#: tables, plots, scikit-learn's metrics); pyarrow comes only with pandas and mlflow
+SERVER_UNUSED = ("mlflow", "pandas", "matplotlib", "sklearn")
+
+
+def leave_out(packages: tuple[str, ...] = SERVER_UNUSED) -> list[str]:
+    """Make ``import`` of each of ``packages`` not imported yet fail for the rest of the process (a ``None``
+    entry in ``sys.modules``, as for a missing package); returns those left out."""
+    left_out = [name for name in packages if name not in sys.modules]
+    for name in left_out:
+        sys.modules[name] = None
+    return left_out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run ``monailabel`` with ``argv`` (default: this process's arguments) in this process."""
+    skip_triton_without_gpu()
+    leave_out()
+    sys.argv = ["monailabel", *(sys.argv[1:] if argv is None else argv)]
+    runpy.run_module("monailabel.main", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
