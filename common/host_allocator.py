@@ -55,8 +55,15 @@ def reuse_freed_host_memory(
     libc = _glibc()
     if libc is None:
         return False
-    libc.mallopt(M_ARENA_MAX, 1)
+    share_one_arena()
     return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
+
+
+def share_one_arena() -> bool:
+    """Let threads that first allocate from now on share malloc's main arena instead of making their own
+    (``M_ARENA_MAX`` 1, what ``MALLOC_ARENA_MAX=1`` sets at start-up); process-wide. Returns whether glibc took it."""
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(M_ARENA_MAX, 1))
 
 
 def release_freed_host_memory() -> bool:

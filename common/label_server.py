@@ -1,7 +1,7 @@
 """Start the MONAI Label server without the packages its process never uses.
 
 ``python -m common.label_server start_server --app monailabel_app --studies ...`` takes the arguments of
-``monailabel start_server`` and runs MONAI Label's own entry point (``monailabel.main``), after two things:
+``monailabel start_server`` and runs MONAI Label's own entry point (``monailabel.main``), after three things:
 
 - Triton is left unloaded when torch sees no GPU (:mod:`common.triton_import`; about 80 MiB resident).
 - ``import monai`` imports every optional package it finds installed, and MONAI Label's environment installs
@@ -13,6 +13,9 @@
   In this process ``import`` of those packages fails, so MONAI's optional imports treat them as not installed
   (a feature that needed one would say so when used). TensorBoard stays: a training run with ``run_sync=true``
   runs in the server process and the bundles' training logs with it.
+- malloc is capped at one arena before any thread starts (:func:`common.host_allocator.share_one_arena`), as
+  ``segment`` does before it builds the network: the segmentation's lanes and the server's request threads then
+  reuse each other's freed memory instead of each holding their own (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import runpy
 import sys
 
+from common.host_allocator import share_one_arena
 from common.triton_import import skip_triton_without_gpu
 
 #: packages MONAI imports when installed that the server process does not use (experiment tracking, data
@@ -40,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run ``monailabel`` with ``argv`` (default: this process's arguments) in this process."""
     skip_triton_without_gpu()
     leave_out()
+    share_one_arena()
     sys.argv = ["monailabel", *(sys.argv[1:] if argv is None else argv)]
     runpy.run_module("monailabel.main", run_name="__main__", alter_sys=True)
 

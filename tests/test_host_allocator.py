@@ -65,9 +65,11 @@ def test_kept_memory_goes_back_to_the_kernel_when_released():
 
 ARENA_PROBE = """
 import ctypes, os, re, sys, tempfile, threading
-from common.host_allocator import _glibc, reuse_freed_host_memory
-if sys.argv[1] == "capped":
+from common.host_allocator import _glibc, reuse_freed_host_memory, share_one_arena
+if sys.argv[1] == "tuned":
     reuse_freed_host_memory()
+elif sys.argv[1] == "one arena":
+    share_one_arena()
 libc = _glibc()
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -97,8 +99,9 @@ for thread in threads:
 
 
 def arenas_after_three_threads_allocate(mode: str) -> int:
-    """malloc's arenas in a fresh process once three threads hold a block each (``mode`` ``"capped"``: after
-    :func:`reuse_freed_host_memory`)."""
+    """malloc's arenas in a fresh process once three threads hold a block each (``mode`` ``"tuned"``: after
+    :func:`reuse_freed_host_memory`; ``"one arena"``: after :func:`share_one_arena`, as the MONAI Label launcher
+    does)."""
     result = subprocess.run(
         [sys.executable, "-c", ARENA_PROBE, mode],
         capture_output=True,
@@ -113,4 +116,5 @@ def test_worker_threads_share_one_arena_once_tuned():
     if _glibc() is None or not hasattr(_glibc(), "malloc_info"):
         pytest.skip("not glibc")
     assert arenas_after_three_threads_allocate("default") > 1, "glibc gave the threads no arenas of their own"
-    assert arenas_after_three_threads_allocate("capped") == 1
+    assert arenas_after_three_threads_allocate("tuned") == 1
+    assert arenas_after_three_threads_allocate("one arena") == 1
