@@ -231,6 +231,8 @@ def write_dicom_seg(
             device_serial_number="1",
             series_description=series_description,
         )
+        if seg.PixelData:  # frames encoded without the hook would be lost below: refuse, do not write a blank SEG
+            raise RuntimeError(f"{path}: highdicom {hd.__version__} did not encode the SEG's frames through the spool")
         if spool.tell() % 2:  # an element's value has even length
             spool.write(b"\0")
         spool.seek(0)
