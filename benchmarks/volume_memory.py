@@ -11,7 +11,9 @@ child: what ``/usr/bin/time -v`` calls maximum resident set size). ``--paths`` c
 too) and ``whole`` (the whole-volume path of earlier releases, ``segment_volume(..., streaming=False)`` plus the
 same writers, for comparison) and ``label`` (a MONAI Label server of ``make label-env``'s environment, started
 for the run with the bundle and the CT as its datastore, answering one ``/infer`` request: the peak is the
-server process's, start-up included; the bundle's own precision and batch size). ``--python`` runs the measured
+server process's, start-up included; the bundle's own precision and batch size; a ``dcm`` series is uploaded to an
+Orthanc started for the benchmark and served over DICOMweb, as from a PACS, the server's download and conversion
+included). ``--python`` runs the measured
 commands with another interpreter, e.g. that of a virtual environment with only the project's runtime dependencies
 (``pip install -c constraints.txt .``): the development environment imports more (MONAI imports scikit-learn and
 pandas when they are installed).
@@ -28,6 +30,7 @@ Usage: ``python benchmarks/volume_memory.py --slices 100 600 1500 --precisions f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import shutil
@@ -39,6 +42,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +51,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import SimpleITK as sitk  # noqa: E402 (after the sys.path entry)
 from miniature_layouts import write_dicom_series  # noqa: E402 (after the sys.path entry)
+from pacs_fixtures import Orthanc, free_port, start_orthanc, stop_orthanc  # noqa: E402 (after the sys.path entry)
 from volume_inference import phantom  # noqa: E402 (after the sys.path entry)
 
 from common.complexity import true_flops  # noqa: E402 (after the sys.path entry)
@@ -77,18 +82,25 @@ structure_volumes(labels, volume.affine, segmenter.label_names)
 LABEL_SERVER = """
 import os, shutil, signal, socket, subprocess, sys, time, urllib.error, urllib.request
 from pathlib import Path
-label_python, app, bundle, source, work = sys.argv[1], sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5])
+label_python, app, bundle, source, image, work = sys.argv[1:]
+bundle, work = Path(bundle), Path(work)
 shutil.rmtree(work, ignore_errors=True)
-(work / "studies").mkdir(parents=True)
-os.link(source, work / "studies" / source.name)
+work.mkdir(parents=True)
+if source.startswith("http"):  # a DICOMweb root: MONAI Label's DICOMweb datastore, its cache in work
+    studies = source
+else:
+    studies = str(work / "studies")
+    os.mkdir(studies)
+    os.link(source, Path(studies) / Path(source).name)
 shutil.copytree(app, work / "app")
 with socket.socket() as probe:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
 command = [label_python, "-m", "common.label_server", "start_server", "--app", str(work / "app"), "--studies",
-           str(work / "studies"), "--conf", "bundles", str(bundle.parent), "--conf", "models", bundle.name,
+           studies, "--conf", "bundles", str(bundle.parent), "--conf", "models", bundle.name,
            "--host", "127.0.0.1", "--port", str(port)]
-env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
+env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "cache"),
+       "PATH": f"{Path(label_python).parent}{os.pathsep}{os.environ['PATH']}"}
 log = open(work / "server.log", "wb")
 server = subprocess.Popen(command, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 def call(path, data=None, timeout=30):
@@ -107,7 +119,6 @@ try:
                 break
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             time.sleep(2)
-    image = source.name.split(".")[0]
     status, content = call(f"/infer/{bundle.name}?image={image}&output=image", b"params=%7B%7D", timeout=3600)
     if status != 200 or not content:
         sys.exit(f"/infer answered {status}")
@@ -185,10 +196,31 @@ def run_measured(command: list[str]) -> dict:
     return {"seconds": report["seconds"], "peak_mib": report["peak_kib"] / 1024}
 
 
+def served_image(source: Path, pacs: Orthanc | None) -> tuple[str, str]:
+    """(the MONAI Label server's ``--studies``, the image id to infer) for ``source``: a volume file is served from
+    a studies folder under its name; a DICOM series folder is uploaded to ``pacs`` and served over DICOMweb by its
+    SeriesInstanceUID, as MONAI Label serves a PACS."""
+    if not source.is_dir():
+        return str(source), source.name.split(".")[0]
+    if pacs is None:
+        raise ValueError(f"{source}: a DICOM series reaches MONAI Label through a PACS; none was started")
+    files = sorted(source.iterdir())
+    pacs.upload(files)
+    return pacs.dicomweb, str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+
+
 def segment_command(
-    path_kind: str, bundle: Path, source: Path, out: Path, precision: str, python: str, batch_size: int | None
+    path_kind: str,
+    bundle: Path,
+    source: Path,
+    out: Path,
+    precision: str,
+    python: str,
+    batch_size: int | None,
+    pacs: Orthanc | None = None,
 ) -> list[str]:
-    """The command line of ``path_kind`` (see :data:`PATHS`); ``batch_size`` ``None`` keeps the bundle's."""
+    """The command line of ``path_kind`` (see :data:`PATHS`); ``batch_size`` ``None`` keeps the bundle's; ``pacs``
+    serves DICOM series to the ``label`` path."""
     if path_kind == "streamed":
         batch = ["--batch-size", str(batch_size)] if batch_size else []
         return [
@@ -231,7 +263,8 @@ def segment_command(
         ]
     if path_kind == "label":
         app, label_python = ROOT / "monailabel_app", ROOT / ".venv-label" / "bin" / "python"
-        return [sys.executable, "-c", LABEL_SERVER, str(label_python), str(app), str(bundle), str(source), str(out)]
+        studies, image = served_image(source, pacs)
+        return [sys.executable, "-c", LABEL_SERVER, str(label_python), str(app), str(bundle), studies, image, str(out)]
     return [python, "-c", WHOLE_VOLUME, str(bundle), str(source), str(out), precision, str(batch_size or 0)]
 
 
@@ -307,14 +340,18 @@ def main() -> None:
         f"commands run by {args.python}; batch size {args.batch_size or 'as in the bundle'}"
     )
     kinds = args.paths
-    with tempfile.TemporaryDirectory() as temporary:
+    with tempfile.TemporaryDirectory() as temporary, contextlib.ExitStack() as cleanup:
         folder = Path(temporary)
         bundle = make_bundle(folder)
+        pacs = None
+        if "label" in kinds and args.format == "dcm":  # outside the measured processes
+            pacs = start_orthanc(folder / "pacs", node_port=free_port())
+            cleanup.callback(stop_orthanc, pacs)
         base = {}
         for kind in kinds:
             source = write_ct(folder / f"base.{args.format}", BASE_SLICES, args.size)
             base[kind] = run_measured(
-                segment_command(kind, bundle, source, folder / "out", "float32", args.python, args.batch_size)
+                segment_command(kind, bundle, source, folder / "out", "float32", args.python, args.batch_size, pacs)
             )["peak_mib"]
         print(
             f"{'path':<9} {'slices':>6} {'precision':>9} {'seconds':>8} {'slices/s':>8} {'% floor':>7} "
@@ -326,7 +363,9 @@ def main() -> None:
             for precision in args.precisions:
                 for kind in kinds:
                     result = run_measured(
-                        segment_command(kind, bundle, source, folder / "out", precision, args.python, args.batch_size)
+                        segment_command(
+                            kind, bundle, source, folder / "out", precision, args.python, args.batch_size, pacs
+                        )
                     )
                     floor = slices * flops_per_slice / (rates[precision] * 1e9)
                     growth = (result["peak_mib"] - base[kind]) * 2**20 / voxels

@@ -31,19 +31,17 @@ from common.triton_import import skip_triton_without_gpu
 SERVER_UNUSED = ("mlflow", "pandas", "matplotlib", "sklearn")
 
 
-def leave_out(packages: tuple[str, ...] = SERVER_UNUSED) -> list[str]:
-    """Make ``import`` of each of ``packages`` not imported yet fail for the rest of the process (a ``None``
-    entry in ``sys.modules``, as for a missing package); returns those left out."""
-    left_out = [name for name in packages if name not in sys.modules]
-    for name in left_out:
-        sys.modules[name] = None
-    return left_out
+def leave_out_unused_packages() -> None:
+    """Make ``import`` of each of :data:`SERVER_UNUSED` not imported yet fail for the rest of the process (a
+    ``None`` entry in ``sys.modules``, as for a missing package)."""
+    for name in SERVER_UNUSED:
+        sys.modules.setdefault(name, None)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run ``monailabel`` with ``argv`` (default: this process's arguments) in this process."""
     skip_triton_without_gpu()
-    leave_out()
+    leave_out_unused_packages()
     share_one_arena()
     sys.argv = ["monailabel", *(sys.argv[1:] if argv is None else argv)]
     runpy.run_module("monailabel.main", run_name="__main__", alter_sys=True)

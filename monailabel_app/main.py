@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 
+from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
@@ -25,6 +27,7 @@ from monailabel.tasks.activelearning.random import Random
 
 from common import __version__
 from lib.bundles import DEFAULT_BUNDLES_DIR, select_bundles
+from lib.datastore import StreamingDICOMWebDatastore
 from lib.infer import BundleSegmentation
 from lib.scoring import FlipEntropyScoring
 from lib.train import BundleTraining
@@ -46,6 +49,14 @@ class BundlesApp(MONAILabelApp):
             description="PVT-GDLA and related 2-D segmentation bundles; volumes are segmented slice by slice",
             version=__version__,
         )
+
+    def init_remote_datastore(self) -> Datastore:
+        """MONAI Label's remote datastore, as its settings configure it; a DICOMweb one fetches and converts series
+        without holding them whole (:class:`StreamingDICOMWebDatastore`, which adds no state, only methods)."""
+        datastore = super().init_remote_datastore()
+        if type(datastore) is DICOMWebDatastore:
+            datastore.__class__ = StreamingDICOMWebDatastore
+        return datastore
 
     def init_infers(self) -> dict[str, InferTask]:
         tasks = {name: BundleSegmentation(bundle, self.conf) for name, bundle in self.bundles.items()}

@@ -1,8 +1,10 @@
-"""MONAI Label on the PACS: the app served against Orthanc's DICOMweb (MONAI Label's DICOMweb datastore).
+"""MONAI Label on the PACS: the app served against Orthanc's DICOMweb (MONAI Label's DICOMweb datastore, with the
+app's streaming fetch and conversion).
 
 A CT series (pydicom's CT slice, four slices) is uploaded to the test Orthanc; the server (``.venv-label``, as
 ``make label STUDIES=http://HOST/dicom-web`` runs it, dcmqi's ``itkimage2segimage`` on ``PATH``) segments it by
-its SeriesInstanceUID, and a label saved through the datastore lands in Orthanc as a DICOM SEG on that series.
+its SeriesInstanceUID from an uncompressed NIfTI in its cache, and a label saved through the datastore lands in
+Orthanc as a DICOM SEG on that series.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def pacs_server(label_env, orthanc: Orthanc, bundles, tmp_path_factory):
     environment = {
         **os.environ,
         "PATH": f"{label_env / 'bin'}{os.pathsep}{os.environ['PATH']}",
-        "MONAI_LABEL_DATASTORE_CACHE_PATH": str(work / "cache"),
+        "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "cache"),
     }
     command = [
         str(label_env / "bin" / "python"),
@@ -111,6 +113,12 @@ def test_monailabel_segments_a_pacs_series_and_saves_the_label_as_a_seg(
     mask = nib.Nifti1Image.from_bytes(gzip.decompress(content))
     assert mask.shape == series.array.shape  # (columns, rows, slices) of the series
     np.testing.assert_allclose(mask.affine, series.affine, atol=1e-3)
+    # the series was fetched and converted by the app's datastore: an uncompressed NIfTI, read slab by slab
+    cache = pacs_server.log.parent / "cache"  # MONAI_LABEL_DICOMWEB_CACHE_PATH of the server
+    (converted,) = cache.rglob(f"{series_uid}.nii*")
+    assert converted.name == f"{series_uid}.nii"
+    np.testing.assert_array_equal(np.asarray(nib.load(converted).dataobj), series.array)
+    assert not list(cache.rglob("*.partial"))
 
     labels = np.zeros(mask.shape, dtype=np.uint8)
     labels[20:90, 30:100, 1:3] = 1

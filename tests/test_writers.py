@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+from pathlib import Path
 
 import highdicom as hd
 import nibabel as nib
@@ -19,6 +20,7 @@ from pydicom.uid import generate_uid
 from common.io import writers
 from common.io.dicom_seg import read_source_datasets, write_dicom_seg
 from common.io.dicom_series import read_dicom_series
+from common.io.lazy_volumes import open_lazy_volume
 from common.io.mask_saving import SaveMask3Dd
 from common.io.tables import write_csv
 from common.io.writers import (
@@ -78,6 +80,63 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         write_nifti(np.zeros((3, 3, 3)), np.eye(4), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["case.nii.gz"]
+
+
+def simpleitk_nifti(series: Path, path: Path) -> nib.Nifti1Image:
+    """The series converted as MONAI Label's DICOMweb datastore converts it (SimpleITK's series reader)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))
+    sitk.WriteImage(reader.Execute(), str(path))
+    return nib.load(path)
+
+
+def test_volume_nifti_of_a_dicom_series_is_simpleitks_conversion(tmp_path):
+    """A CT series (oblique, Hounsfield units through a rescale intercept) becomes the int16 NIfTI SimpleITK
+    makes of it, voxel for voxel on the same grid, written a few slices at a time."""
+    from miniature_layouts import write_dicom_series
+
+    hounsfield = np.random.default_rng(0).integers(-1024, 2000, size=(14, 11, 9)).astype(np.float64)
+    write_dicom_series(tmp_path / "series", hounsfield, oblique_affine(), intercept=-1024.0, modality="CT")
+    path = writers.write_volume_nifti(open_lazy_volume(tmp_path / "series"), tmp_path / "ct.nii", slab_slices=4)
+    ours, theirs = nib.load(path), simpleitk_nifti(tmp_path / "series", tmp_path / "sitk.nii")
+    assert ours.get_data_dtype() == np.int16
+    np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(theirs.dataobj))
+    np.testing.assert_allclose(ours.affine, theirs.affine, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(ours.dataobj), hounsfield)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii", "series", "sitk.nii"]
+
+
+def test_volume_nifti_keeps_fractional_values_and_refuses_other_names(tmp_path):
+    from miniature_layouts import write_dicom_series
+
+    values = np.arange(5 * 4 * 3, dtype=np.float64).reshape(5, 4, 3) * 0.5
+    write_dicom_series(tmp_path / "series", values, np.eye(4), slope=0.5)
+    volume = open_lazy_volume(tmp_path / "series")
+    image = nib.load(writers.write_volume_nifti(volume, tmp_path / "mr.nii", slab_slices=2))
+    assert image.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(np.asarray(image.dataobj), values)
+    with pytest.raises(ValueError, match="ending .nii"):
+        writers.write_volume_nifti(volume, tmp_path / "mr.nii.gz")
+
+
+def test_volume_nifti_is_written_a_slab_at_a_time(tmp_path):
+    import tracemalloc
+
+    from miniature_layouts import write_dicom_series
+
+    write_dicom_series(tmp_path / "series", np.zeros((128, 128, 96)), np.eye(4), intercept=-1024.0, modality="CT")
+    volume = open_lazy_volume(tmp_path / "series")
+    whole = 128 * 128 * 96 * 4  # the volume as float32, as the series reader returns it
+    tracemalloc.start()
+    try:
+        writers.write_volume_nifti(volume, tmp_path / "ct.nii", slab_slices=4)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < whole / 4, f"{peak} bytes allocated at the peak for a {whole}-byte volume"
+    assert np.asarray(nib.load(tmp_path / "ct.nii").dataobj).shape == (128, 128, 96)
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,11 @@ NON_IMAGE_MODALITIES = frozenset(
     }
 )
 DEFAULT_ATTEMPTS = 5
+#: dcmwrite's request for a standard DICOM file (preamble, file meta): pydicom 3's name, and pydicom 2's (the
+#: MONAI Label environment's) for the same thing
+STANDARD_FILE = (
+    {"enforce_file_format": True} if int(pydicom.__version__.split(".")[0]) >= 3 else {"write_like_original": False}
+)
 SERIES_UID_TAG, MODALITY_TAG, SERIES_NUMBER_TAG = "0020000E", "00080060", "00200011"
 _RESOURCE = re.compile(r"^(?P<root>https?://.+?)/studies/(?P<study>[0-9.]+)(?:/series/(?P<series>[0-9.]+))?/?$")
 
@@ -173,7 +178,7 @@ def retrieve_series(web: DICOMwebClient, root: str, study_uid: str, series_uid: 
         for dataset in web.iter_series(study_uid, series_uid):
             path = folder / f"{checked_uid(str(dataset.get('SOPInstanceUID', '')), url)}.dcm"
             with atomic_path(path) as temporary:
-                pydicom.dcmwrite(temporary, dataset, enforce_file_format=True)
+                pydicom.dcmwrite(temporary, dataset, **STANDARD_FILE)
             files.append(path)
     if not files:
         raise DicomWebError(f"WADO-RS {url}: the series has no instances")

@@ -33,6 +33,8 @@ PngValues = Literal["labels", "binary255"]
 ArrayLike = np.ndarray | torch.Tensor
 OVERLAY_ALPHA = 0.45
 COUNT_BLOCK = 1 << 22  # voxels per bincount in structure_volumes (32 MiB of intp at a time)
+NIFTI_SLAB_SLICES = 16  # slices per read and write in write_volume_nifti
+NIFTI_DATA_OFFSET = 352  # a single-file NIfTI-1: the 348-byte header, 4 bytes of extension flag, then the voxels
 
 
 def as_label_array(labels: ArrayLike, where: str, max_value: int = 255) -> np.ndarray:
@@ -76,6 +78,53 @@ def write_nifti(labels: ArrayLike, affine: ArrayLike, path: str | os.PathLike) -
     with atomic_path(path) as temporary:
         nib.save(image, temporary)
     return path
+
+
+def write_volume_nifti(volume: LazyVolume, path: str | os.PathLike, slab_slices: int = NIFTI_SLAB_SLICES) -> Path:
+    """Write an image volume ``[X, Y, Z]`` to an uncompressed ``.nii`` with its affine, ``slab_slices`` slices at
+    a time, so that no more than a slab is held (a memory-mapped reader then reads it back slab by slab).
+
+    Voxels are stored as int16 where every value is a whole number in int16's range (a CT in Hounsfield units,
+    as SimpleITK converts a DICOM series), else as the volume's own type; this takes one extra read of the volume.
+    """
+    path = Path(path)
+    if not path.name.endswith(".nii"):
+        raise ValueError(f"{path}: expected an uncompressed NIfTI file name ending .nii")
+    if len(volume.shape) != 3:
+        raise ValueError(f"{volume.path}: expected an image volume [X, Y, Z], found shape {volume.shape}")
+    affine = _check_affine(volume.affine, str(volume.path))
+    slabs = [(start, min(start + slab_slices, volume.shape[2])) for start in range(0, volume.shape[2], slab_slices)]
+    own_type = volume.read((slice(None), slice(None), slice(0, 1))).dtype
+    whole = np.can_cast(own_type, np.int16) or all(
+        _whole_int16(volume.read((slice(None), slice(None), slice(start, stop)))) for start, stop in slabs
+    )
+    stored = np.dtype(np.int16) if whole else own_type
+    header = nib.Nifti1Header()
+    header.set_data_shape(volume.shape)
+    header.set_data_dtype(stored)
+    header.set_qform(affine, code=1)
+    header.set_sform(affine, code=1)
+    header.set_xyzt_units("mm")
+    header["vox_offset"] = NIFTI_DATA_OFFSET
+    with atomic_path(path) as temporary, open(temporary, "wb") as out:
+        header.write_to(out)
+        out.write(bytes(NIFTI_DATA_OFFSET - out.tell()))  # the extension flag: no extensions
+        for start, stop in slabs:
+            slab = volume.read((slice(None), slice(None), slice(start, stop)))
+            voxels = slab.astype(stored.newbyteorder(header.endianness), order="F")  # x fastest, as NIfTI stores
+            out.write(voxels.T.data)  # the same bytes, viewed C-contiguous for writing without a copy
+    return path
+
+
+def _whole_int16(values: np.ndarray) -> bool:
+    """Whether every value is a whole number that int16 holds."""
+    if values.dtype.kind in "iub":
+        return values.size == 0 or (values.min() >= -32768 and values.max() <= 32767)
+    if values.size and (values.min() < -32768 or values.max() > 32767):
+        return False
+    fraction = np.round(values)
+    np.subtract(values, fraction, out=fraction)
+    return not fraction.any()  # NaN is not whole either
 
 
 def write_png_mask(mask: ArrayLike, path: str | os.PathLike, values: PngValues = "labels") -> Path:

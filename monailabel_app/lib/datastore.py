@@ -1,0 +1,64 @@
+"""MONAI Label's DICOMweb datastore, fetching and converting a series without holding it in memory.
+
+MONAI Label's own ``DICOMWebDatastore`` retrieves a series as one WADO-RS response held whole (the DICOM bytes
+about three times over while it is split into instances) and converts it with SimpleITK, which holds the whole
+volume, to a ``.nii.gz`` that the inference task must then decompress whole again. Here the instances are
+written to the cache as they arrive (:func:`common.io.dicomweb.retrieve_series`, into a folder that takes the
+series' name only when complete, so an interrupted download is not taken for a series), and the series becomes
+an uncompressed ``<SeriesInstanceUID>.nii`` written a slab of slices at a time
+(:func:`common.io.writers.write_volume_nifti`; the grid and voxels of SimpleITK's conversion), which the
+inference task reads a slab at a time through a memory map. Everything else (search, labels as DICOM SEG,
+credentials, the cache folder) is MONAI Label's.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from monailabel.datastore.dicom import DICOMWebDatastore
+from monailabel.datastore.local import LocalDatastore
+
+from common.io.dicomweb import retrieve_series
+from common.io.lazy_volumes import open_lazy_volume
+from common.io.writers import write_volume_nifti
+
+logger = logging.getLogger(__name__)
+
+
+class StreamingDICOMWebDatastore(DICOMWebDatastore):
+    """:class:`DICOMWebDatastore` whose series download and NIfTI conversion hold a slab, not the volume."""
+
+    def get_image_uri(self, image_id: str) -> str:
+        """The cached ``<image_id>.nii`` (or the series folder, with MONAI Label's conversion turned off), fetched
+        and converted on first use. MONAI Label's frame-by-frame fetch, where configured, is left to it."""
+        if self._fetch_by_frame:
+            return super().get_image_uri(image_id)
+        images = Path(self._datastore.image_path()).resolve()
+        series_folder = images / image_id
+        if not series_folder.is_dir() or not any(series_folder.iterdir()):
+            self._download(image_id, series_folder)
+        if not self._convert_to_nifti:
+            return str(series_folder)
+        nifti = images / f"{image_id}.nii"
+        if not nifti.is_file():
+            # written outside the datastore folder, whose watcher would see it; add_image copies it in
+            with tempfile.TemporaryDirectory(dir=images.parent) as scratch:
+                converted = write_volume_nifti(
+                    open_lazy_volume(series_folder, series_uid=image_id), Path(scratch) / nifti.name
+                )
+                LocalDatastore.add_image(self, image_id, str(converted), self._dicom_info(image_id))
+            logger.info(f"{image_id}: converted to {nifti} a slab at a time")
+        return str(nifti)
+
+    def _download(self, series_uid: str, folder: Path) -> None:
+        """WADO-RS the series into ``folder``, an instance at a time, through ``<folder>.partial``."""
+        partial = folder.with_name(f"{folder.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        study_uid = self._dicom_info(series_uid)["StudyInstanceUID"]
+        files = retrieve_series(self._client, self._client.base_url, study_uid, series_uid, partial)
+        shutil.rmtree(folder, ignore_errors=True)  # an empty folder left by an earlier attempt
+        partial.rename(folder)
+        logger.info(f"{series_uid}: {len(files)} instances fetched into {folder}")
