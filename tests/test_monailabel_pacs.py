@@ -40,6 +40,27 @@ def pacs_series(orthanc: Orthanc, tmp_path_factory) -> tuple[str, str, Path, lis
     return study_uid, pydicom.dcmread(files[0]).SeriesInstanceUID, folder, files
 
 
+#: four threads of one process ask the app's DICOMweb datastore for one series at once (run by .venv-label)
+CONCURRENT_FETCH = """
+import json, logging, sys, threading
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+app, root, series_uid, cache = sys.argv[1:5]
+sys.path.insert(0, app)
+from dicomweb_client.api import DICOMwebClient
+from lib.datastore import StreamingDICOMWebDatastore
+store = StreamingDICOMWebDatastore(DICOMwebClient(root), search_filter={"Modality": "CT"}, cache_path=cache)
+found = {}
+def fetch(k):
+    found[k] = store.get_image_uri(series_uid)
+threads = [threading.Thread(target=fetch, args=(k,)) for k in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps(found))
+"""
+
+
 @pytest.fixture(scope="module")
 def pacs_server(label_env, orthanc: Orthanc, bundles, tmp_path_factory):
     """``make label``'s command line with ``--studies`` Orthanc's DICOMweb root; stopped at teardown."""
@@ -135,3 +156,23 @@ def test_monailabel_segments_a_pacs_series_and_saves_the_label_as_a_seg(
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
     assert referenced_instances(seg) <= sop_uids(files)
     assert int(np.count_nonzero(seg.pixel_array)) == int(labels.sum())
+
+
+@pytest.mark.slow
+def test_concurrent_requests_fetch_and_convert_a_series_once(label_env, orthanc, pacs_series, tmp_path):
+    _, series_uid, folder, files = pacs_series
+    fetch = subprocess.run(
+        [str(label_env / "bin" / "python"), "-c", CONCURRENT_FETCH, str(REPO / "monailabel_app"), orthanc.dicomweb]
+        + [series_uid, str(tmp_path / "cache")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert fetch.returncode == 0, fetch.stderr[-3000:]
+    found = json.loads(fetch.stdout.strip().splitlines()[-1])
+    assert sorted(found) == ["0", "1", "2", "3"], fetch.stderr[-3000:]  # every thread got an answer
+    assert len(set(found.values())) == 1 and found["0"].endswith(f"{series_uid}.nii"), found
+    np.testing.assert_array_equal(np.asarray(nib.load(found["0"]).dataobj), read_dicom_series(folder).array)
+    assert fetch.stderr.count(f"{series_uid}: {len(files)} instances fetched") == 1, fetch.stderr[-3000:]
+    assert fetch.stderr.count("a slab at a time") == 1, fetch.stderr[-3000:]

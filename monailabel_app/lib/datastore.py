@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from filelock import FileLock
 from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 
@@ -37,20 +38,21 @@ class StreamingDICOMWebDatastore(DICOMWebDatastore):
         if self._fetch_by_frame:
             return super().get_image_uri(image_id)
         images = Path(self._datastore.image_path()).resolve()
-        series_folder = images / image_id
-        if not series_folder.is_dir() or not any(series_folder.iterdir()):
-            self._download(image_id, series_folder)
-        if not self._convert_to_nifti:
-            return str(series_folder)
-        nifti = images / f"{image_id}.nii"
-        if not nifti.is_file():
-            # written outside the datastore folder, whose watcher would see it; add_image copies it in
-            with tempfile.TemporaryDirectory(dir=images.parent) as scratch:
-                converted = write_volume_nifti(
-                    open_lazy_volume(series_folder, series_uid=image_id), Path(scratch) / nifti.name
-                )
-                LocalDatastore.add_image(self, image_id, str(converted), self._dicom_info(image_id))
-            logger.info(f"{image_id}: converted to {nifti} a slab at a time")
+        series_folder, nifti = images / image_id, images / f"{image_id}.nii"
+        # one fetch and conversion per series, however many requests ask for it at once (each waits for the first)
+        with FileLock(str(images.parent / f"{image_id}.lock")):
+            if not series_folder.is_dir() or not any(series_folder.iterdir()):
+                self._download(image_id, series_folder)
+            if not self._convert_to_nifti:
+                return str(series_folder)
+            if not nifti.is_file():
+                # written outside the datastore folder, whose watcher would see it; add_image copies it in
+                with tempfile.TemporaryDirectory(dir=images.parent) as scratch:
+                    converted = write_volume_nifti(
+                        open_lazy_volume(series_folder, series_uid=image_id), Path(scratch) / nifti.name
+                    )
+                    LocalDatastore.add_image(self, image_id, str(converted), self._dicom_info(image_id))
+                logger.info(f"{image_id}: converted to {nifti} a slab at a time")
         return str(nifti)
 
     def _download(self, series_uid: str, folder: Path) -> None:
