@@ -24,7 +24,17 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from pacs_fixtures import Orthanc, orthanc  # noqa: F401  (session fixture)
 from pydicom.uid import generate_uid
-from test_monailabel import REPO, VOLUME_MODEL, Server, bundles, free_port, label_env, stop, wait_until_ready  # noqa: F401
+from test_monailabel import (  # noqa: F401  (label_env, bundles: fixtures)
+    REPO,
+    VOLUME_MODEL,
+    Server,
+    bundles,
+    free_port,
+    label_env,
+    run_in_label_env,
+    stop,
+    wait_until_ready,
+)
 from test_pacs import referenced_instances, seg_series, sop_uids, study_series
 
 from common.io.dicom_series import read_dicom_series
@@ -161,18 +171,9 @@ def test_monailabel_segments_a_pacs_series_and_saves_the_label_as_a_seg(
 @pytest.mark.slow
 def test_concurrent_requests_fetch_and_convert_a_series_once(label_env, orthanc, pacs_series, tmp_path):
     _, series_uid, folder, files = pacs_series
-    fetch = subprocess.run(
-        [str(label_env / "bin" / "python"), "-c", CONCURRENT_FETCH, str(REPO / "monailabel_app"), orthanc.dicomweb]
-        + [series_uid, str(tmp_path / "cache")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert fetch.returncode == 0, fetch.stderr[-3000:]
-    found = json.loads(fetch.stdout.strip().splitlines()[-1])
-    assert sorted(found) == ["0", "1", "2", "3"], fetch.stderr[-3000:]  # every thread got an answer
+    found, log = run_in_label_env(label_env, CONCURRENT_FETCH, REPO, orthanc.dicomweb, series_uid, tmp_path / "cache")
+    assert sorted(found) == ["0", "1", "2", "3"], log[-3000:]  # every thread got an answer
     assert len(set(found.values())) == 1 and found["0"].endswith(f"{series_uid}.nii"), found
     np.testing.assert_array_equal(np.asarray(nib.load(found["0"]).dataobj), read_dicom_series(folder).array)
-    assert fetch.stderr.count(f"{series_uid}: {len(files)} instances fetched") == 1, fetch.stderr[-3000:]
-    assert fetch.stderr.count("a slab at a time") == 1, fetch.stderr[-3000:]
+    assert log.count(f"{series_uid}: {len(files)} instances fetched") == 1, log[-3000:]
+    assert log.count("a slab at a time") == 1, log[-3000:]
