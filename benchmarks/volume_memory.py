@@ -13,10 +13,9 @@ same writers, for comparison) and ``label`` (a MONAI Label server of ``make labe
 for the run with the bundle and the CT as its datastore, answering one ``/infer`` request: the peak is the
 server process's, start-up included; the bundle's own precision and batch size; a ``dcm`` series is uploaded to an
 Orthanc started for the benchmark and served over DICOMweb, as from a PACS, the server's download and conversion
-included). ``--python`` runs the measured
-commands with another interpreter, e.g. that of a virtual environment with only the project's runtime dependencies
-(``pip install -c constraints.txt .``): the development environment imports more (MONAI imports scikit-learn and
-pandas when they are installed).
+included). ``--python`` runs the measured commands with another interpreter, e.g. that of a virtual environment
+with only the project's runtime dependencies (``pip install -c constraints.txt .``): the development environment
+imports more (MONAI imports scikit-learn and pandas when they are installed).
 
 'growth B/voxel' is (peak - the same command's peak on a 16-slice volume) / voxels: what the volume adds beyond
 a constant (the 16-slice run has four batches, so both lanes are busy as in a large volume). '% floor' is the
