@@ -177,3 +177,21 @@ def test_concurrent_requests_fetch_and_convert_a_series_once(label_env, orthanc,
     np.testing.assert_array_equal(np.asarray(nib.load(found["0"]).dataobj), read_dicom_series(folder).array)
     assert log.count(f"{series_uid}: {len(files)} instances fetched") == 1, log[-3000:]
     assert log.count("a slab at a time") == 1, log[-3000:]
+
+
+@pytest.mark.slow
+def test_series_the_server_cannot_use_are_refused_with_the_reason(pacs_server: Server, orthanc, tmp_path):
+    from miniature_layouts import write_dicom_series
+
+    values = np.full((16, 16, 6), 40.0)
+    files = write_dicom_series(tmp_path / "gap", values, np.diag([1.0, 1.0, 2.5, 1.0]), modality="CT", skip_slices=(3,))
+    orthanc.upload(files)
+    gappy = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+
+    status, content = pacs_server.infer(VOLUME_MODEL, gappy)  # a slice missing: not one regular volume
+    assert status == 422, f"{status} {content[:2000]!r}"
+    assert f"series {gappy}" in content.decode() and "about 1 missing slice" in content.decode()
+    status, content = pacs_server.infer(VOLUME_MODEL, generate_uid())  # not on the PACS
+    assert status == 404 and "not found on" in content.decode(), f"{status} {content[:2000]!r}"
+    status, content = pacs_server.infer(VOLUME_MODEL, "..%2F..%2Fetc")  # never a path in the cache
+    assert status == 404 and "expected a SeriesInstanceUID" in content.decode(), f"{status} {content[:2000]!r}"

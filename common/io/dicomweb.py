@@ -51,7 +51,7 @@ DEFAULT_ATTEMPTS = 5
 STANDARD_FILE = (
     {"enforce_file_format": True} if int(pydicom.__version__.split(".")[0]) >= 3 else {"write_like_original": False}
 )
-SERIES_UID_TAG, MODALITY_TAG, SERIES_NUMBER_TAG = "0020000E", "00080060", "00200011"
+STUDY_UID_TAG, SERIES_UID_TAG, MODALITY_TAG, SERIES_NUMBER_TAG = "0020000D", "0020000E", "00080060", "00200011"
 _RESOURCE = re.compile(r"^(?P<root>https?://.+?)/studies/(?P<study>[0-9.]+)(?:/series/(?P<series>[0-9.]+))?/?$")
 
 
@@ -155,6 +155,14 @@ def image_series(web: DICOMwebClient, resource: DicomWebResource) -> list[str]:
         raise DicomWebError(f"QIDO-RS {resource.url}: no image series in the study (modalities {modalities})")
     ordered = sorted(images, key=lambda item: (item[0] is None, item[0] or 0, str(item[1])))
     return [checked_uid(uid, f"QIDO-RS {resource.url}") for _, uid in ordered]
+
+
+def study_of_series(web: DICOMwebClient, root: str, series_uid: str) -> str | None:
+    """The StudyInstanceUID of series ``series_uid`` (QIDO-RS), or ``None`` where the server holds no such series."""
+    url = f"{root}/series?SeriesInstanceUID={series_uid}"
+    with named_errors("QIDO-RS", url):
+        found = web.search_for_series(search_filters={"SeriesInstanceUID": series_uid})
+    return checked_uid(_first(found[0], STUDY_UID_TAG), f"QIDO-RS {url}") if found else None
 
 
 def checked_uid(uid: object, where: str) -> str:
