@@ -8,14 +8,15 @@ bundle (random weights: the masks do not matter here) once per ``--precisions`` 
 through a small wrapper that reports the process's peak resident set size (``getrusage``'s ``ru_maxrss`` of its
 child: what ``/usr/bin/time -v`` calls maximum resident set size). ``--paths`` chooses what runs: ``streamed``
 (``segment``), ``bundle`` (the bundle's ``inference.json`` through ``python -m monai.bundle run``, which streams
-too) and ``whole`` (the whole-volume path of earlier releases, ``segment_volume(..., streaming=False)`` plus the
-same writers, for comparison) and ``label`` (a MONAI Label server of ``make label-env``'s environment, started
+too), ``whole`` (the whole-volume path of earlier releases, ``segment_volume(..., streaming=False)`` plus the
+same writers, for comparison), ``label`` (a MONAI Label server of ``make label-env``'s environment, started
 for the run with the bundle and the CT as its datastore, answering one ``/infer`` request: the peak is the
 server process's, start-up included; the bundle's own precision and batch size; a ``dcm`` series is uploaded to an
 Orthanc started for the benchmark and served over DICOMweb, as from a PACS, the server's download and conversion
-included). ``--python`` runs the measured commands with another interpreter, e.g. that of a virtual environment
-with only the project's runtime dependencies (``pip install -c constraints.txt .``): the development environment
-imports more (MONAI imports scikit-learn and pandas when they are installed).
+included) and ``pacs`` (``segment`` with ``--input`` the series' DICOMweb URL on that Orthanc: the download is
+measured too; ``--format dcm`` only). ``--python`` runs the measured commands with another interpreter, e.g. that
+of a virtual environment with only the project's runtime dependencies (``pip install -c constraints.txt .``): the
+development environment imports more (MONAI imports scikit-learn and pandas when they are installed).
 
 'growth B/voxel' is (peak - the same command's peak on a 16-slice volume) / voxels: what the volume adds beyond
 a constant (the 16-slice run has four batches, so both lanes are busy as in a large volume). '% floor' is the
@@ -59,7 +60,7 @@ from common.networks import create_network  # noqa: E402 (after the sys.path ent
 from common.transforms import CT_WINDOW_HU  # noqa: E402 (after the sys.path entry)
 
 BUNDLE = "pvt_gdla_synapse_segmentation"
-PATHS = ("streamed", "bundle", "whole", "label")
+PATHS = ("streamed", "bundle", "whole", "label", "pacs")
 BASE_SLICES = 16  # four batches: both lanes busy, as in a large volume
 HU_SCALE, HU_OFFSET = CT_WINDOW_HU[1] - CT_WINDOW_HU[0], CT_WINDOW_HU[0]  # phantom [0, 1] -> the CT window in HU
 
@@ -195,17 +196,23 @@ def run_measured(command: list[str]) -> dict:
     return {"seconds": report["seconds"], "peak_mib": report["peak_kib"] / 1024}
 
 
+def uploaded_series(series: Path, pacs: Orthanc | None) -> tuple[str, str]:
+    """(StudyInstanceUID, SeriesInstanceUID) of the DICOM series folder ``series``, uploaded to ``pacs``."""
+    if pacs is None:
+        raise ValueError(f"{series}: this path reads DICOM series from a PACS; none was started")
+    files = sorted(series.iterdir())
+    pacs.upload(files)
+    header = pydicom.dcmread(files[0], stop_before_pixels=True)
+    return str(header.StudyInstanceUID), str(header.SeriesInstanceUID)
+
+
 def served_image(source: Path, pacs: Orthanc | None) -> tuple[str, str]:
     """(the MONAI Label server's ``--studies``, the image id to infer) for ``source``: a volume file is served from
     a studies folder under its name; a DICOM series folder is uploaded to ``pacs`` and served over DICOMweb by its
     SeriesInstanceUID, as MONAI Label serves a PACS."""
     if not source.is_dir():
         return str(source), source.name.split(".")[0]
-    if pacs is None:
-        raise ValueError(f"{source}: a DICOM series reaches MONAI Label through a PACS; none was started")
-    files = sorted(source.iterdir())
-    pacs.upload(files)
-    return pacs.dicomweb, str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    return pacs.dicomweb, uploaded_series(source, pacs)[1]
 
 
 def segment_command(
@@ -219,9 +226,13 @@ def segment_command(
     pacs: Orthanc | None = None,
 ) -> list[str]:
     """The command line of ``path_kind`` (see :data:`PATHS`); ``batch_size`` ``None`` keeps the bundle's; ``pacs``
-    serves DICOM series to the ``label`` path."""
-    if path_kind == "streamed":
+    serves DICOM series to the ``label`` and ``pacs`` paths."""
+    if path_kind in ("streamed", "pacs"):
         batch = ["--batch-size", str(batch_size)] if batch_size else []
+        where = str(source)
+        if path_kind == "pacs":  # segment reads the series from the PACS by its DICOMweb URL
+            study_uid, series_uid = uploaded_series(source, pacs)
+            where = f"{pacs.dicomweb}/studies/{study_uid}/series/{series_uid}"
         return [
             python,
             "-m",
@@ -230,7 +241,7 @@ def segment_command(
             "--bundle",
             str(bundle),
             "--input",
-            str(source),
+            where,
             "--output",
             str(out),
             "--device",
@@ -314,14 +325,17 @@ def parse_args() -> argparse.Namespace:
         choices=PATHS,
         help="streamed: `segment`; bundle: the bundle's inference.json (`monai.bundle run`, streamed too); "
         "whole: the whole-volume path of earlier releases; label: a MONAI Label server (make label-env) "
-        "answering one /infer request",
+        "answering one /infer request; pacs: `segment` reading the series (--format dcm) by its DICOMweb URL",
     )
     parser.add_argument("--threads", type=int, default=2, help="threads for the matmul rate (default 2)")
     parser.add_argument("--batch-size", type=int, help="slices per forward pass (default: the bundle's, 4)")
     parser.add_argument(
         "--python", default=sys.executable, help="interpreter of the measured commands (default: this one)"
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    if "pacs" in args.paths and args.format != "dcm":
+        parser.error("--paths pacs reads a DICOM series from a PACS: it needs --format dcm")
+    return args
 
 
 def main() -> None:
@@ -343,7 +357,7 @@ def main() -> None:
         folder = Path(temporary)
         bundle = make_bundle(folder)
         pacs = None
-        if "label" in kinds and args.format == "dcm":  # outside the measured processes
+        if {"label", "pacs"} & set(kinds) and args.format == "dcm":  # outside the measured processes
             pacs = start_orthanc(folder / "pacs", node_port=free_port())
             cleanup.callback(stop_orthanc, pacs)
         base = {}
