@@ -212,7 +212,8 @@ def served_image(source: Path, pacs: Orthanc | None) -> tuple[str, str]:
     SeriesInstanceUID, as MONAI Label serves a PACS."""
     if not source.is_dir():
         return str(source), source.name.split(".")[0]
-    return pacs.dicomweb, uploaded_series(source, pacs)[1]
+    _, series_uid = uploaded_series(source, pacs)  # says so if no PACS was started
+    return pacs.dicomweb, series_uid
 
 
 def segment_command(
