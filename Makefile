@@ -23,7 +23,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: $(STAMP) pacs-deps
+# the whole check CI runs (.ci/run): the lint first, then every test
+test: lint pacs-deps
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test-quick: $(STAMP) pacs-deps
