@@ -138,6 +138,17 @@ def final_output(prediction: torch.Tensor | Sequence[torch.Tensor]) -> torch.Ten
     return prediction[-1] if isinstance(prediction, (list, tuple)) else prediction
 
 
+class FinalOutput(nn.Module):
+    """``network``'s final map only (:func:`final_output` of its output), for export and compilation."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return final_output(self.network(x))
+
+
 def nearest_indices(in_size: int, out_size: int, align_corners: bool, device: torch.device) -> torch.Tensor:
     """Source index of every output position for a nearest-neighbour resize along one axis, ``[out_size]``.
 

@@ -25,21 +25,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .inference import SliceInferenceOptions, concurrent_lanes, final_output
+from .inference import FinalOutput, SliceInferenceOptions, concurrent_lanes
 
 #: the node types whose weights are quantized: every linear layer of the transformer blocks
 QUANTIZED_OPS = ("MatMul", "Gemm")
-
-
-class _FinalOutput(nn.Module):
-    """``network``'s final map only (the last element of a deep-supervision list), for export."""
-
-    def __init__(self, network: nn.Module):
-        super().__init__()
-        self.network = network
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return final_output(self.network(x))
 
 
 def export_onnx(network: nn.Module, path: str | Path, batch_size: int, roi_size: tuple[int, int], in_channels: int):
@@ -48,7 +37,7 @@ def export_onnx(network: nn.Module, path: str | Path, batch_size: int, roi_size:
         raise ValueError("the network is in training mode; call network.eval() before export")
     example = torch.zeros(batch_size, in_channels, *roi_size)
     with torch.no_grad():
-        program = torch.onnx.export(_FinalOutput(network).eval(), (example,), dynamo=True, verbose=False)
+        program = torch.onnx.export(FinalOutput(network).eval(), (example,), dynamo=True, verbose=False)
     program.save(str(path))
     return Path(path)
 
