@@ -11,6 +11,7 @@ Two fast tests cover the app's bundle discovery, which needs only ``common``.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
 import io
@@ -24,6 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -505,38 +507,18 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def server(label_env, studies, bundles, tmp_path_factory):
-    """``monailabel start_server`` on 127.0.0.1 with a copy of the shipped app; stopped at teardown."""
-    work = tmp_path_factory.mktemp("server")
+@contextlib.contextmanager
+def running_label_server(
+    label_env: Path, work: Path, studies: str, conf: dict[str, str], env: dict[str, str]
+) -> Iterator[Server]:
+    """``monailabel start_server`` through the repo's launcher on 127.0.0.1, with a copy of the shipped app in
+    ``work``, serving ``studies`` with the ``--conf`` pairs ``conf``; its whole process group stopped on exit."""
     app = work / "monailabel_app"
     shutil.copytree(REPO / "monailabel_app", app, ignore=shutil.ignore_patterns("__pycache__", "logs", "model", "bin"))
     port, log = free_port(), work / "server.log"
-    command = [
-        str(label_env / "bin" / "python"),
-        "-m",
-        "common.label_server",
-        "start_server",
-        "--app",
-        str(app),
-        "--studies",
-        str(studies),
-        "--conf",
-        "bundles",
-        str(bundles),
-        "--conf",
-        "models",
-        f"{VOLUME_MODEL},{PICTURE_MODEL},{MULTILABEL_MODEL}",
-        "--conf",
-        "epistemic_model",
-        MULTILABEL_MODEL,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    # scoring runs when asked (below), not in the background at start-up and after each request
-    env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
+    command = [str(label_env / "bin" / "python"), "-m", "common.label_server", "start_server", "--app", str(app)]
+    command += ["--studies", studies, *(arg for pair in conf.items() for arg in ("--conf", *pair))]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
     with open(log, "wb") as output:
         process = subprocess.Popen(
             command, cwd=work, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env
@@ -547,6 +529,20 @@ def server(label_env, studies, bundles, tmp_path_factory):
         yield running
     finally:
         stop(process)
+
+
+@pytest.fixture(scope="module")
+def server(label_env, studies, bundles, tmp_path_factory):
+    """The app on the studies folder with the volume, picture and multi-label bundles; stopped at teardown."""
+    conf = {
+        "bundles": str(bundles),
+        "models": f"{VOLUME_MODEL},{PICTURE_MODEL},{MULTILABEL_MODEL}",
+        "epistemic_model": MULTILABEL_MODEL,
+    }
+    # scoring runs when asked (below), not in the background at start-up and after each request
+    env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false"}
+    with running_label_server(label_env, tmp_path_factory.mktemp("server"), str(studies), conf, env) as running:
+        yield running
 
 
 def run_in_label_env(label_env: Path, script: str, cwd: Path, *args: Path) -> tuple[dict, str]:

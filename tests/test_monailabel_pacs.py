@@ -12,8 +12,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
-import subprocess
 import uuid
 from pathlib import Path
 
@@ -29,11 +27,9 @@ from test_monailabel import (  # noqa: F401  (label_env, bundles: fixtures)
     VOLUME_MODEL,
     Server,
     bundles,
-    free_port,
     label_env,
     run_in_label_env,
-    stop,
-    wait_until_ready,
+    running_label_server,
 )
 from test_pacs import referenced_instances, seg_series, sop_uids, study_series
 
@@ -75,44 +71,14 @@ print(json.dumps(found))
 def pacs_server(label_env, orthanc: Orthanc, bundles, tmp_path_factory):
     """``make label``'s command line with ``--studies`` Orthanc's DICOMweb root; stopped at teardown."""
     work = tmp_path_factory.mktemp("label_server")
-    app = work / "monailabel_app"
-    shutil.copytree(REPO / "monailabel_app", app, ignore=shutil.ignore_patterns("__pycache__", "logs", "model", "bin"))
-    port, log = free_port(), work / "server.log"
     environment = {
         **os.environ,
         "PATH": f"{label_env / 'bin'}{os.pathsep}{os.environ['PATH']}",
         "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "cache"),
     }
-    command = [
-        str(label_env / "bin" / "python"),
-        "-m",
-        "common.label_server",
-        "start_server",
-        "--app",
-        str(app),
-        "--studies",
-        orthanc.dicomweb,
-        "--conf",
-        "bundles",
-        str(bundles),
-        "--conf",
-        "models",
-        VOLUME_MODEL,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            command, cwd=work, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=environment
-        )
-    running = Server(f"http://127.0.0.1:{port}", log)
-    try:
-        wait_until_ready(process, running)
+    conf = {"bundles": str(bundles), "models": VOLUME_MODEL}
+    with running_label_server(label_env, work, orthanc.dicomweb, conf, environment) as running:
         yield running
-    finally:
-        stop(process)
 
 
 def multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
