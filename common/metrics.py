@@ -321,10 +321,6 @@ def excluded_pairs(rows: Sequence[Mapping[str, object]]) -> dict[str, int]:
     return {metric: sum(1 for row in rows if _missing(row, metric)) for metric in _metric_columns(rows)}
 
 
-SELECTION_TEST_SET = "checkpoint selected on the test set (authors' protocol)"
-SELECTION_HELD_OUT = "checkpoint selected on a validation set held out of the training cases"
-
-
 def format_comparison(
     summary: Sequence[Mapping[str, object]],
     published: PublishedRow,
