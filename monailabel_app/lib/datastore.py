@@ -7,7 +7,7 @@ written to the cache as they arrive (:func:`common.io.dicomweb.retrieve_series`,
 series' name only when complete, so an interrupted download is not taken for a series), and the series becomes
 an uncompressed ``<SeriesInstanceUID>.nii`` written a slab of slices at a time
 (:func:`common.io.writers.write_volume_nifti`; the grid and voxels of SimpleITK's conversion), which the
-inference task reads a slab at a time through a memory map. Everything else (search, labels as DICOM SEG,
+inference task reads a slab at a time from the file. Everything else (search, labels as DICOM SEG,
 credentials, the cache folder) is MONAI Label's.
 """
 
