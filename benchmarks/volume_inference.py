@@ -35,7 +35,13 @@ growth of the process's peak resident set size (``VmHWM``, reset through ``/proc
 network and the volume are built) during that run: activations, resize buffers and the output. It counts
 torch's and numpy's allocations alike, unlike ``tracemalloc``, which does not see torch's allocator.
 
-Usage: ``python benchmarks/volume_inference.py --slices 100 --size 512 --repeats 3 [--int8]``.
+Device (``--device cuda``): every method runs its network there (the loop moves each zoomed slice to the device
+and its labels back, as the authors' script does on a GPU); the floor uses the device's float32 and float16 matrix
+products (``auto`` is float16 autocast on CUDA), and the memory runs add the peak device memory each method
+allocated (``torch.cuda.max_memory_allocated``; the host figure stays the resident-set growth). The phantom fit
+runs on the device too. ``--int8`` is CPU-only.
+
+Usage: ``python benchmarks/volume_inference.py --slices 100 --size 512 --repeats 3 [--int8] [--device cuda]``.
 """
 
 from __future__ import annotations
@@ -59,7 +65,6 @@ from common.complexity import true_flops
 from common.inference import (
     SliceInferenceOptions,
     autocast_dtype,
-    cpu_has_native_bfloat16,
     predict_volume,
     slices_per_pass,
 )
@@ -96,7 +101,10 @@ class TimedNetwork(nn.Module):
                 self._since = time.perf_counter()
             self._in_flight += 1
         try:
-            return self.network(x)
+            output = self.network(x)
+            if x.is_cuda:  # the pass has run when its time is taken, not when its kernels are queued
+                torch.cuda.synchronize(x.device)
+            return output
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -131,7 +139,8 @@ def phantom(size: int, slices: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
 
 
 def fit_to_phantom(network: nn.Module, steps: int, seed: int) -> None:
-    """Train ``network`` for ``steps`` AdamW steps (batch 4, deep supervision) on network-sized phantom slices.
+    """Train ``network`` (on its device) for ``steps`` AdamW steps (batch 4, deep supervision) on network-sized
+    phantom slices.
 
     The training phantom has the benchmark volume's anatomy (same ``seed``) sampled at the network size, 32 slices.
     """
@@ -142,28 +151,29 @@ def fit_to_phantom(network: nn.Module, steps: int, seed: int) -> None:
     targets = torch.from_numpy(np.moveaxis(labels, -1, 0).astype(np.int64))  # [Z, ROI, ROI]
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(seed)
-    dtype = autocast_dtype("auto", torch.device("cpu"))
+    device = next(network.parameters()).device
+    dtype = autocast_dtype("auto", device)
     network.train()
     for _ in range(steps):
         index = torch.randint(0, len(images), (4,), generator=generator)
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            outputs = network(images[index])
-        loss = sum(F.cross_entropy(out.float(), targets[index]) for out in outputs)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            outputs = network(images[index].to(device))
+        loss = sum(F.cross_entropy(out.float(), targets[index].to(device)) for out in outputs)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     network.eval()
 
 
-def naive_loop(network: nn.Module, volume: np.ndarray) -> np.ndarray:
-    """The authors' per-slice protocol: zoom order 3 in, forward, softmax + argmax, zoom order 0 out."""
+def naive_loop(network: nn.Module, volume: np.ndarray, device: torch.device) -> np.ndarray:
+    """The authors' per-slice protocol: zoom order 3 in, forward on ``device``, softmax + argmax, zoom order 0 out."""
     height, width, num_slices = volume.shape
     prediction = np.zeros_like(volume, dtype=np.uint8)
     for index in range(num_slices):
         image = zoom(volume[:, :, index], (ROI / height, ROI / width), order=3)
-        batch = torch.from_numpy(image).unsqueeze(0).unsqueeze(0).float()
+        batch = torch.from_numpy(image).unsqueeze(0).unsqueeze(0).float().to(device)
         with torch.no_grad():
-            out = torch.argmax(torch.softmax(network(batch), dim=1), dim=1).squeeze(0).numpy()
+            out = torch.argmax(torch.softmax(network(batch), dim=1), dim=1).squeeze(0).cpu().numpy()
         prediction[:, :, index] = zoom(out, (height / ROI, width / ROI), order=0)
     return prediction
 
@@ -175,14 +185,16 @@ def build_methods(
     network, run)}``; the int8 method runs an ONNX Runtime session exported from that network."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    device = torch.device(args.device)
     network = create_network("pvt_gdla", in_channels=1, num_classes=NUM_CLASSES, encoder_weights="random")
+    network.to(device)
     fit_to_phantom(network, args.fit_steps, args.seed)
     precisions = {**ENGINES, INT8: "float32"}
     methods = {}
     for name in names:
         if name == "naive":
             naive = TimedNetwork(copy.deepcopy(network)).eval()
-            methods[name] = (naive, lambda volume, naive=naive: naive_loop(naive, volume))
+            methods[name] = (naive, lambda volume, naive=naive: naive_loop(naive, volume, device))
             continue
         copied = copy.deepcopy(network).eval()
         if name == INT8:
@@ -232,27 +244,36 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def peak_memory_mib(method: str, args: argparse.Namespace) -> float:
-    """Peak RSS growth (MiB) while ``method`` predicts ``--memory-slices`` slices; meant for a fresh process."""
+def peak_memory_mib(method: str, args: argparse.Namespace) -> tuple[float, float | None]:
+    """Peak RSS growth (MiB) while ``method`` predicts ``--memory-slices`` slices, and on CUDA the peak device
+    memory allocated meanwhile (MiB, network weights included; else ``None``); meant for a fresh process."""
     volume, _ = phantom(args.size, args.memory_slices, args.seed)
     _, run = build_methods(argparse.Namespace(**{**vars(args), "fit_steps": 0}), (method,))[method]
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     with open("/proc/self/clear_refs", "w") as handle:
         handle.write("5")  # resets VmHWM to the current RSS
     baseline = _status_kb("VmRSS")
     run(volume)
-    return (_status_kb("VmHWM") - baseline) / 1024
+    host = (_status_kb("VmHWM") - baseline) / 1024
+    return host, torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
-def matmul_gflops(dtype: torch.dtype, threads: int, size: int = 1024, repeats: int = 20) -> float:
-    """Best GFLOP/s of ``repeats`` ``size``-square matrix products in ``dtype`` on ``threads`` torch threads (the
-    best, not the median: the floor is what the machine can do, and other load only ever slows a product down)."""
+def matmul_gflops(dtype: torch.dtype, threads: int, device: torch.device, repeats: int = 20) -> float:
+    """Best GFLOP/s of ``repeats`` square matrix products in ``dtype`` on ``device`` (1024 on a CPU with ``threads``
+    torch threads, 8192 on a GPU; the best, not the median: the floor is what the machine can do, and other load
+    only ever slows a product down)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    size = 1024 if device.type == "cpu" else 8192
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
     a @ b
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - start)
     return 2 * size**3 / min(seconds) / 1e9
 
@@ -261,19 +282,18 @@ def matmul_floors(args: argparse.Namespace, names: tuple[str, ...]) -> tuple[dic
     """Seconds per volume each method would take at the measured matmul rate, and a line describing the rates."""
     network = create_network("pvt_gdla", in_channels=1, num_classes=NUM_CLASSES, encoder_weights="random")
     flops = true_flops(network, (1, ROI, ROI), all_heads=False) * args.slices
-    rates = {"float32": matmul_gflops(torch.float32, args.threads)}
-    if cpu_has_native_bfloat16():
-        rates["bfloat16"] = matmul_gflops(torch.bfloat16, args.threads)
-    auto = autocast_dtype("auto", torch.device("cpu"))
+    device = torch.device(args.device)
+    auto = autocast_dtype("auto", device)
+    rates = {"float32": matmul_gflops(torch.float32, args.threads, device)}
+    if auto is not None:
+        rates[str(auto).removeprefix("torch.")] = matmul_gflops(auto, args.threads, device)
     rate_of = {name: rates["float32"] for name in names}
-    if auto is torch.bfloat16:
-        rate_of["engine auto"] = rates["bfloat16"]
+    if auto is not None:
+        rate_of["engine auto"] = rates[str(auto).removeprefix("torch.")]
     floors = {name: flops / (rate_of[name] * 1e9) for name in names}
     described = ", ".join(f"{dtype} {rate:.1f}" for dtype, rate in rates.items())
-    return (
-        floors,
-        f"true {flops / args.slices / 2e9:.2f} GMACs per slice; matmul GFLOP/s on {args.threads} threads: {described}",
-    )
+    where = f"{args.threads} threads" if device.type == "cpu" else str(device)
+    return floors, f"true {flops / args.slices / 2e9:.2f} GMACs per slice; matmul GFLOP/s on {where}: {described}"
 
 
 def mean_dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -294,7 +314,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--memory-slices", type=int, default=8, help="slices of the memory runs (default 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--int8", action="store_true", help="add the int8 ONNX Runtime engine (opt-in path)")
-    return parser.parse_args()
+    parser.add_argument("--device", default="cpu", help="where the networks run: cpu (default) or cuda[:N]")
+    args = parser.parse_args()
+    for name in ("slices", "size", "batch_size", "threads", "repeats", "memory_slices"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.int8 and torch.device(args.device).type != "cpu":
+        parser.error("--int8 runs on the CPU only (ONNX Runtime's CPU session)")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device here")
+    return args
 
 
 def main() -> None:
@@ -307,17 +336,18 @@ def main() -> None:
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn, max_tasks_per_child=1) as pool:
         peaks = {name: pool.submit(peak_memory_mib, name, args).result() for name in names}
-    precision = autocast_dtype("auto", torch.device("cpu"))
+    precision = autocast_dtype("auto", torch.device(args.device))
     print(
-        f"PVT-GDLA, {args.size} x {args.size} x {args.slices} volume, network input {ROI}, {args.threads} threads, "
+        f"PVT-GDLA, {args.size} x {args.size} x {args.slices} volume, network input {ROI}, on {args.device}, "
+        f"{args.threads} threads, "
         f"engine batch {args.batch_size}, channels-last; 'auto' runs {precision or 'float32'} here; "
         f"weights fitted for {args.fit_steps} steps; medians of {args.repeats} volume(s); "
         f"peak RSS growth over {args.memory_slices} slices; {rates}; {time.perf_counter() - started:.0f} s in all"
     )
     print(
         f"{'method':<16} {'s/volume':>9} {'slices/s':>9} {'speed-up':>9} {'per volume':>12} {'CPU s':>7} "
-        f"{'forward s':>10} {'other s':>8} {'% floor':>8} {'peak +MiB':>10} {'Dice vs naive':>14} "
-        f"{'Dice vs truth':>14} {'Dice vs f32':>12}"
+        f"{'forward s':>10} {'other s':>8} {'% floor':>8} {'peak +MiB':>10} {'device MiB':>11} "
+        f"{'Dice vs naive':>14} {'Dice vs truth':>14} {'Dice vs f32':>12}"
     )
     naive_walls = [r["wall"] for r in results["naive"]]
     for name in names:
@@ -329,11 +359,13 @@ def main() -> None:
         speed_up = statistics.median(naive_walls) / seconds
         agreement, accuracy = mean_dice(masks[name], masks["naive"]), mean_dice(masks[name], labels)
         against_float32 = mean_dice(masks[name], masks["engine float32"])
+        host_peak, device_peak = peaks[name]
+        device_column = "-" if device_peak is None else f"{device_peak:.0f}"
         print(
             f"{name:<16} {seconds:9.2f} {args.slices / seconds:9.2f} {speed_up:8.2f}x "
             f"{min(ratios):5.2f}-{max(ratios):4.2f}x {cpu:7.1f} {forward:10.2f} {seconds - forward:8.2f} "
-            f"{100 * floors[name] / seconds:7.1f}% {peaks[name]:10.0f} {agreement:14.4f} {accuracy:14.4f} "
-            f"{against_float32:12.4f}"
+            f"{100 * floors[name] / seconds:7.1f}% {host_peak:10.0f} {device_column:>11} {agreement:14.4f} "
+            f"{accuracy:14.4f} {against_float32:12.4f}"
         )
 
 
