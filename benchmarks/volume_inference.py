@@ -185,7 +185,7 @@ def build_methods(
     network, run)}``; the int8 method runs an ONNX Runtime session exported from that network."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    device = torch.device(args.device)
+    device = args.device
     network = create_network("pvt_gdla", in_channels=1, num_classes=NUM_CLASSES, encoder_weights="random")
     network.to(device)
     fit_to_phantom(network, args.fit_steps, args.seed)
@@ -249,7 +249,7 @@ def peak_memory_mib(method: str, args: argparse.Namespace) -> tuple[float, float
     memory allocated meanwhile (MiB, network weights included; else ``None``); meant for a fresh process."""
     volume, _ = phantom(args.size, args.memory_slices, args.seed)
     _, run = build_methods(argparse.Namespace(**{**vars(args), "fit_steps": 0}), (method,))[method]
-    device = torch.device(args.device)
+    device = args.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with open("/proc/self/clear_refs", "w") as handle:
@@ -282,14 +282,12 @@ def matmul_floors(args: argparse.Namespace, names: tuple[str, ...]) -> tuple[dic
     """Seconds per volume each method would take at the measured matmul rate, and a line describing the rates."""
     network = create_network("pvt_gdla", in_channels=1, num_classes=NUM_CLASSES, encoder_weights="random")
     flops = true_flops(network, (1, ROI, ROI), all_heads=False) * args.slices
-    device = torch.device(args.device)
+    device = args.device
     auto = autocast_dtype("auto", device)
     rates = {"float32": matmul_gflops(torch.float32, args.threads, device)}
-    if auto is not None:
-        rates[str(auto).removeprefix("torch.")] = matmul_gflops(auto, args.threads, device)
     rate_of = {name: rates["float32"] for name in names}
     if auto is not None:
-        rate_of["engine auto"] = rates[str(auto).removeprefix("torch.")]
+        rates[str(auto).removeprefix("torch.")] = rate_of["engine auto"] = matmul_gflops(auto, args.threads, device)
     floors = {name: flops / (rate_of[name] * 1e9) for name in names}
     described = ", ".join(f"{dtype} {rate:.1f}" for dtype, rate in rates.items())
     where = f"{args.threads} threads" if device.type == "cpu" else str(device)
@@ -300,6 +298,14 @@ def mean_dice(a: np.ndarray, b: np.ndarray) -> float:
     """Mean Dice over the classes (background included) present in either mask; symmetric."""
     scores = [dice(a == k, b == k) for k in np.union1d(np.unique(a), np.unique(b))]
     return float(np.nanmean(scores))
+
+
+def device_argument(text: str) -> torch.device:
+    """``--device``'s value as a :class:`torch.device`, or argparse's usage error naming what was given."""
+    try:
+        return torch.device(text)
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a torch device such as cpu or cuda:0, got {text!r}") from exc
 
 
 def parse_args() -> argparse.Namespace:
@@ -314,14 +320,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--memory-slices", type=int, default=8, help="slices of the memory runs (default 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--int8", action="store_true", help="add the int8 ONNX Runtime engine (opt-in path)")
-    parser.add_argument("--device", default="cpu", help="where the networks run: cpu (default) or cuda[:N]")
+    parser.add_argument(
+        "--device", type=device_argument, default="cpu", help="where the networks run: cpu (default) or cuda[:N]"
+    )
     args = parser.parse_args()
     for name in ("slices", "size", "batch_size", "threads", "repeats", "memory_slices"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.int8 and torch.device(args.device).type != "cpu":
+    if args.int8 and args.device.type != "cpu":
         parser.error("--int8 runs on the CPU only (ONNX Runtime's CPU session)")
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+    if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device here")
     return args
 
@@ -336,7 +344,7 @@ def main() -> None:
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn, max_tasks_per_child=1) as pool:
         peaks = {name: pool.submit(peak_memory_mib, name, args).result() for name in names}
-    precision = autocast_dtype("auto", torch.device(args.device))
+    precision = autocast_dtype("auto", args.device)
     print(
         f"PVT-GDLA, {args.size} x {args.size} x {args.slices} volume, network input {ROI}, on {args.device}, "
         f"{args.threads} threads, "
