@@ -74,7 +74,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5, help="timed passes per method and round (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="turns of eager then compiled (default 3)")
     parser.add_argument("--package", type=Path, help="keep the .pt2 here (default: a temporary folder)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    for name in ("threads", "batch_size", "repeats", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    return args
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
@@ -49,6 +50,26 @@ def test_volume_inference_benchmark_prints_its_table():
     assert all(float(row["s/volume"]) > 0 for row in rows.values())
     # on the CPU the host figure is the memory figure; the device column is for --device cuda
     assert all(float(row["peak +MiB"]) >= 0 and row["device MiB"] == "-" for row in rows.values()), result.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "arguments", "message"),
+    [
+        ("volume_inference", ["--device", "gpu0"], "expected a torch device such as cpu or cuda:0, got 'gpu0'"),
+        ("volume_inference", ["--slices", "0"], "--slices must be at least 1, got 0"),
+        ("volume_inference", ["--int8", "--device", "cuda"], None),  # CPU-only, or no CUDA here: refused either way
+        ("compiled_forward", ["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    ],
+)
+def test_benchmarks_refuse_bad_arguments_with_a_usage_error(script, arguments, message, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    module = importlib.import_module(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *arguments])
+    with pytest.raises(SystemExit) as exit_info:
+        module.parse_args()
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "error:" in stderr and (message is None or message in stderr), stderr
 
 
 @pytest.mark.slow
