@@ -26,7 +26,7 @@ from common.io.dicom_seg import read_source_datasets, seg_obstacle, write_dicom_
 from common.io.dicom_series import DicomSeries
 from common.io.images import PICTURE_SUFFIXES
 from common.io.lazy_volumes import open_lazy_volume
-from common.io.staging import publish, staged_folder
+from common.io.staging import STAGING_PREFIX, publish, staged_folder
 from common.io.tables import write_csv
 from common.io.validation import short_reason
 from common.io.writers import (
@@ -181,35 +181,53 @@ def segment_cases(
     for number, case in enumerate(cases, start=1):
         if progress:
             print(f"[{number}/{len(cases)}] {case.name} ({case.path})", file=sys.stderr, flush=True)
-        try:
-            with staged_folder(output_dir) as staging:
-                result = segment_case(segmenter, case, staging, series_uid=series_uid)
-                result.outputs = publish(staging, output_dir, result.outputs)
-            results.append(result)
-            for warning in result.warnings if progress else ():
-                print(f"  warning: {warning}", file=sys.stderr, flush=True)
-        except Exception as exc:  # one bad case must not stop the others; the report names it
-            logger.debug("case %s failed", case.name, exc_info=True)
-            message = str(exc) if isinstance(exc, (InputError, ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
-            results.append(CaseResult(case.name, case.path, "failed", error=message))
+        result = segment_published(segmenter, case, output_dir, series_uid=series_uid)
+        results.append(result)
+        for warning in result.warnings if progress else ():
+            print(f"  warning: {warning}", file=sys.stderr, flush=True)
+    write_tables(output_dir, results)
+    return results
+
+
+def segment_published(
+    segmenter: BundleSegmenter,
+    case: Case,
+    output_dir: Path,
+    *,
+    series_uid: str | None = None,
+    staging_prefix: str = STAGING_PREFIX,
+) -> CaseResult:
+    """Segment one case in a staging folder (named by ``staging_prefix``) and publish its outputs into
+    ``output_dir`` when it succeeds; a failure is returned as a ``"failed"`` result that names the reason."""
+    try:
+        with staged_folder(output_dir, staging_prefix) as staging:
+            result = segment_case(segmenter, case, staging, series_uid=series_uid)
+            result.outputs = publish(staging, output_dir, result.outputs)
+        return result
+    except Exception as exc:  # one bad case must not stop the others; the report names it
+        logger.debug("case %s failed", case.name, exc_info=True)
+        message = str(exc) if isinstance(exc, (InputError, ValueError, OSError)) else f"{type(exc).__name__}: {exc}"
+        return CaseResult(case.name, case.path, "failed", error=message)
+
+
+def report_row(result: CaseResult) -> dict[str, str]:
+    """A case's row of ``report.csv``."""
+    return {
+        "case": result.case,
+        "source": str(result.source),
+        "status": result.status,
+        "outputs": ";".join(str(p) for p in result.outputs),
+        "error": result.error,
+        "warnings": " | ".join(result.warnings),
+    }
+
+
+def write_tables(output_dir: Path, results: Sequence[CaseResult]) -> None:
+    """``report.csv`` (every case) and, with volume cases, ``volumes.csv`` in ``output_dir``."""
     volume_rows = [row for result in results for row in result.volumes]
     if volume_rows:
         write_csv(output_dir / VOLUMES_FILE, volume_rows)
-    write_csv(
-        output_dir / REPORT_FILE,
-        [
-            {
-                "case": r.case,
-                "source": str(r.source),
-                "status": r.status,
-                "outputs": ";".join(str(p) for p in r.outputs),
-                "error": r.error,
-                "warnings": " | ".join(r.warnings),
-            }
-            for r in results
-        ],
-    )
-    return results
+    write_csv(output_dir / REPORT_FILE, [report_row(r) for r in results])
 
 
 def format_report(results: Sequence[CaseResult]) -> str:

@@ -17,11 +17,12 @@ STAGING_PREFIX = ".staging-"
 
 
 @contextlib.contextmanager
-def staged_folder(output_dir: Path) -> Iterator[Path]:
+def staged_folder(output_dir: Path, prefix: str = STAGING_PREFIX) -> Iterator[Path]:
     """Yield an empty hidden folder inside ``output_dir`` (same file system, so moves are renames); it is removed
-    with whatever is left in it when the block ends, normally or by an exception."""
+    with whatever is left in it when the block ends, normally or by an exception. ``prefix`` (starting with
+    :data:`STAGING_PREFIX`) may name the writer, so that a killed writer's folder can be told apart."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=STAGING_PREFIX))
+    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=prefix))
     try:
         yield staging
     finally:
