@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "release": ("common.release", "pack a trained bundle into a checksummed archive; download and verify one"),
     "reproduce": ("common.reproduce", "evaluate (or train, then evaluate) a bundle beside its paper row"),
     "listen": ("common.dicom_node", "a DICOM node: receive series, segment them, send the DICOM SEG on"),
+    "segment-archive": ("common.archive.command", "segment a whole archive: resumable, on Ray workers or in process"),
 }
 
 
