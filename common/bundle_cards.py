@@ -15,6 +15,7 @@ from .bundle_specs import (
     published_metrics,
 )
 from .networks import network_facts
+from .networks.scripting import FIXED_SIZE_NETWORKS, SCRIPT_EXAMPLE_SIZE, torchscript_obstacle
 from .transforms import INPUT_SIZE, eval_transforms_config
 
 ARCHITECTURES = {
@@ -142,6 +143,24 @@ def _override_example(spec: BundleSpec) -> str:
     return f"`--validate#preprocessing#transforms#{index}#{argument} {value}` sets `{argument}` of `{step['_target_']}`"
 
 
+def _torchscript_note(spec: BundleSpec) -> str:
+    """Why TorchScript export saves a trace of this network, and what the file holds."""
+    size, channels = SCRIPT_EXAMPLE_SIZE, dataset_reader(spec).image_channels
+    fixed = spec.network in FIXED_SIZE_NETWORKS
+    return (
+        f"`torch.jit.script`, which that command runs, cannot compile `{spec.network}` as written: "
+        f"{torchscript_obstacle(spec.network)}. The network therefore answers it with its eval-mode trace on a "
+        f"[1, {channels}, {size}, {size}] image (`common.networks.scripting`): the graph that `--use_trace True` "
+        "writes with the metadata's input shape (`torchscript_export` in the metadata), the inference network "
+        "without training-mode outputs. "
+        + (
+            f"The trace takes {size} x {size} inputs only: the position embedding's resizing is fixed at that size."
+            if fixed
+            else "The trace takes other input sizes too (sides divisible by the network's stride)."
+        )
+    )
+
+
 def model_card(spec: BundleSpec) -> str:
     """docs/README.md: what the model is, the data and its licence, the recipe, results, how to reproduce."""
     reader, card = dataset_reader(spec), spec.dataset_card
@@ -237,15 +256,16 @@ Inference runs `"precision": "auto"`: float16 autocast on CUDA, bfloat16 on CPUs
 
 ## Export
 
-MONAI's export commands work on the trained bundle. TorchScript export traces the network (`torch.jit.script`
-cannot compile it; `torchscript_export` in the metadata says so), with the input shape from the metadata:
+MONAI's export commands work on the trained bundle, the model zoo's TorchScript command with its defaults too:
 
 ```bash
 python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt \\
-    --meta_file configs/metadata.json --config_file configs/inference.json --use_trace True
+    --meta_file configs/metadata.json --config_file configs/inference.json
 python -m monai.bundle onnx_export network_def --filepath models/model.onnx --ckpt_file models/model.pt \\
     --meta_file configs/metadata.json --config_file configs/inference.json
 ```
+
+{_torchscript_note(spec)}
 
 `monai.bundle.load("{spec.name}", bundle_dir=..., workflow_type="infer")` returns the network with the weights
 (`configs/infer.json` is `inference.json` under the name `load` looks for; `workflow_type="train"` reads

@@ -19,6 +19,7 @@ from .kv_transformers import (
 from .layers import grid_to_tokens, tokens_to_grid
 from .papers import KV_ATTENTION_CITATION
 from .registry import register_network
+from .scripting import ScriptedByTracing
 
 
 class ConvEmbedding(nn.Module):
@@ -67,7 +68,7 @@ class CvTStage(nn.Module):
         return tokens_to_grid(x, size)
 
 
-class CvT(nn.Module):
+class CvT(ScriptedByTracing, nn.Module):
     """CvT-13 encoder (three stages at 1/4, 1/8, 1/16) + TransUNet's cascaded upsampler.
 
     Stages: embeddings Conv7x7 s4 p2, Conv3x3 s2 p1, Conv3x3 s2 p1; widths (64, 192, 384), heads (1, 3, 6),
@@ -84,6 +85,11 @@ class CvT(nn.Module):
         >>> net.eval()(torch.zeros(1, 1, 64, 64)).shape
         torch.Size([1, 3, 64, 64])
     """
+
+    torchscript_obstacle = (
+        "the shared key-value attention (common.networks.kv_transformers) defines a nested function in its "
+        "forward pass and formats an error with !r, neither of which TorchScript compiles"
+    )
 
     EMBEDDINGS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
 

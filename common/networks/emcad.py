@@ -49,6 +49,7 @@ from .blocks import DeepSupervisionForward, check_image_batch
 from .encoders import create_pvt_v2, load_encoder_weights, pvt_v2_features
 from .papers import EMCAD_CITATION, PVT_DECODER_CITATIONS, PVT_V2_B2_WEIGHTS
 from .registry import register_network
+from .scripting import ScriptedByTracing
 
 ActivationKind = Literal["relu", "relu6"]
 GrayStem = Literal["conv", "repeat"]
@@ -264,7 +265,7 @@ def _init_decoder_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class EMCADNet(DeepSupervisionForward):
+class EMCADNet(DeepSupervisionForward, ScriptedByTracing):
     """PVT-v2 encoder + EMCAD decoder + four prediction heads.
 
     Implements the stage protocol of :mod:`common.networks.xattnres` (``encode``, ``bottleneck``, ``fuse``,
@@ -288,6 +289,11 @@ class EMCADNet(DeepSupervisionForward):
         >>> net(torch.zeros(1, 1, 64, 64)).shape
         torch.Size([1, 4, 64, 64])
     """
+
+    torchscript_obstacle = (
+        "the decoder's stage protocol (fuse, refine, shared with XAttnRes) runs its modules by a run-time stage "
+        "index; TorchScript indexes modules only by constants"
+    )
 
     def __init__(
         self,

@@ -33,6 +33,7 @@ from .blocks import check_image_batch, refuse_deep_supervision
 from .layers import MLP, apply_rotary, grid_to_tokens, rotary_tables, tokens_to_grid
 from .papers import MLLA_UNET_CITATION
 from .registry import register_network
+from .scripting import ScriptedByTracing
 
 MLLA_EPS = 1e-6
 
@@ -245,7 +246,7 @@ class ExpandHead(nn.Module):
         return self.output(tokens_to_grid(self.norm(x), (h * s, w * s)))
 
 
-class MLLAUNet(nn.Module):
+class MLLAUNet(ScriptedByTracing, nn.Module):
     """MLLA-UNet: stem, four MLLA encoder stages joined by EDSM, three decoder stages joined by EUSM, expand head.
 
     Encoder: stage i (i = 0..3) at 1/2^(i+2) with ``embed_dim * 2^i`` channels; its input is kept as the skip.
@@ -271,6 +272,10 @@ class MLLAUNet(nn.Module):
         >>> net(torch.zeros(1, 1, 64, 64)).shape
         torch.Size([1, 4, 64, 64])
     """
+
+    torchscript_obstacle = (
+        "its linear-attention blocks define a nested function inside forward, which TorchScript does not compile"
+    )
 
     def __init__(
         self,

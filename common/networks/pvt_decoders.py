@@ -34,6 +34,7 @@ from .layers import (
 )
 from .papers import PVT_DECODER_CITATIONS, PVT_V2_B2_WEIGHTS
 from .registry import register_network
+from .scripting import ScriptedByTracing
 
 MixerKind = Literal["gdla", "linear", "softmax", "differential"]
 GateKind = Literal["sigmoid", "silu"]
@@ -287,7 +288,7 @@ def build_mixer(
     raise ValueError(f"unknown mixer {kind!r}; expected 'gdla', 'linear', 'softmax' or 'differential'")
 
 
-class PVTDecoderNet(DeepSupervisionForward):
+class PVTDecoderNet(DeepSupervisionForward, ScriptedByTracing):
     """PVT-v2 encoder + three-stage transformer decoder + full-resolution residual branch.
 
     ``d3 = de1(up1(x4) + x3)``, ``d2 = de2(up2(d3) + x2)``, ``d1 = de3(up3(d2) + x1)``;
@@ -321,6 +322,11 @@ class PVTDecoderNet(DeepSupervisionForward):
         >>> [out.shape[1] for out in net.forward_all(torch.zeros(1, 1, 64, 64))]
         [4, 4, 4, 4]
     """
+
+    torchscript_obstacle = (
+        "the decoder stages (fuse, refine, _decode) pick modules from tuples by a run-time stage index and pass "
+        "modules to helper functions, which TorchScript does not compile"
+    )
 
     def __init__(
         self,

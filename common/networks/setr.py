@@ -19,6 +19,7 @@ from .kv_transformers import (
 from .layers import grid_to_tokens, tokens_to_grid
 from .papers import KV_ATTENTION_CITATION
 from .registry import register_network
+from .scripting import ScriptedByTracing
 
 
 class ProgressiveUpsamplingHead(nn.Module):
@@ -37,7 +38,7 @@ class ProgressiveUpsamplingHead(nn.Module):
         return self.classifier(x)
 
 
-class SETR(nn.Module):
+class SETR(ScriptedByTracing, nn.Module):
     """SETR-PUP: ViT encoder on non-overlapping patches + progressive upsampling head.
 
     Default size ViT-S/16 (depth 12, width 384, 6 heads, MLP ratio 4), small enough for 224 x 224 MRI slices
@@ -63,6 +64,11 @@ class SETR(nn.Module):
         torch.Size([1, 3, 64, 64])
     """
 
+    torchscript_obstacle = (
+        "the shared key-value attention (common.networks.kv_transformers) defines a nested function in its "
+        "forward pass and formats an error with !r, neither of which TorchScript compiles"
+    )
+
     def __init__(
         self,
         in_channels: int = 1,
@@ -85,6 +91,7 @@ class SETR(nn.Module):
             raise ValueError(f"patch_size must be a power of two, got {patch_size}")
         self.in_channels, self.patch_size = in_channels, patch_size
         grid = (image_size // patch_size, image_size // patch_size)
+        self.script_example_size = image_size  # the position embedding fixes a trace to its size
         self.patch_embed = nn.Conv2d(in_channels, embed_dim, patch_size, stride=patch_size)
         self.encoder = TransformerEncoder(
             embed_dim, depth, num_heads, grid, attention, mlp_ratio, drop_path_rate, **attention_options

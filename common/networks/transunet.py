@@ -19,9 +19,10 @@ from .kv_transformers import (
 from .layers import grid_to_tokens, tokens_to_grid
 from .papers import KV_ATTENTION_CITATION
 from .registry import register_network
+from .scripting import ScriptedByTracing
 
 
-class TransUNet(nn.Module):
+class TransUNet(ScriptedByTracing, nn.Module):
     """TransUNet: ResNet-50 stem and stages 1-3 (timm, random init), ViT on the 1/16 map, cascaded upsampler.
 
     The 1/16 features (1024 channels) are embedded by a Conv1x1 ("patch size 1"), pass a ViT encoder
@@ -39,6 +40,11 @@ class TransUNet(nn.Module):
         >>> net(torch.zeros(1, 1, 64, 64)).shape
         torch.Size([1, 3, 64, 64])
     """
+
+    torchscript_obstacle = (
+        "the shared key-value attention (common.networks.kv_transformers) defines a nested function in its "
+        "forward pass and formats an error with !r, neither of which TorchScript compiles"
+    )
 
     def __init__(
         self,
@@ -64,6 +70,7 @@ class TransUNet(nn.Module):
         c2, c4, c8, c16 = self.cnn.feature_info.channels()
         self.patch_embed = nn.Conv2d(c16, embed_dim, 1)
         grid = (image_size // 16, image_size // 16)
+        self.script_example_size = image_size  # the position embedding fixes a trace to its size
         self.encoder = TransformerEncoder(
             embed_dim, depth, num_heads, grid, attention, mlp_ratio, drop_path_rate, **attention_options
         )

@@ -44,6 +44,7 @@ from .layers import FFNKind
 from .papers import EMCAD_CITATION, PVT_DECODER_CITATIONS, PVT_V2_B2_WEIGHTS, XATTNRES_CITATION
 from .pvt_decoders import GateKind, PVTDecoderNet, pvt_gdla
 from .registry import register_network
+from .scripting import ScriptedByTracing
 
 Downsample = Literal["bilinear", "area"]
 Combine = Literal["replace", "add"]
@@ -193,7 +194,7 @@ class CrossStageAggregation(nn.Module):
         return (aggregated + entries[-1] if self.combine == "add" else aggregated), alpha
 
 
-class XAttnResNet(nn.Module):
+class XAttnResNet(ScriptedByTracing, nn.Module):
     """A staged encoder-decoder with cross-stage attention residuals before each fusing decoder stage.
 
     Pool order at fusing stage s: encoder outputs (fine to coarse), bottleneck outputs, outputs of fusing
@@ -214,6 +215,11 @@ class XAttnResNet(nn.Module):
         >>> net(torch.zeros(1, 1, 64, 64)).shape
         torch.Size([1, 4, 64, 64])
     """
+
+    torchscript_obstacle = (
+        "the cross-stage aggregation drives its host network through a plain-Python stage adapter "
+        "(PVTDecoderStages, or the host itself), which TorchScript cannot hold as an attribute"
+    )
 
     def __init__(
         self,
