@@ -53,6 +53,7 @@ LAYERS = {
     "common.__main__": 4,
     "common.triton_import": 4,
     "common.label_server": 4,
+    "common.archive": 4,
 }
 LAYER_NAMES = ("io", "data", "transforms", "networks/engine", "bundles/CLI")
 
