@@ -1,12 +1,13 @@
 """Peak memory and seconds of ``python -m common segment`` on large CTs, and the share of the matmul floor.
 
 For each size in ``--slices`` the script writes a 512 x 512 x N int16 CT phantom (the anatomy of
-``volume_inference.phantom`` in Hounsfield units: body and seven blobs) as ``--format`` (``nii``, ``mha`` and
-``nrrd``: uncompressed, read slab by slab; ``nii.gz``: decompressed once into memory; ``dcm``: a DICOM series
-folder, one CT file per slice, read a batch of files at a time), and runs ``segment`` on it with a PVT-GDLA Synapse
-bundle (random weights: the masks do not matter here) once per ``--precisions`` entry, each in a fresh process started
-through a small wrapper that reports the process's peak resident set size (``getrusage``'s ``ru_maxrss`` of its
-child: what ``/usr/bin/time -v`` calls maximum resident set size). ``--paths`` chooses what runs: ``streamed``
+``volume_inference.phantom`` in Hounsfield units: body and seven blobs) in each ``--format`` (``nii``, ``mha`` and
+``nrrd``: uncompressed, read slab by slab; ``nii.gz``: read slab by slab from the gzip stream; ``dcm``: a DICOM
+series folder, one CT file per slice, read a batch of files at a time; the format is the table's last column), and
+runs ``segment`` on it with a PVT-GDLA Synapse bundle (random weights: the masks do not matter here) once per
+``--precisions`` entry, each in a fresh process started through a small wrapper that reports the process's peak
+resident set size (``getrusage``'s ``ru_maxrss`` of its child: what ``/usr/bin/time -v`` calls maximum resident
+set size). ``--paths`` chooses what runs: ``streamed``
 (``segment``), ``bundle`` (the bundle's ``inference.json`` through ``python -m monai.bundle run``, which streams
 too), ``whole`` (the whole-volume path of earlier releases, ``segment_volume(..., streaming=False)`` plus the
 same writers, for comparison), ``label`` (a MONAI Label server of ``make label-env``'s environment, started
@@ -24,7 +25,8 @@ floor time (true MACs of the network at 224 x 224 per slice, times 2 FLOPs, divi
 here for the arithmetic the run uses) over the command's wall time, which includes reading, writing and the
 start-up of the process (imports alone take seconds).
 
-Usage: ``python benchmarks/volume_memory.py --slices 100 600 1500 --precisions float32 auto --paths streamed bundle whole``.
+Usage: ``python benchmarks/volume_memory.py --slices 100 600 1500 --precisions float32 auto --paths streamed bundle whole
+--format nii nii.gz``.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ WHOLE_VOLUME = """
 import sys
 from pathlib import Path
 from common.io.volumes import load_volume
-from common.io.writers import structure_volumes, write_nifti, write_volume_overlay
+from common.io.previews import write_volume_overlay
+from common.io.writers import structure_volumes, write_nifti
 from common.bundle_segmenter import load_bundle
 bundle, source, out, precision, batch_size = sys.argv[1:6]
 segmenter = load_bundle(bundle, device="cpu", precision=precision, batch_size=int(batch_size) or None)
@@ -315,9 +318,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--precisions", nargs="+", default=["float32", "auto"], choices=["float32", "auto"])
     parser.add_argument(
         "--format",
-        default="nii",
+        nargs="+",
+        default=["nii"],
         choices=["nii", "nii.gz", "mha", "nrrd", "dcm"],
-        help="file format of the CT (mha and nrrd uncompressed; dcm: a DICOM series folder)",
+        help="file formats of the CT, each measured in turn (mha and nrrd uncompressed; dcm: a DICOM series folder)",
     )
     parser.add_argument(
         "--paths",
@@ -334,8 +338,8 @@ def parse_args() -> argparse.Namespace:
         "--python", default=sys.executable, help="interpreter of the measured commands (default: this one)"
     )
     args = parser.parse_args()
-    if "pacs" in args.paths and args.format != "dcm":
-        parser.error("--paths pacs reads a DICOM series from a PACS: it needs --format dcm")
+    if "pacs" in args.paths and args.format != ["dcm"]:
+        parser.error("--paths pacs reads a DICOM series from a PACS: it needs --format dcm (alone)")
     return args
 
 
@@ -358,39 +362,45 @@ def main() -> None:
         folder = Path(temporary)
         bundle = make_bundle(folder)
         pacs = None
-        if {"label", "pacs"} & set(kinds) and args.format == "dcm":  # outside the measured processes
+        if {"label", "pacs"} & set(kinds) and "dcm" in args.format:  # outside the measured processes
             pacs = start_orthanc(folder / "pacs", node_port=free_port())
             cleanup.callback(stop_orthanc, pacs)
         base = {}
-        for kind in kinds:
-            source = write_ct(folder / f"base.{args.format}", BASE_SLICES, args.size)
-            base[kind] = run_measured(
-                segment_command(kind, bundle, source, folder / "out", "float32", args.python, args.batch_size, pacs)
-            )["peak_mib"]
+        for suffix in args.format:
+            source = write_ct(folder / f"base.{suffix}", BASE_SLICES, args.size)
+            for kind in kinds:
+                base[kind, suffix] = run_measured(
+                    segment_command(kind, bundle, source, folder / "out", "float32", args.python, args.batch_size, pacs)
+                )["peak_mib"]
+            remove(source)
         print(
             f"{'path':<9} {'slices':>6} {'precision':>9} {'seconds':>8} {'slices/s':>8} {'% floor':>7} "
-            f"{'peak MiB':>9} {'input MiB':>9} {'growth B/voxel':>14}"
+            f"{'peak MiB':>9} {'input MiB':>9} {'growth B/voxel':>14} format"
         )
         for slices in args.slices:
-            source = write_ct(folder / f"ct{slices}.{args.format}", slices, args.size)
             voxels = args.size * args.size * slices
-            for precision in args.precisions:
-                for kind in kinds:
-                    result = run_measured(
-                        segment_command(
-                            kind, bundle, source, folder / "out", precision, args.python, args.batch_size, pacs
+            for suffix in args.format:
+                source = write_ct(folder / f"ct{slices}.{suffix}", slices, args.size)
+                for precision in args.precisions:
+                    for kind in kinds:
+                        result = run_measured(
+                            segment_command(
+                                kind, bundle, source, folder / "out", precision, args.python, args.batch_size, pacs
+                            )
                         )
-                    )
-                    floor = slices * flops_per_slice / (rates[precision] * 1e9)
-                    growth = (result["peak_mib"] - base[kind]) * 2**20 / voxels
-                    print(
-                        f"{kind:<9} {slices:6d} {precision:>9} {result['seconds']:8.1f} "
-                        f"{slices / result['seconds']:8.2f} {100 * floor / result['seconds']:6.0f}% "
-                        f"{result['peak_mib']:9.0f} {voxels * 2 / 2**20:9.0f} {growth:14.2f}",
-                        flush=True,
-                    )
-            remove(source)
-        print(f"{BASE_SLICES}-slice runs (the constant): " + ", ".join(f"{k} {v:.0f} MiB" for k, v in base.items()))
+                        floor = slices * flops_per_slice / (rates[precision] * 1e9)
+                        growth = (result["peak_mib"] - base[kind, suffix]) * 2**20 / voxels
+                        print(
+                            f"{kind:<9} {slices:6d} {precision:>9} {result['seconds']:8.1f} "
+                            f"{slices / result['seconds']:8.2f} {100 * floor / result['seconds']:6.0f}% "
+                            f"{result['peak_mib']:9.0f} {voxels * 2 / 2**20:9.0f} {growth:14.2f} {suffix}",
+                            flush=True,
+                        )
+                remove(source)
+        print(
+            f"{BASE_SLICES}-slice runs (the constant): "
+            + ", ".join(f"{kind} {suffix} {peak:.0f} MiB" for (kind, suffix), peak in base.items())
+        )
 
 
 if __name__ == "__main__":

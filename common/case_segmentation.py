@@ -26,15 +26,11 @@ from common.io.dicom_seg import read_source_datasets, seg_obstacle, write_dicom_
 from common.io.dicom_series import DicomSeries
 from common.io.images import PICTURE_SUFFIXES
 from common.io.lazy_volumes import open_lazy_volume
+from common.io.previews import write_image_overlay, write_volume_overlay
 from common.io.staging import STAGING_PREFIX, publish, staged_folder
 from common.io.tables import write_csv
 from common.io.validation import short_reason
-from common.io.writers import (
-    structure_volumes,
-    write_image_overlay,
-    write_nifti,
-    write_volume_overlay,
-)
+from common.io.writers import structure_volumes, write_nifti
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +83,10 @@ def _segment_picture_case(segmenter: BundleSegmenter, case: Case, output_dir: Pa
     segmenter.mask_writer(output_dir)({"pred": labels, "source": f"{case.name}{case.path.suffix}"})
     names = segmenter.channel_names or ["seg"]  # SaveMask2Dd's file names: <stem>_seg.png or <stem>_<channel>.png
     outputs = [output_dir / f"{case.name}_{name}.png" for name in names]
-    outputs.append(write_image_overlay(picture, preview_labels(labels), output_dir / f"{case.name}_overlay.png"))
+    legend = dict(enumerate(segmenter.channel_names, start=1)) if segmenter.channel_names else segmenter.label_names
+    outputs.append(
+        write_image_overlay(picture, preview_labels(labels), output_dir / f"{case.name}_overlay.png", legend)
+    )
     return CaseResult(case.name, case.path, "ok", outputs)
 
 
@@ -99,7 +98,9 @@ def _segment_volume_case(
     labels = segmenter.segment_volume(volume)
     outputs = [
         write_nifti(labels, volume.affine, output_dir / f"{case.name}_seg.nii.gz"),
-        write_volume_overlay(volume, labels, volume.affine, output_dir / f"{case.name}_overlay.png"),
+        write_volume_overlay(
+            volume, labels, volume.affine, output_dir / f"{case.name}_overlay.png", segmenter.label_names
+        ),
     ]
     warnings = []
     if series is not None:

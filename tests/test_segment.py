@@ -32,6 +32,7 @@ from common.bundle_segmenter import BundleError, load_bundle
 from common.case_segmentation import segment_cases
 from common.input_cases import InputError, find_cases
 from common.io.dicom_series import read_dicom_series
+from common.io.previews import GAP, PANEL_SHORT_SIDE, panel_size
 from common.io.volumes import LPS_TO_RAS, load_volume
 
 REPO = Path(__file__).resolve().parent.parent
@@ -251,7 +252,9 @@ def test_picture_mask_has_the_picture_size(tmp_path, mni):
     assert results[0].status == "ok"
     mask = np.asarray(Image.open(tmp_path / "out" / "slice_seg.png"))
     np.testing.assert_array_equal(mask, np.where(minmax_above_half(grey), 255, 0))  # two classes: 0 / 255
-    assert np.asarray(Image.open(tmp_path / "out" / "slice_overlay.png")).shape == (*grey.shape, 3)
+    preview = np.asarray(Image.open(tmp_path / "out" / "slice_overlay.png"))  # picture and overlay, legend below
+    panel = panel_size(grey.shape)
+    assert preview.shape[0] > panel[0] and preview.shape[1] == 2 * panel[1] + GAP and min(panel) == PANEL_SHORT_SIDE
 
 
 def test_multilabel_picture_bundle_writes_one_mask_per_channel(tmp_path, mni):

@@ -22,16 +22,16 @@ from common.io.dicom_seg import read_source_datasets, write_dicom_seg
 from common.io.dicom_series import read_dicom_series
 from common.io.lazy_volumes import open_lazy_volume
 from common.io.mask_saving import SaveMask3Dd
-from common.io.tables import write_csv
-from common.io.writers import (
+from common.io.previews import (
+    GAP,
+    PANEL_SHORT_SIDE,
     label_colors,
     preview_slices,
-    structure_volumes,
     write_image_overlay,
-    write_nifti,
-    write_png_mask,
     write_volume_overlay,
 )
+from common.io.tables import write_csv
+from common.io.writers import structure_volumes, write_nifti, write_png_mask
 
 
 def oblique_affine() -> np.ndarray:
@@ -185,33 +185,78 @@ def test_png_masks_store_labels_or_binary_255(tmp_path):
         write_png_mask(labels[None], tmp_path / "x.png")
 
 
-def test_image_overlay_colours_only_the_mask(tmp_path):
+def _has_swatch(picture: np.ndarray, color: np.ndarray, side: int = 10) -> bool:
+    """Whether ``picture`` holds a ``side`` x ``side`` square of exactly ``color``."""
+    exact = (picture == color).all(axis=-1).astype(int)
+    runs = np.cumsum(np.cumsum(exact, axis=0), axis=1)  # summed-area table
+    windows = runs[side:, side:] - runs[:-side, side:] - runs[side:, :-side] + runs[:-side, :-side]
+    return bool((windows == side * side).any())
+
+
+def test_image_overlay_shows_input_and_overlay_side_by_side_with_a_legend(tmp_path):
     image = np.tile(np.linspace(0, 1000, 40, dtype=np.float32), (30, 1))  # [H, W] grey ramp
     labels = np.zeros((30, 40), np.uint8)
-    labels[5:10, 5:15] = 1
+    labels[6:12, 5:15] = 1
     labels[20:25, 25:35] = 2
-    preview = np.asarray(Image.open(write_image_overlay(image, labels, tmp_path / "overlay.png")))
-    assert preview.shape == (30, 40, 3)
-    background = preview[labels == 0]
-    assert (background[:, 0] == background[:, 1]).all() and (background[:, 1] == background[:, 2]).all()
-    for value in (1, 2):  # grey plus a share of the label colour: the colour's strongest channel leads
-        pixels = preview[labels == value]
-        assert (pixels.argmax(axis=1) == label_colors(2)[value].argmax()).all()
-    assert label_colors(2)[1].argmax() != label_colors(2)[2].argmax()
+    names = {1: "lesion", 2: "cyst", 3: "absent"}
+    preview = np.asarray(Image.open(write_image_overlay(image, labels, tmp_path / "overlay.png", names)))
+    height, width = PANEL_SHORT_SIDE, round(40 * PANEL_SHORT_SIDE / 30)  # the picture's aspect, short side 256
+    assert preview.shape[1] == 2 * width + GAP and preview.shape[0] > height  # two panels above a legend
+    left, right = preview[:height, :width], preview[:height, width + GAP :]
+    assert (left[..., 0] == left[..., 1]).all() and (left[..., 1] == left[..., 2]).all()  # the input, untouched
+    colors = label_colors(3)
+    scale = PANEL_SHORT_SIDE / 30
+    for value, (rows, columns) in {1: ((7, 11), (6, 14)), 2: ((21, 24), (26, 34))}.items():  # inside, off the edge
+        inside = right[
+            round(rows[0] * scale) : round(rows[1] * scale), round(columns[0] * scale) : round(columns[1] * scale)
+        ]
+        assert (inside.reshape(-1, 3).argmax(axis=1) == colors[value].argmax()).all()
+    assert colors[1].argmax() != colors[2].argmax()
+    legend = preview[height:]
+    assert _has_swatch(legend, colors[1]) and _has_swatch(legend, colors[2])
+    assert not _has_swatch(legend, colors[3])  # named but not present: not in the legend
 
 
-def test_volume_overlay_shows_patient_right_on_the_left(tmp_path):
+def test_volume_overlay_has_the_real_aspect_and_shows_patient_right_on_the_left(tmp_path):
     volume = np.random.default_rng(1).uniform(0, 1, size=(32, 24, 10)).astype(np.float32)
     labels = np.zeros(volume.shape, np.uint8)
     labels[2:8, 16:22, 3:7] = 1  # low i (patient's right), high j (posterior)
-    dicom_like = np.diag([-1.0, -1.0, 1.0, 1.0])  # as DICOM axial: i towards the patient's left, j posterior
-    path = write_volume_overlay(volume, labels, dicom_like, tmp_path / "p.png", num_slices=3)
+    dicom_like = np.diag([-2.0, -1.0, 3.0, 1.0])  # as DICOM axial: i towards the patient's left, j posterior
+    path = write_volume_overlay(volume, labels, dicom_like, tmp_path / "p.png", {1: "tumour"})
     preview = np.asarray(Image.open(path))
-    assert preview.shape == (24, 3 * 32, 3)  # display rows follow Y, columns follow X
-    rows, columns = np.nonzero((preview.max(-1).astype(int) - preview.min(-1)) > 0)
-    assert set(columns % 32) == set(range(2, 8))  # patient's right on the viewer's left, as in DICOM
-    assert set(rows) == set(range(16, 22))  # posterior at the bottom
-    assert preview_slices(labels, 3) == [3, 5, 6]
+    assert preview_slices(labels) == [3, 4, 5, 6]
+    height = PANEL_SHORT_SIDE  # 24 mm (rows follow Y) by 64 mm (columns follow X): the short side is the height
+    width = round(64 * PANEL_SHORT_SIDE / 24)
+    assert preview.shape[1] == 4 * width + 3 * GAP and preview.shape[0] > height
+    first = preview[:height, :width].astype(int)
+    rows, columns = np.nonzero(first.max(-1) - first.min(-1) > 0)  # tinted: the grey input and caption are not
+    x_scale, y_scale = width / 32, height / 24
+    assert columns.min() >= 2 * x_scale - 1 and columns.max() <= 8 * x_scale + 1  # patient's right on the left
+    assert rows.min() >= 16 * y_scale - 1 and rows.max() <= 22 * y_scale + 1  # posterior at the bottom
+    assert _has_swatch(preview[height:], label_colors(1)[1])
+
+
+def test_volume_overlay_shows_each_structure_where_it_is_largest():
+    labels = np.zeros((20, 20, 30), np.uint8)
+    labels[2:18, 2:18, 4:9] = 1  # large; every slice alike: its first slice 4
+    labels[5:10, 5:10, 20:23] = 2
+    labels[4:12, 4:12, 22] = 2  # the small structure's largest slice: 22
+    assert preview_slices(labels) == [4, 5, 7, 22]  # the two largest-area slices, then spread over the extent
+    assert preview_slices(labels, count=1, minimum=1) == [4]
+    assert preview_slices(np.zeros((4, 4, 8), np.uint8)) == [1, 3, 5, 7]  # nothing found: spread over the volume
+
+
+def test_volume_overlay_of_a_ct_stays_small(tmp_path):
+    """pydicom's CT slice (128 x 128) as an eight-slice volume with eight structures: one panel each."""
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm")).pixel_array.astype(np.float32)
+    volume = np.stack([np.roll(ct, 4 * k, axis=0) for k in range(8)], axis=-1)
+    labels = np.zeros(volume.shape, np.uint8)
+    for k in range(8):
+        labels[10 + 12 * k : 20 + 12 * k, 30:90, k] = k + 1
+    path = write_volume_overlay(volume, labels, np.diag([0.66, 0.66, 5.0, 1.0]), tmp_path / "ct.png")
+    preview = np.asarray(Image.open(path))
+    assert preview.shape[1] == 8 * PANEL_SHORT_SIDE + 7 * GAP
+    assert path.stat().st_size < 400_000
 
 
 def test_volume_table_in_millilitres(tmp_path):

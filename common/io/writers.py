@@ -1,4 +1,5 @@
-"""Write segmentation results: NIfTI label volumes, PNG masks, overlay previews and per-structure volume tables.
+"""Write segmentation results: NIfTI label volumes, PNG masks and per-structure volume tables (overlay previews:
+:mod:`common.io.previews`).
 
 Every file is written atomically: to a temporary file in the destination folder, then moved into place with
 ``os.replace``, so a reader never sees half a file and a failed write leaves no partial output.
@@ -21,17 +22,10 @@ import torch
 from PIL import Image
 
 from common.io.atomic import atomic_path
-from common.io.lazy_volumes import (
-    LazyVolume,
-    OrientedSlabs,
-    orientation_transform,
-    oriented_view,
-)
-from common.io.volumes import ras_axial_to_display
+from common.io.lazy_volumes import LazyVolume
 
 PngValues = Literal["labels", "binary255"]
 ArrayLike = np.ndarray | torch.Tensor
-OVERLAY_ALPHA = 0.45
 COUNT_BLOCK = 1 << 22  # voxels per bincount in structure_volumes (32 MiB of intp at a time)
 NIFTI_SLAB_SLICES = 16  # slices per read and write in write_volume_nifti
 NIFTI_DATA_OFFSET = 352  # a single-file NIfTI-1: the 348-byte header, 4 bytes of extension flag, then the voxels
@@ -51,7 +45,7 @@ def as_label_array(labels: ArrayLike, where: str, max_value: int = 255) -> np.nd
     return array.astype(np.uint8)
 
 
-def _check_affine(affine: ArrayLike, where: str) -> np.ndarray:
+def check_affine(affine: ArrayLike, where: str) -> np.ndarray:
     affine = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) == 0:
         raise ValueError(f"{where}: expected a finite, invertible (4, 4) affine, found {affine.tolist()}")
@@ -69,7 +63,7 @@ def write_nifti(labels: ArrayLike, affine: ArrayLike, path: str | os.PathLike) -
     array = as_label_array(labels, str(path))
     if array.ndim not in (3, 4):
         raise ValueError(f"{path}: expected labels [X, Y, Z] or [X, Y, Z, K], found shape {array.shape}")
-    affine = _check_affine(affine, str(path))
+    affine = check_affine(affine, str(path))
     image = nib.Nifti1Image(array, affine)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
@@ -92,7 +86,7 @@ def write_volume_nifti(volume: LazyVolume, path: str | os.PathLike, slab_slices:
         raise ValueError(f"{path}: expected an uncompressed NIfTI file name ending .nii")
     if len(volume.shape) != 3:
         raise ValueError(f"{volume.path}: expected an image volume [X, Y, Z], found shape {volume.shape}")
-    affine = _check_affine(volume.affine, str(volume.path))
+    affine = check_affine(volume.affine, str(volume.path))
     slabs = [(start, min(start + slab_slices, volume.shape[2])) for start in range(0, volume.shape[2], slab_slices)]
     own_type = volume.read((slice(None), slice(None), slice(0, 1))).dtype
     whole = np.can_cast(own_type, np.int16) or all(
@@ -148,117 +142,6 @@ def write_png_mask(mask: ArrayLike, path: str | os.PathLike, values: PngValues =
     return path
 
 
-def label_colors(num_labels: int) -> np.ndarray:
-    """RGB colours ``[num_labels + 1, 3]`` (uint8) for labels 0..num_labels; row 0 (background) is unused."""
-    import matplotlib  # previews only: a released bundle's inference writes masks without it
-
-    palette = matplotlib.colormaps["tab10" if num_labels <= 10 else "tab20"].colors
-    rows = [(0.0, 0.0, 0.0)] + [palette[(k - 1) % len(palette)] for k in range(1, num_labels + 1)]
-    return np.round(np.asarray(rows) * 255).astype(np.uint8)
-
-
-def intensity_window(image: np.ndarray) -> tuple[float, float]:
-    """The 0.5 and 99.5 percentiles of ``image``: the grey-level window of previews."""
-    low, high = np.percentile(image, (0.5, 99.5))
-    return float(low), float(high)
-
-
-def _to_rgb(image: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
-    """``[H, W]`` or ``[C, H, W]`` (C 1 or 3) to uint8 RGB ``[H, W, 3]``; uint8 colour is kept, the rest windowed.
-
-    ``window`` (low, high) defaults to :func:`intensity_window` of the image.
-    """
-    if image.ndim == 3 and image.shape[0] == 1:
-        image = image[0]
-    if image.ndim == 3:
-        image = np.moveaxis(image, 0, -1)
-        if image.dtype == np.uint8:
-            return image
-    low, high = window or intensity_window(image)
-    scaled = np.round(np.clip((image.astype(np.float32) - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
-    return np.repeat(scaled[..., None], 3, axis=-1) if scaled.ndim == 2 else scaled
-
-
-def overlay(
-    image: np.ndarray,
-    labels: np.ndarray,
-    window: tuple[float, float] | None = None,
-    colors: np.ndarray | None = None,
-    alpha: float = OVERLAY_ALPHA,
-) -> np.ndarray:
-    """Blend label colours over an image: ``[H, W]``/``[C, H, W]`` + labels ``[H, W]`` -> RGB uint8 ``[H, W, 3]``.
-
-    ``window`` is the grey-level window (default: the image's own), ``colors`` the :func:`label_colors` table
-    (default: for the labels present).
-    """
-    rgb = _to_rgb(image, window)
-    if rgb.shape[:2] != labels.shape:
-        raise ValueError(f"image {rgb.shape[:2]} and labels {labels.shape} differ in size")
-    colors = label_colors(int(labels.max(initial=0))) if colors is None else colors
-    blended = np.where(labels[..., None] > 0, (1 - alpha) * rgb + alpha * colors[labels], rgb)
-    return np.round(blended).astype(np.uint8)
-
-
-def write_image_overlay(image: ArrayLike, labels: ArrayLike, path: str | os.PathLike) -> Path:
-    """Write a PNG preview of a 2-D image ``[H, W]`` or ``[C, H, W]`` with its labels ``[H, W]`` coloured in."""
-    path = Path(path)
-    image = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if image.ndim == 3 and image.shape[0] not in (1, 3):
-        raise ValueError(f"{path}: expected an image [H, W] or [C, H, W] with C 1 or 3, found shape {image.shape}")
-    with atomic_path(path) as temporary:
-        Image.fromarray(overlay(image, as_label_array(labels, str(path)))).save(temporary, format="PNG")
-    return path
-
-
-def preview_slices(labels: np.ndarray, count: int) -> list[int]:
-    """``count`` axial slice indices of ``labels`` ``[X, Y, Z]``: the middles of ``count`` equal runs of the slices
-    with foreground (or of all slices), so the first and last panels avoid the barely-covered end slices."""
-    candidates = np.flatnonzero(labels.any(axis=(0, 1)))
-    if candidates.size == 0:
-        candidates = np.arange(labels.shape[2])
-    k = min(count, candidates.size)
-    picks = ((np.arange(k) + 0.5) * candidates.size / k).astype(int)
-    return sorted(set(candidates[picks].tolist()))
-
-
-def write_volume_overlay(
-    volume: ArrayLike | LazyVolume, labels: ArrayLike, affine: ArrayLike, path: str | os.PathLike, num_slices: int = 4
-) -> Path:
-    """Write a PNG of ``num_slices`` axial slices side by side, labels coloured in, in the radiological view.
-
-    ``volume`` and ``labels`` are ``[X, Y, Z]`` with index-to-RAS ``affine`` (any orientation: the preview is
-    reoriented to RAS, so rows run anterior to posterior and the patient's right is on the left). A
-    :class:`LazyVolume` (``[X, Y, Z]``, or ``[X, Y, Z, C]`` showing channel 0) is read only at the slices shown.
-    """
-    path = Path(path)
-    if not isinstance(volume, LazyVolume):
-        array = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
-        if array.ndim != 3:
-            raise ValueError(f"{path}: expected a volume [X, Y, Z], found shape {array.shape}")
-        volume = LazyVolume(array, affine, path)
-    labels = as_label_array(labels, str(path))
-    if volume.shape[:3] != labels.shape:
-        raise ValueError(
-            f"{path}: expected volume and labels [X, Y, Z] of one shape, found {volume.shape} and {labels.shape}"
-        )
-    affine = _check_affine(affine, str(path))
-    transform = orientation_transform(affine, "RAS")
-    ras_labels = oriented_view(labels, transform)
-    picks = preview_slices(ras_labels, num_slices)
-    slabs = OrientedSlabs(volume, transform)
-    ras_slices = [slabs.slab(z, z + 1)[:, :, 0] for z in picks]
-    ras_slices = [image if image.ndim == 2 else image[..., 0] for image in ras_slices]
-    window = intensity_window(np.stack(ras_slices, axis=-1))
-    colors = label_colors(int(labels.max(initial=0)))  # one table and one window for every panel
-    panels = [
-        overlay(ras_axial_to_display(image), ras_axial_to_display(ras_labels[:, :, z]), window, colors)
-        for image, z in zip(ras_slices, picks)
-    ]
-    with atomic_path(path) as temporary:
-        Image.fromarray(np.concatenate(panels, axis=1)).save(temporary, format="PNG")
-    return path
-
-
 def label_counts(labels: np.ndarray) -> np.ndarray:
     """Voxels of each value 0..255 in a uint8 label array (``[256]`` int64), counted a block at a time: neither a
     sorted copy (``np.unique``) nor an integer copy of the whole array (``np.bincount``) is made."""
@@ -278,7 +161,7 @@ def structure_volumes(
     ``{"label", "name", "voxels", "volume_ml"}``; a named label that is absent gets 0.
     """
     array = as_label_array(labels, "volume table")
-    affine = _check_affine(affine, "volume table")
+    affine = check_affine(affine, "volume table")
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
     counts = label_counts(array)
     names = dict(label_names or {})
