@@ -6,6 +6,7 @@ a server (senders) and as a client (the ``--store-to`` destination, whose certif
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from collections.abc import Callable
@@ -36,20 +37,21 @@ class TlsFiles:
     ca: Path
 
 
-def _read_pem(option: str, path: Path, what: str, markers: tuple[str, ...]) -> str:
+def _read_pem(option: str, path: Path, what: str, block: str) -> str:
+    """The file's text; :class:`TlsSetupError` if it cannot be read or holds no ``-----BEGIN [...]<block>-----``."""
     try:
         text = path.read_bytes().decode("ascii", errors="replace")
     except OSError as exc:
         raise TlsSetupError(f"{option} {path}: cannot read it ({exc.strerror or exc}); expected {what}") from None
-    if not any(marker in text for marker in markers):
-        raise TlsSetupError(f"{option} {path}: no '{markers[0]}' line; expected {what}")
+    if not re.search(f"-----BEGIN [A-Z ]*{block}-----", text):
+        raise TlsSetupError(f"{option} {path}: no PEM {block} block in it; expected {what}")
     return text
 
 
 def _load(context: ssl.SSLContext, files: TlsFiles) -> None:
-    _read_pem("--tls-cert", files.certificate, "a PEM certificate", ("-----BEGIN CERTIFICATE-----",))
-    key = _read_pem("--tls-key", files.key, "a PEM private key", ("PRIVATE KEY-----",))
-    _read_pem("--tls-ca", files.ca, "PEM CA certificate(s)", ("-----BEGIN CERTIFICATE-----",))
+    _read_pem("--tls-cert", files.certificate, "a PEM certificate", "CERTIFICATE")
+    key = _read_pem("--tls-key", files.key, "a PEM private key", "PRIVATE KEY")
+    _read_pem("--tls-ca", files.ca, "PEM CA certificate(s)", "CERTIFICATE")
     if "ENCRYPTED" in key:
         raise TlsSetupError(
             f"--tls-key {files.key}: the key is encrypted; expected an unencrypted PEM key (protect it with the "

@@ -28,7 +28,17 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification
-from test_pacs import BUNDLE, SIZE, Results, csv_rows, foreground_bundle, seg_series, study_series, wait_for_text
+from test_pacs import (
+    BUNDLE,
+    SIZE,
+    TEST_RESERVE_GB,
+    Results,
+    csv_rows,
+    foreground_bundle,
+    seg_series,
+    study_series,
+    wait_for_text,
+)
 from test_segment import IntensityThreshold, copy_bundle
 
 from common.__main__ import main
@@ -74,7 +84,8 @@ def openssl(*arguments: str) -> None:
 
 def make_pki(folder: Path) -> Pki:
     """CA; ``node`` and ``orthanc`` (servers and clients on 127.0.0.1) and ``client``, all CA-signed; ``stranger``
-    self-signed (same subject as ``client``); ``other.key``, a key of no certificate."""
+    self-signed (same subject as ``client``); ``other.key``, a key of no certificate; ``locked.key``, the node's key
+    encrypted."""
     folder.mkdir(parents=True, exist_ok=True)
     new_key = ("-newkey", "rsa:2048", "-nodes", "-days", "2")
     openssl("req", "-x509", *new_key, "-keyout", str(folder / "ca.key"), "-out", str(folder / "ca.pem"),
@@ -90,6 +101,16 @@ def make_pki(folder: Path) -> Pki:
                 "-subj", f"/O=GDLA tests/CN={'client' if name == 'stranger' else name}",
                 "-addext", "basicConstraints=critical,CA:FALSE", *extra)  # fmt: skip
     openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", str(folder / "other.key"))
+    openssl(
+        "pkey",
+        "-in",
+        str(folder / "node.key"),
+        "-aes128",
+        "-passout",
+        "pass:secret",
+        "-out",
+        str(folder / "locked.key"),
+    )
     return Pki(folder, folder / "ca.pem")
 
 
@@ -207,10 +228,11 @@ def bad_input_cases(pki: Pki, tmp: Path) -> list[tuple[list[str], str]]:
         ([*tls[:2]], "missing --tls-key, --tls-ca"),
         (["--store-tls"], "--store-tls: needs the node's certificate"),
         ([*tls[:1], str(tmp / "absent.pem"), *tls[2:]], f"--tls-cert {tmp / 'absent.pem'}: cannot read it"),
-        ([*tls[:3], str(pki.cert("node")), *tls[4:]], f"--tls-key {pki.cert('node')}: no "),
+        ([*tls[:3], str(pki.cert("node")), *tls[4:]], f"--tls-key {pki.cert('node')}: no PEM PRIVATE KEY block"),
         ([*tls[:3], str(pki.key("other")), *tls[4:]], f"--tls-key {pki.key('other')}: does not match the certificate"),
+        ([*tls[:3], str(pki.key("locked")), *tls[4:]], f"--tls-key {pki.key('locked')}: the key is encrypted"),
         ([*tls[:5], str(tmp)], f"--tls-ca {tmp}: cannot read it"),
-        ([*tls[:5], str(pki.key("node"))], f"--tls-ca {pki.key('node')}: no '-----BEGIN CERTIFICATE-----' line"),
+        ([*tls[:5], str(pki.key("node"))], f"--tls-ca {pki.key('node')}: no PEM CERTIFICATE block"),
     ]
 
 
@@ -239,6 +261,7 @@ def secure_node(tmp_path_factory, pki, tls_orthanc):
         allow=(parse_sender(f"{CLIENT_AET}@127.0.0.1"), parse_sender(f"{ORTHANC_AET}@127.0.0.0/30")),
         tls=pki.node_files(),
         store_tls=True,
+        reserve_gb=TEST_RESERVE_GB,
         quiet_seconds=1.0,
     )
     node = serve(copy_bundle(tmp, BUNDLE, spatial_size=SIZE), settings, device="cpu", network=IntensityThreshold())
@@ -312,7 +335,9 @@ def test_anyone_allowed_only_when_written_out_and_then_with_a_warning(tmp_path, 
     node, _ = secure_node
     anyone = DicomNode(
         node.segmenter,
-        NodeSettings(output=tmp_path / "node", port=free_port(), host="0.0.0.0", allow=(parse_sender("*@*"),)),
+        NodeSettings(
+            output=tmp_path / "node", port=free_port(), allow=(parse_sender("*@*"),), reserve_gb=TEST_RESERVE_GB
+        ),
     )
     with caplog.at_level(logging.INFO, logger="common.dicom_node"):
         anyone.start()
@@ -357,7 +382,7 @@ def ballast(disk: Path, leave: int) -> Path:
 def reserve_node(tmp_path_factory, small_disk):
     """A node with the defaults (no --allow: loopback peers only) writing to the tmpfs with a 16 MB reserve."""
     tmp = tmp_path_factory.mktemp("reserve-node")
-    settings = NodeSettings(output=small_disk / "node", port=free_port(), reserve_gb=RESERVE_GB, quiet_seconds=2.0)
+    settings = NodeSettings(output=small_disk / "node", port=free_port(), reserve_gb=RESERVE_GB, quiet_seconds=4.0)
     node = serve(copy_bundle(tmp, BUNDLE, spatial_size=SIZE), settings, device="cpu", network=IntensityThreshold())
     results = Results()
     node.on_result = results.add
@@ -466,7 +491,7 @@ def test_listen_with_registered_senders_and_tls_recovers_from_sigkill(tmp_path, 
                "--port", str(port), "--ae-title", NODE_AET, "--host", "127.0.0.1", "--allow", f"{CLIENT_AET}@127.0.0.1",
                "--tls-cert", str(pki.cert("node")), "--tls-key", str(pki.key("node")), "--tls-ca", str(pki.ca),
                "--store-to", f"{ORTHANC_AET}@127.0.0.1:{tls_orthanc.dicom_port}", "--store-tls",
-               "--output", str(out), "--quiet-seconds", "1", "--device", "cpu"]  # fmt: skip
+               "--reserve-gb", str(TEST_RESERVE_GB), "--output", str(out), "--quiet-seconds", "1", "--device", "cpu"]  # fmt: skip
     study_uid = generate_uid()
     series = [study_series(tmp_path / name, study_uid)[1] for name in ("first", "second")]
     series_uids = {pydicom.dcmread(files[0]).SeriesInstanceUID for files in series}

@@ -36,6 +36,7 @@ from common.io.dicomweb import DicomWebError
 
 BUNDLE = "pvt_gdla_synapse_segmentation"
 SIZE = 128  # CT_small's in-plane size: the threshold network's mask is exact at the bundle's input size
+TEST_RESERVE_GB = 0.001  # the node's disk reserve, on but small: CI disks have less than the default 5 GB free
 
 
 def study_series(folder: Path, study_uid: str) -> tuple[np.ndarray, list[Path]]:
@@ -241,6 +242,7 @@ def start_node(tmp_path: Path, port: int, destination: Destination, **settings) 
         host="127.0.0.1",
         destination=destination,
         quiet_seconds=1.0,
+        reserve_gb=TEST_RESERVE_GB,
         **settings,
     )
     node = serve(bundle, node_settings, device="cpu", network=IntensityThreshold())
@@ -338,7 +340,11 @@ def test_node_survives_bad_input_aborts_and_a_destination_that_is_down(tmp_path)
     node = DicomNode(
         node.segmenter,
         NodeSettings(
-            output=tmp_path / "node", port=free_port(), host="127.0.0.1", quiet_seconds=1.0, retry_failed=True
+            output=tmp_path / "node",
+            port=free_port(),
+            quiet_seconds=1.0,
+            retry_failed=True,
+            reserve_gb=TEST_RESERVE_GB,
         ),
     )
     retried = Results()
@@ -400,6 +406,8 @@ def test_listen_command_finishes_its_series_on_sigterm_and_resumes_the_queue(tmp
         f"{ORTHANC_AET}@127.0.0.1:{orthanc.dicom_port}",
         "--output",
         str(out),
+        "--reserve-gb",
+        str(TEST_RESERVE_GB),
         "--quiet-seconds",
         "1",
         "--device",
