@@ -21,6 +21,7 @@ from torch import nn
 from common.bundle_segmenter import load_bundle
 from common.flip_uncertainty import flip_entropy, volume_flip_entropy
 from common.inference import SliceInferenceOptions, predict_volume, stream_slices
+from common.io.indexed_gzip import IndexedGzipFile
 from common.io.lazy_volumes import (
     LazyVolume,
     OrientedSlabs,
@@ -120,9 +121,9 @@ def test_raw_formats_are_read_from_the_file_and_compressed_ones_once(tmp_path, b
 
 
 @pytest.mark.parametrize("endianness", ["<", ">"])
-def test_compressed_nifti_is_decompressed_once_and_read_in_any_order(tmp_path, brain, endianness):
-    """A ``.nii.gz`` (scaled, with a header extension, either byte order) is decompressed into one buffer of its
-    stored bytes; slabs read back to front equal ``load_volume``'s array."""
+def test_compressed_nifti_is_read_from_its_gzip_stream_in_any_order(tmp_path, brain, endianness):
+    """A ``.nii.gz`` (scaled, with a header extension, either byte order) is read slab by slab from its gzip stream;
+    slabs read out of order equal ``load_volume``'s array."""
     array, affine = brain
     image = nib.Nifti1Image(array, affine, nib.Nifti1Header(endianness=endianness))
     image.header.set_slope_inter(0.5, -10.0)
@@ -131,10 +132,27 @@ def test_compressed_nifti_is_decompressed_once_and_read_in_any_order(tmp_path, b
     nib.save(image, path)
     lazy = open_lazy_volume(path)
     assert isinstance(lazy.data, nib.arrayproxy.ArrayProxy)  # scaled slab by slab
+    assert isinstance(lazy.data.file_like, IndexedGzipFile)
     whole = load_volume(path).array
     for start, stop in ((4, 7), (0, 4), (2, 5)):
         np.testing.assert_array_equal(lazy.read((slice(None), slice(None), slice(start, stop))), whole[..., start:stop])
     np.testing.assert_array_equal(lazy.load().array, whole)
+
+
+def test_compressed_nifti_is_segmented_from_its_gzip_stream(tmp_path, bundles, brain):
+    """A ``.nii.gz`` whose slices run along its last axis, inferior-ward (so slabs are read back to front), is
+    segmented from its gzip stream, not decompressed whole, with the whole-volume path's labels."""
+    segmenter = load_bundle(bundles["pvt_gdla_synapse_segmentation"], device="cpu", batch_size=2)
+    array, affine = flip_axes(brain[0] * 3 - 150, brain[1], (2,))  # spread over the CT window [-125, 275]
+    path = tmp_path / "brain.nii.gz"
+    nib.save(nib.Nifti1Image(array, affine), path)
+    lazy = open_lazy_volume(path)
+    slabs = OrientedSlabs(lazy, orientation_transform(affine, "PLS"))  # the bundle's orientation
+    assert slabs.flipped and slabs.volume is lazy and isinstance(lazy.data.file_like, IndexedGzipFile)
+    labels = segmenter.segment_volume(lazy)
+    expected = segmenter.segment_volume(load_volume(path), streaming=False)
+    assert len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(labels, expected)
 
 
 def test_only_slabs_of_the_batch_size_are_read(bundles, brain):
