@@ -260,8 +260,9 @@ class DicomNode:
             logger.info("registered senders: %s", ", ".join(str(sender) for sender in settings.allow))
         else:
             logger.info(
-                "no --allow: loopback peers only (any AE title from 127.0.0.0/8 or ::1), listening on %s; "
+                "no --allow: loopback peers only (any AE title from %s), listening on %s; "
                 "register senders with --allow AET@HOST to accept others",
+                " or ".join(str(sender.network) for sender in LOOPBACK_SENDERS),
                 settings.host,
             )
         for sender in settings.allow:
