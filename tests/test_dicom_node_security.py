@@ -44,7 +44,7 @@ from test_segment import IntensityThreshold, copy_bundle
 from common.__main__ import main
 from common.dicom_audit import AUDIT_FILE
 from common.dicom_node import Destination, DicomNode, NodeSettings, serve
-from common.dicom_senders import parse_sender
+from common.dicom_senders import LOOPBACK_SENDERS, is_allowed, parse_sender, read_allow_file
 from common.dicom_tls import TlsFiles
 from common.disk_reserve import GB
 
@@ -247,6 +247,28 @@ def test_unusable_input_is_one_line_naming_it_exit_2_and_nothing_started(tmp_pat
 
 
 # ----------------------------------------------------------------------------- registered senders and TLS
+
+
+def test_sender_entries_match_the_ae_title_and_the_address_and_stars_only_where_written(tmp_path):
+    allow_file = tmp_path / "senders.txt"
+    allow_file.write_text(
+        "# the PACS, the CT subnet\nPACS@10.1.2.3   # main PACS\n\nCT1@10.1.2.0/24\n*@fd00::/64\nQR@*\n"
+    )
+    pacs, ct, anyone_v6, qr = read_allow_file(allow_file)
+    assert [str(x) for x in (pacs, ct, anyone_v6, qr)] == ["PACS@10.1.2.3/32", "CT1@10.1.2.0/24", "*@fd00::/64", "QR@*"]
+    senders = (pacs, ct, anyone_v6, qr)
+    accepted = [
+        ("PACS", "10.1.2.3"),
+        ("PACS ", "::ffff:10.1.2.3"),
+        ("CT1", "10.1.2.200"),
+        ("X", "fd00::5"),
+        ("QR", "8.8.8.8"),
+    ]
+    refused = [("PACS", "10.1.2.4"), ("pacs", "10.1.2.3"), ("CT2", "10.1.2.200"), ("CT1", "10.1.3.1"), ("X", "fd01::5")]
+    assert all(is_allowed(senders, ae, address) for ae, address in accepted)
+    assert not any(is_allowed(senders, ae, address) for ae, address in refused)
+    assert is_allowed(LOOPBACK_SENDERS, "ANY", "127.0.0.2") and is_allowed(LOOPBACK_SENDERS, "ANY", "::1")
+    assert not is_allowed(LOOPBACK_SENDERS, "ANY", "10.1.2.3")
 
 
 @pytest.fixture(scope="module")
