@@ -6,7 +6,11 @@ need only ``"$import common"``.
 
 import importlib
 
+from .quiet import quiet_third_party
+
 __version__ = "0.1.0"
+
+quiet_third_party()  # the known third-party noise, silenced message by message (common.quiet) for every entry point
 
 
 def __getattr__(name: str):
