@@ -143,6 +143,19 @@ def _override_example(spec: BundleSpec) -> str:
     return f"`--validate#preprocessing#transforms#{index}#{argument} {value}` sets `{argument}` of `{step['_target_']}`"
 
 
+#: the model zoo's TorchScript export with its defaults, run in the bundle folder (``torch.jit.script``)
+TORCHSCRIPT_COMMAND = (
+    "python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt "
+    "--meta_file configs/metadata.json --config_file configs/inference.json"
+)
+
+
+def _shell_lines(command: str) -> str:
+    """``command`` on two shell lines, broken before ``--meta_file``."""
+    first, rest = command.split(" --meta_file ", 1)
+    return f"{first} \\\n    --meta_file {rest}"
+
+
 def _torchscript_note(spec: BundleSpec) -> str:
     """Why TorchScript export saves a trace of this network, and what the file holds."""
     size, channels = SCRIPT_EXAMPLE_SIZE, dataset_reader(spec).image_channels
@@ -259,8 +272,7 @@ Inference runs `"precision": "auto"`: float16 autocast on CUDA, bfloat16 on CPUs
 MONAI's export commands work on the trained bundle, the model zoo's TorchScript command with its defaults too:
 
 ```bash
-python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt \\
-    --meta_file configs/metadata.json --config_file configs/inference.json
+{_shell_lines(TORCHSCRIPT_COMMAND)}
 python -m monai.bundle onnx_export network_def --filepath models/model.onnx --ckpt_file models/model.pt \\
     --meta_file configs/metadata.json --config_file configs/inference.json
 ```

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from common.__main__ import main
+from common.bundle_cards import TORCHSCRIPT_COMMAND
 from common.bundle_segmenter import load_bundle
 from common.networks import create_network
 from common.release import ReleaseError, download, pack, unpack, verify_archive, verify_bundle
@@ -206,8 +207,8 @@ def test_released_bundle_runs_in_a_fresh_environment(small_bundle, tmp_path, htt
     work = tmp_path / "work"
     work.mkdir()
 
-    def run(*args: str) -> subprocess.CompletedProcess:
-        result = subprocess.run([python, *args], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    def run(*args: str, cwd: Path = work) -> subprocess.CompletedProcess:
+        result = subprocess.run([python, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"{args}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         return result
 
@@ -258,4 +259,11 @@ def test_released_bundle_runs_in_a_fresh_environment(small_bundle, tmp_path, htt
         "True",
     )
     assert (work / "model.ts").stat().st_size > 1_000_000
+    run(*TORCHSCRIPT_COMMAND.split()[1:], cwd=downloaded)  # the model zoo's command with its defaults, in the bundle
+    scripted, traced = downloaded / "models" / "model.ts", work / "model.ts"
+    run(
+        "-c",
+        f"import torch; x = torch.rand(2, 1, 224, 224); a, b = torch.jit.load('{scripted}'), "
+        f"torch.jit.load('{traced}'); torch.testing.assert_close(a(x), b(x), rtol=0, atol=1e-5)",
+    )
     assert downloaded.is_dir()
