@@ -24,7 +24,11 @@ import pytest
 import ray
 import torch
 from archive_network import signalled_volume
+from dicomweb_client.api import DICOMwebClient
 from miniature_layouts import write_dicom_series
+from pacs_fixtures import orthanc  # noqa: F401
+from pydicom.uid import generate_uid
+from test_pacs import foreground_bundle, seg_series, study_series
 from test_segment import copy_bundle
 
 from common.__main__ import main
@@ -268,9 +272,9 @@ def test_ray_run_survives_every_fault_and_equals_segment(
             "--workers",
             "2",
             "--retries",
-            "2",
+            "1",
             "--case-timeout",
-            "25",
+            "8",
             "--memory-per-worker",
             "0.5",
         )
@@ -283,7 +287,7 @@ def test_ray_run_survives_every_fault_and_equals_segment(
     status = {case: (row["status"], row["attempts"]) for case, row in last.items()}
     assert status == {
         "faults/announce.nii.gz": ("ok", 2),  # its first worker was SIGKILLed
-        "faults/exit_always.nii.gz": ("failed", 3),
+        "faults/exit_always.nii.gz": ("failed", 2),
         "faults/exit_once.nii.gz": ("ok", 2),
         "faults/hang.nii.gz": ("failed", 1),
         "site_a/p1.nii.gz": ("ok", 1),
@@ -294,8 +298,8 @@ def test_ray_run_survives_every_fault_and_equals_segment(
     }
     assert len(killed) == 1 and last["faults/announce.nii.gz"]["pid"] != killed[0]
     assert "worker died while segmenting this case" in last["faults/exit_always.nii.gz"]["error"]
-    assert "after 3 attempt(s)" in last["faults/exit_always.nii.gz"]["error"]
-    assert "no result within --case-timeout 25 s" in last["faults/hang.nii.gz"]["error"]
+    assert "after 2 attempt(s)" in last["faults/exit_always.nii.gz"]["error"]
+    assert "no result within --case-timeout 8 s" in last["faults/hang.nii.gz"]["error"]
     assert "expected a NIfTI-1 or NIfTI-2 header" in last["site_b/broken.nii.gz"]["error"]
     assert len({row["pid"] for row in last.values() if row["status"] == "ok"}) >= 2
     assert not [p for p in out.rglob("*") if p.name.startswith(".staging-")]
@@ -305,3 +309,37 @@ def test_ray_run_survives_every_fault_and_equals_segment(
         np.testing.assert_array_equal(ours[path], mask)
     assert "3 of 9 case(s) not segmented" in printed.out
     assert "[9/9]" in printed.err and "cases/h" in printed.err
+
+
+# ----------------------------------------------------------------------------- a PACS as the archive
+
+
+@pytest.mark.slow
+def test_dicomweb_study_query_segments_each_series_and_stores_its_seg(tmp_path, orthanc, capsys):
+    study_uid = generate_uid()
+    for name in ("first", "second"):
+        orthanc.upload(study_series(tmp_path / name, study_uid)[1])
+    bundle = foreground_bundle(tmp_path)
+    out = tmp_path / "out"
+    query = ("--query", f"StudyInstanceUID={study_uid}", "--query", "ModalitiesInStudy=CT")
+
+    code = run("--bundle", bundle, "--input", orthanc.dicomweb, *query, "--output", out, "--engine", "local",
+               "--store-to", orthanc.dicomweb)  # fmt: skip
+
+    assert code == 0, capsys.readouterr().err
+    rows = manifest_rows(out)
+    series = sorted(row["case"].split("/")[1] for row in rows)
+    assert sorted(row["case"] for row in rows) == [f"{study_uid}/{uid}" for uid in series]
+    assert all(row["status"] == "ok" and f"DICOM SEG stored to {orthanc.dicomweb}" in row["warnings"] for row in rows)
+    segs = seg_series(DICOMwebClient(orthanc.dicomweb), study_uid)
+    assert sorted(seg.ReferencedSeriesSequence[0].SeriesInstanceUID for seg in segs) == series
+    assert main(["segment", "--bundle", str(bundle), "--input", f"{orthanc.dicomweb}/studies/{study_uid}",
+                 "--output", str(tmp_path / "segment_out")]) == 0  # fmt: skip
+    expected = masks(tmp_path / "segment_out")
+    assert masks(out).keys() == expected.keys() == {f"{uid}_seg.nii.gz" for uid in series}
+    for path, mask in masks(out).items():
+        np.testing.assert_array_equal(mask, expected[path])
+
+    capsys.readouterr()
+    assert run("--bundle", bundle, "--input", orthanc.dicomweb, *query, "--output", out, "--engine", "local") == 0
+    assert len(manifest_rows(out)) == 2 and "2 of 2 case(s) done already" in capsys.readouterr().err

@@ -25,7 +25,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import get_args
 
-from common.archive import ray_engine
 from common.archive.cases import ArchiveCase, Shard, dicomweb_cases, folder_cases
 from common.archive.local_engine import run_local
 from common.archive.manifest import (
@@ -39,7 +38,7 @@ from common.archive.manifest import (
     versions,
     write_run_record,
 )
-from common.archive.ray_engine import ClusterError, Resources
+from common.archive.resources import ClusterError, Resources
 from common.archive.worker import WorkerSettings, remove_dead_stagings
 from common.bundle_segmenter import BundleError
 from common.case_segmentation import REPORT_FILE, VOLUMES_FILE, CaseResult, format_report, report_row
@@ -115,7 +114,16 @@ def _run(args: argparse.Namespace) -> int:
     resources, started_ray = None, False
     try:
         if args.engine == "ray" and todo:
-            started_ray = ray_engine.connect(args.address or os.environ.get("RAY_ADDRESS"), *_sizing(args, todo))
+            address = args.address or os.environ.get("RAY_ADDRESS")
+            if not address:  # Ray reads this switch when imported: every Ray process of this host on 127.0.0.1
+                os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+            try:
+                from common.archive import ray_engine  # Ray is imported only for its engine
+            except ImportError as exc:
+                raise ClusterError(
+                    f"--engine ray needs Ray ({exc}): pip install -e '.[archive]', or use --engine local"
+                ) from exc
+            started_ray = ray_engine.connect(address, *_sizing(args, todo))
             resources = _cluster_resources(args, len(todo))
             ray_engine.check_resources(resources)
         args.output.mkdir(parents=True, exist_ok=True)
@@ -128,7 +136,9 @@ def _run(args: argparse.Namespace) -> int:
             lock.release()
     finally:
         if started_ray:
-            ray_engine.stop()
+            import ray
+
+            ray.shutdown()
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -236,6 +246,8 @@ def _segment(
     )
     try:
         if todo and resources:
+            from common.archive import ray_engine
+
             ray_engine.run_ray(
                 todo, settings, resources, finished, attempts=args.retries + 1, case_timeout=args.case_timeout
             )

@@ -22,35 +22,20 @@ import ray.exceptions
 
 from common.archive.cases import ArchiveCase
 from common.archive.local_engine import Finished
+from common.archive.resources import ClusterError, Resources
 from common.archive.worker import CaseWorker, WorkerSettings, remove_staging
 from common.bundle_segmenter import BundleError
 
 OBJECT_STORE_BYTES = 100 * 1024**2  # rows and paths only
+START_FAILURES = 3  # workers in a row dying while they load the bundle: the run stops
 START_LIMIT_S = 300  # no worker started for this long (and none running): the cluster cannot place one
 DEATHS = (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError)
-
-
-class ClusterError(RuntimeError):
-    """Ray cannot be started or reached, or cannot place a worker; the message says what was asked and found."""
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What each worker reserves: CPUs (= its torch threads), a GPU share and memory (bytes)."""
-
-    workers: int
-    cpus: float = 1
-    gpus: float = 0
-    memory: int = 0
-
-    def describe(self) -> str:
-        return f"{self.cpus:g} CPU, {self.gpus:g} GPU and {self.memory / 1024**3:.2f} GB memory per worker"
 
 
 def start_local_ray(num_cpus: float, num_gpus: int) -> None:
     """A private Ray on this host, on the loopback interface only: no dashboard, no usage statistics, a small
     object store. ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is Ray's switch that keeps every Ray process on
-    127.0.0.1 on Linux (docs/scale-out.md)."""
+    127.0.0.1 on Linux (docs/scale-out.md); Ray reads it when imported, so the command sets it before that too."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray.init(
@@ -155,6 +140,7 @@ class _Pool:
     idle: list = field(default_factory=list)  # (actor, identity)
     running: dict = field(default_factory=dict)  # segment ref -> _Running
     last_start: float = field(default_factory=time.monotonic)
+    failed_starts: int = 0  # workers in a row that died before answering
 
     def spawn(self) -> None:
         actor = (
@@ -241,9 +227,15 @@ def _started(pool: _Pool, ref) -> None:
     actor = pool.starting.pop(ref)
     try:
         identity = ray.get(ref)
-    except DEATHS:  # died while loading (e.g. out of memory): try another
+    except DEATHS as exc:  # died while loading (e.g. out of memory, or it cannot import the bundle's code)
+        pool.failed_starts += 1
+        if pool.failed_starts >= START_FAILURES:
+            raise ClusterError(
+                f"{pool.failed_starts} workers in a row died while loading the bundle; the last: {_first_line(exc)}"
+            ) from exc
         pool.spawn()
         return
+    pool.failed_starts = 0
     if identity.get("error"):
         raise BundleError(str(identity["error"]))
     pool.last_start = time.monotonic()
@@ -270,7 +262,7 @@ def _returned(pool: _Pool, ref, queue: deque, tries: dict, attempts: int, finish
             )
         return
     except ray.exceptions.RayError as exc:
-        row = _failed_row(running, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        row = _failed_row(running, f"{type(exc).__name__}: {_first_line(exc)}")
     pool.idle.append((running.actor, running.identity))
     finished(case, row, done)
 
@@ -309,6 +301,6 @@ def _await_exit(identity: dict, limit_s: float = 10.0) -> None:
         time.sleep(0.1)
 
 
-def stop() -> None:
-    """Stop the Ray this process started."""
-    ray.shutdown()
+def _first_line(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
