@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "common"
 #: layer of each module, by the longest matching prefix; a module may import its own layer or lower ones
 LAYERS = {
     "common.io": 0,
+    "common.quiet": 0,
     "common.data": 1,
     "common.transforms": 2,
     "common.resize": 2,

@@ -247,7 +247,7 @@ def test_volume_overlay_shows_each_structure_where_it_is_largest():
 
 
 def test_volume_overlay_of_a_ct_stays_small(tmp_path):
-    """pydicom's CT slice (128 x 128) as an eight-slice volume with eight structures: one panel each."""
+    """pydicom's CT slice (128 x 128) as an eight-slice volume with eight structures: one panel each, no grey."""
     ct = pydicom.dcmread(get_testdata_file("CT_small.dcm")).pixel_array.astype(np.float32)
     volume = np.stack([np.roll(ct, 4 * k, axis=0) for k in range(8)], axis=-1)
     labels = np.zeros(volume.shape, np.uint8)
@@ -255,8 +255,10 @@ def test_volume_overlay_of_a_ct_stays_small(tmp_path):
         labels[10 + 12 * k : 20 + 12 * k, 30:90, k] = k + 1
     path = write_volume_overlay(volume, labels, np.diag([0.66, 0.66, 5.0, 1.0]), tmp_path / "ct.png")
     preview = np.asarray(Image.open(path))
-    assert preview.shape[1] == 8 * PANEL_SHORT_SIDE + 7 * GAP
+    assert preview.shape[1] == 4 * PANEL_SHORT_SIDE + 3 * GAP  # two rows of four panels
+    assert preview.shape[0] > 2 * PANEL_SHORT_SIDE + GAP
     assert path.stat().st_size < 400_000
+    assert not any(r == g == b for r, g, b in label_colors(8)[1:].tolist())  # grey vanishes on a grey image
 
 
 def test_volume_table_in_millilitres(tmp_path):

@@ -28,6 +28,7 @@ OVERLAY_ALPHA = 0.35  # inside a structure; its outline is drawn in the full col
 PANEL_SHORT_SIDE = 256  # pixels on a panel's short side, whatever the input's size
 MAX_PANELS = 8  # slices in a volume preview at most (one per structure, largest first)
 MIN_PANELS = 4  # slices in a volume preview at least (where the volume has that many)
+PANELS_PER_ROW = 4
 GAP = 4  # pixels between panels
 FONT_SIZE = 14
 BACKGROUND = (0, 0, 0)
@@ -38,7 +39,8 @@ def label_colors(num_labels: int) -> np.ndarray:
     """RGB colours ``[num_labels + 1, 3]`` (uint8) for labels 0..num_labels; row 0 (background) is unused."""
     import matplotlib  # previews only: a released bundle's inference writes masks without it
 
-    palette = matplotlib.colormaps["tab10" if num_labels <= 10 else "tab20"].colors
+    colors = matplotlib.colormaps["tab10" if num_labels <= 9 else "tab20"].colors
+    palette = [c for c in colors if not c[0] == c[1] == c[2]]  # no grey: it vanishes on a grey image
     rows = [(0.0, 0.0, 0.0)] + [palette[(k - 1) % len(palette)] for k in range(1, num_labels + 1)]
     return np.round(np.asarray(rows) * 255).astype(np.uint8)
 
@@ -126,11 +128,15 @@ def caption(panel: np.ndarray, text: str) -> np.ndarray:
 
 
 def compose(panels: Sequence[np.ndarray], entries: Sequence[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
-    """Panels (one height) side by side, :data:`GAP` apart, above the legend of ``entries``."""
-    row = [panels[0]]
-    for panel in panels[1:]:
-        row += [np.zeros((panel.shape[0], GAP, 3), np.uint8), panel]
-    picture = np.concatenate(row, axis=1)
+    """Panels (one size) in rows of at most :data:`PANELS_PER_ROW`, :data:`GAP` apart, above the legend of
+    ``entries``."""
+    height, width = panels[0].shape[:2]
+    columns = min(len(panels), PANELS_PER_ROW)
+    rows = -(-len(panels) // columns)
+    picture = np.zeros((rows * height + (rows - 1) * GAP, columns * width + (columns - 1) * GAP, 3), np.uint8)
+    for index, panel in enumerate(panels):
+        top, left = (index // columns) * (height + GAP), (index % columns) * (width + GAP)
+        picture[top : top + height, left : left + width] = panel
     return np.concatenate([picture, legend(entries, picture.shape[1])], axis=0) if entries else picture
 
 
