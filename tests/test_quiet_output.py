@@ -37,22 +37,35 @@ def _small_bundle(tmp_path) -> str:
 
 
 def test_segment_writes_only_our_lines_to_stderr(tmp_path):
+    """A folder with a good volume and a broken one: stderr holds only our lines, and the broken case's error
+    still shows in the report."""
     bundle = _small_bundle(tmp_path)
+    cases = tmp_path / "cases"
+    cases.mkdir()
     volume = np.random.default_rng(0).normal(100, 30, (40, 36, 3)).astype(np.float32)
-    nib.save(nib.Nifti1Image(volume, np.diag([1.2, 1.2, 8.0, 1.0])), tmp_path / "case.nii.gz")
-    command = [sys.executable, "-m", "common", "segment", "--bundle", bundle, "--input", str(tmp_path / "case.nii.gz")]
-    result = subprocess.run([*command, "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    lines = [line for line in re.split(r"[\r\n]", result.stderr) if line.strip()]
-    assert lines and not [line for line in lines if not OUR_STDERR_LINE.fullmatch(line)], result.stderr
-    assert "1 of 1 case(s) segmented" in result.stdout
-    failed = subprocess.run(  # an error still shows
-        [*command[:-1], str(tmp_path / "missing.nii.gz"), "--output", str(tmp_path / "out")],
+    nib.save(nib.Nifti1Image(volume, np.diag([1.2, 1.2, 8.0, 1.0])), cases / "good.nii.gz")
+    (cases / "broken.nii").write_bytes(b"not a NIfTI header")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "common",
+            "segment",
+            "--bundle",
+            bundle,
+            "--input",
+            str(cases),
+            "--output",
+            str(tmp_path / "out"),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert failed.returncode == 2 and failed.stderr.startswith("error: ") and "missing.nii.gz" in failed.stderr
+    lines = [line for line in re.split(r"[\r\n]", result.stderr) if line.strip()]
+    assert lines and not [line for line in lines if not OUR_STDERR_LINE.fullmatch(line)], result.stderr
+    assert result.returncode == 1 and "1 of 2 case(s) segmented, 1 failed" in result.stdout
+    assert re.search(r"broken\s+failed\s+\S*broken\.nii", result.stdout), result.stdout  # the error names the file
 
 
 def test_only_the_listed_messages_and_categories_are_silenced():
