@@ -97,7 +97,7 @@ class LazyVolume:
         stream = getattr(self.data, "file_like", None)
         if axis == 2 or not isinstance(stream, IndexedGzipFile):
             return self
-        return dataclasses.replace(self, data=_decompressed_nifti(stream).dataobj)
+        return dataclasses.replace(self, data=_decompressed_nifti(self.data).dataobj)
 
 
 def open_lazy_volume(path: str | os.PathLike, *, series_uid: str | None = None) -> LazyVolume:
@@ -176,13 +176,16 @@ def _nifti_over(fileobj: io.RawIOBase) -> nib.Nifti1Image | nib.Nifti2Image:
     return kind.from_file_map({"header": source, "image": source})
 
 
-def _decompressed_nifti(stream: IndexedGzipFile) -> nib.Nifti1Image | nib.Nifti2Image:
-    """The ``.nii.gz`` of ``stream`` decompressed into one buffer of the file's own bytes (its stored dtype,
-    unscaled), with an array proxy over it, for slabs along an axis other than the file's last spatial one (each
-    would span the whole stream). The buffer is filled in place: no second, transient copy."""
-    buffer = bytearray(stream.index())
+def _decompressed_nifti(proxy: nib.arrayproxy.ArrayProxy) -> nib.Nifti1Image | nib.Nifti2Image:
+    """The ``.nii.gz`` behind ``proxy`` (over an :class:`IndexedGzipFile`) decompressed into one buffer of the
+    file's own bytes up to the end of its voxels (their stored dtype, unscaled), with an array proxy over it, for
+    slabs along an axis other than the file's last spatial one (each would span the whole stream). The buffer is
+    sized from the header and filled in place, in one pass: no second, transient copy."""
+    stream = proxy.file_like
+    buffer = bytearray(int(proxy.offset) + int(np.prod(proxy.shape, dtype=np.int64)) * proxy.dtype.itemsize)
     stream.seek(0)
-    stream.readinto(buffer)
+    if (filled := stream.readinto(buffer)) < len(buffer):
+        raise VolumeReadError(f"{stream.path}: the file ends after {filled} bytes; its header needs {len(buffer)}")
     return _nifti_over(_BufferFile(buffer))
 
 
