@@ -88,7 +88,8 @@ class CvT(ScriptedByTracing, nn.Module):
 
     torchscript_obstacle = (
         "the shared key-value attention (common.networks.kv_transformers) defines a nested function in its "
-        "forward pass and formats an error with !r, neither of which TorchScript compiles"
+        "forward pass, formats an error with !r and calls helpers with untyped arguments: TorchScript compiles "
+        "none of these"
     )
 
     EMBEDDINGS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))

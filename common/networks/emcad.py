@@ -291,8 +291,8 @@ class EMCADNet(DeepSupervisionForward, ScriptedByTracing):
     """
 
     torchscript_obstacle = (
-        "the decoder's stage protocol (fuse, refine, shared with XAttnRes) runs its modules by a run-time stage "
-        "index; TorchScript indexes modules only by constants"
+        "its multi-scale convolution block sums a generator expression and its decoder stages index module lists "
+        "by a run-time stage number (fuse, refine), neither of which TorchScript compiles"
     )
 
     def __init__(

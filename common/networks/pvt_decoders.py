@@ -324,8 +324,9 @@ class PVTDecoderNet(DeepSupervisionForward, ScriptedByTracing):
     """
 
     torchscript_obstacle = (
-        "the decoder stages (fuse, refine, _decode) pick modules from tuples by a run-time stage index and pass "
-        "modules to helper functions, which TorchScript does not compile"
+        "its attention mixers unpack tensors and shapes of unknown length (q, k, v, *g = ...), define nested "
+        "functions and call helpers with untyped arguments, and its decoder stages pick modules from tuples by a "
+        "run-time stage number (fuse, refine): TorchScript compiles none of these"
     )
 
     def __init__(

@@ -66,7 +66,8 @@ class SETR(ScriptedByTracing, nn.Module):
 
     torchscript_obstacle = (
         "the shared key-value attention (common.networks.kv_transformers) defines a nested function in its "
-        "forward pass and formats an error with !r, neither of which TorchScript compiles"
+        "forward pass, formats an error with !r and calls helpers with untyped arguments: TorchScript compiles "
+        "none of these"
     )
 
     def __init__(

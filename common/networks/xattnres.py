@@ -217,8 +217,8 @@ class XAttnResNet(ScriptedByTracing, nn.Module):
     """
 
     torchscript_obstacle = (
-        "the cross-stage aggregation drives its host network through a plain-Python stage adapter "
-        "(PVTDecoderStages, or the host itself), which TorchScript cannot hold as an attribute"
+        "its cross-stage aggregation calls the host network's stages by a run-time stage number (through a "
+        "plain-Python adapter for PVT-GDLA hosts), and the host networks do not script either"
     )
 
     def __init__(
