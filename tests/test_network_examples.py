@@ -18,7 +18,18 @@ NETWORK_CLASSES = [
     transunet.TransUNet,
     cvt.CvT,
 ]
-MODULES = ["blocks", "pvt_decoders", "emcad", "xattnres", "mlla_unet", "setr", "transunet", "cvt", "kv_transformers", "scripting"]
+MODULES = [
+    "blocks",
+    "pvt_decoders",
+    "emcad",
+    "xattnres",
+    "mlla_unet",
+    "setr",
+    "transunet",
+    "cvt",
+    "kv_transformers",
+    "scripting",
+]
 
 
 @pytest.mark.parametrize("network", NETWORK_CLASSES, ids=lambda c: c.__name__)
