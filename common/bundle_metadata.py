@@ -80,8 +80,9 @@ def metadata(spec: BundleSpec) -> dict:
 REQUIRED_PACKAGES = ("nibabel", "pytorch-ignite", "timm", "scipy", "pillow", "h5py", "pydicom", "fire", "pyyaml")
 #: the MONAI Label release ``monailabel_app/`` serves the bundles with (constraints-label.txt)
 MONAI_LABEL_VERSION = "0.8.5"
-#: TorchScript export traces the network (torch.jit.script cannot compile timm's PVT-v2 encoder and the decoders'
-#: Python); ``monai.bundle ckpt_export`` needs ``--use_trace True`` and takes the input shape from this metadata
+#: TorchScript export traces the network: torch.jit.script cannot compile the decoders' Python (each network names its
+#: obstacle), so the zoo's default command gets the same trace through :mod:`common.networks.scripting`; with
+#: ``--use_trace True``, as here, ``monai.bundle ckpt_export`` takes the input shape from this metadata
 TORCHSCRIPT_EXPORT = {
     "use_trace": True,
     "command": "python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt "
