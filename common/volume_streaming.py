@@ -7,7 +7,8 @@ volume is never converted, reoriented or scaled as a whole: :func:`segment_strea
 bundle's orientation (:class:`common.io.lazy_volumes.OrientedSlabs`), scales them with the bundle's own transforms,
 runs them through :func:`common.inference.stream_slices` and writes the labels into a uint8 array in the input's
 voxel grid through a reoriented view (so no inversion is needed). Memory: the input where it is held whole (a
-decompressed ``.nii.gz``; other formats stay on disk), one uint8 label volume, and the batches in flight.
+``.nii.gz`` read across its slice axis; other files are read from disk slab by slab), one uint8 label volume, and
+the batches in flight.
 :func:`streaming_plan` says whether a bundle's pipeline can run this way; any other pipeline runs whole-volume, as
 before. :func:`segment_volume` chooses between the two for ``segment``, the bundles' ``inference.json`` and MONAI
 Label alike.
