@@ -25,7 +25,7 @@ lint: $(STAMP)
 
 # the whole check CI runs (.ci/run): the lint first, then every test
 test: lint pacs-deps
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=25 $(PYTEST_ARGS)
 
 test-quick: $(STAMP) pacs-deps
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
