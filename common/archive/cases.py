@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicomweb_client.api import DICOMwebClient
+
 from common.input_cases import Case, InputError, find_cases
 from common.io.dicomweb import (
     STUDY_UID_TAG,
@@ -30,6 +32,7 @@ from common.io.dicomweb import (
 logger = logging.getLogger(__name__)
 
 DICOMWEB_KIND = "dicomweb"
+STUDY_PAGE = 500  # studies per QIDO-RS request
 
 
 @dataclass(frozen=True)
@@ -125,10 +128,7 @@ def dicomweb_cases(url: str, query: Sequence[str], ca_bundle: Path | None = None
     else:
         root = url.rstrip("/")
         filters = dict(_filter(item) for item in query)
-        web = client(root, ca_bundle)
-        with named_errors("QIDO-RS", f"{root}/studies"):
-            found = web.search_for_studies(search_filters=filters, get_remaining=True)
-        studies = sorted({checked_uid(_first(entry, STUDY_UID_TAG), f"QIDO-RS {root}/studies") for entry in found})
+        studies = sorted(_studies(client(root, ca_bundle), root, filters))
         if not studies:
             raise DicomWebError(f"QIDO-RS {root}/studies with {filters or 'no filter'}: no study found")
         resources = [DicomWebResource(root, uid) for uid in studies]
@@ -147,6 +147,21 @@ def dicomweb_cases(url: str, query: Sequence[str], ca_bundle: Path | None = None
         ),
         key=lambda case: case.case_id,
     )
+
+
+def _studies(web: DICOMwebClient, root: str, filters: dict[str, str]) -> set[str]:
+    """StudyInstanceUIDs matching ``filters``, a page of :data:`STUDY_PAGE` at a time (a server that ignores the
+    offset ends the paging when a page brings nothing new)."""
+    studies: set[str] = set()
+    while True:
+        with named_errors("QIDO-RS", f"{root}/studies"):
+            page = web.search_for_studies(search_filters=filters, limit=STUDY_PAGE, offset=len(studies))
+        found = {checked_uid(_first(entry, STUDY_UID_TAG), f"QIDO-RS {root}/studies") for entry in page}
+        if not found - studies:
+            return studies
+        studies |= found
+        if len(page) < STUDY_PAGE:
+            return studies
 
 
 def _filter(item: str) -> tuple[str, str]:
