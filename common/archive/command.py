@@ -151,6 +151,10 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError("--device is for --engine local; Ray workers use the GPU share Ray assigns them")
     if args.retries < 0 or (args.workers is not None and args.workers < 1):
         raise ValueError(f"--retries {args.retries}, --workers {args.workers}: expected >= 0 and >= 1")
+    if (args.cpus_per_worker is not None and args.cpus_per_worker <= 0) or args.gpus_per_worker < 0:
+        raise ValueError(
+            f"--cpus-per-worker {args.cpus_per_worker}, --gpus-per-worker {args.gpus_per_worker}: expected > 0 and >= 0"
+        )
     if args.query and not is_dicomweb_url(args.input):
         raise ValueError(f"--query is for a DICOMweb --input; found the path {args.input}")
 
@@ -240,7 +244,7 @@ def _segment(
         weights=str(args.weights) if args.weights else None,
         batch_size=args.batch_size,
         precision=args.precision,
-        threads=int(args.cpus_per_worker or 1) if resources else (int(args.cpus_per_worker or 0) or None),
+        threads=max(1, round(args.cpus_per_worker or 1)) if resources or args.cpus_per_worker else None,
         store_to=args.store_to,
         ca_bundle=str(args.ca_bundle) if args.ca_bundle else None,
     )
