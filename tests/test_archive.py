@@ -235,6 +235,13 @@ def test_unusable_input_output_or_cluster_is_refused_with_nothing_written(tmp_pa
 # ----------------------------------------------------------------------------- Ray: faults, equality with segment
 
 
+def test_a_worker_no_node_can_hold_is_refused_naming_the_shortfall(tmp_path, ray_session, bundle, archive, capsys):
+    line = refused(capsys, "--bundle", bundle, "--input", archive, "--output", tmp_path / "out", "--cpus-per-worker", 4)
+    assert "4 CPU, 0 GPU and 1.60 GiB memory per worker: no node of the Ray cluster can hold one worker" in line
+    assert "the largest node has 2 CPU, 0 GPU" in line
+    assert not (tmp_path / "out").exists()
+
+
 def kill_first_announcer(state_dir: Path, killed: list[int], stop: threading.Event) -> None:
     """SIGKILL the first worker that announces it holds a case (once)."""
     while not stop.is_set():

@@ -96,7 +96,7 @@ def check_resources(resources: Resources) -> None:
     raise ClusterError(
         f"{resources.describe()}: no node of the Ray cluster can hold one worker; the largest node has "
         f"{largest.get('CPU', 0):g} CPU, {largest.get('GPU', 0):g} GPU and "
-        f"{largest.get('memory', 0) / 1024**3:.2f} GB memory"
+        f"{largest.get('memory', 0) / 1024**3:.2f} GiB memory"
     )
 
 

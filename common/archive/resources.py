@@ -20,4 +20,4 @@ class Resources:
     memory: int = 0
 
     def describe(self) -> str:
-        return f"{self.cpus:g} CPU, {self.gpus:g} GPU and {self.memory / 1024**3:.2f} GB memory per worker"
+        return f"{self.cpus:g} CPU, {self.gpus:g} GPU and {self.memory / 1024**3:.2f} GiB memory per worker"
