@@ -21,7 +21,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import ray
 import torch
 from archive_network import signalled_volume
 from dicomweb_client.api import DICOMwebClient
@@ -33,7 +32,6 @@ from test_segment import copy_bundle
 
 from common.__main__ import main
 from common.archive.manifest import LOCK_FILE, MANIFEST_FILE, RunLock
-from common.archive.ray_engine import start_local_ray
 
 TESTS = Path(__file__).resolve().parent
 AFFINE = np.diag([1.5, 1.5, 4.0, 1.0])
@@ -122,9 +120,17 @@ def segment_outputs(tmp_path_factory, bundle, archive) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """One local Ray (127.0.0.1, 2 CPUs) for the module, its workers able to import tests/archive_network.py."""
+    """One local Ray (127.0.0.1 only, 2 CPUs) for the module, its workers able to import tests/archive_network.py.
+
+    Ray reads its loopback switch when first imported, so this module imports Ray only here, after setting it
+    (as the command does before its own import)."""
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), before) if p)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+
+    from common.archive.ray_engine import start_local_ray
+
     start_local_ray(num_cpus=2, num_gpus=0)
     yield
     ray.shutdown()

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ray.cluster_utils import Cluster
 from test_archive import TESTS, manifest_rows, masks, signalled_bundle, write_volume
 
 LOOPBACK = {"node_ip_address": "127.0.0.1", "num_cpus": 1}
 
 
-def remove_when_both_busy(cluster: Cluster, node, state_dir: Path, removed: list, stop: threading.Event) -> None:
+def remove_when_both_busy(cluster, node, state_dir: Path, removed: list, stop: threading.Event) -> None:
     """Remove ``node`` (no graceful shutdown) once two workers hold an ``announce`` case."""
     while not stop.is_set():
         if len(list(state_dir.glob("announce-*"))) >= 2:
@@ -37,6 +36,8 @@ def test_a_node_leaving_mid_run_costs_only_its_in_flight_case(tmp_path, monkeypa
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p))
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # every Ray process on 127.0.0.1 (scale-out.md)
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    from ray.cluster_utils import Cluster  # after the loopback switch: Ray reads it when imported
+
     state_dir = tmp_path / "state"
     bundle = signalled_bundle(tmp_path / "bundles", state_dir)
     for k in range(4):

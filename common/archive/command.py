@@ -38,7 +38,7 @@ from common.archive.manifest import (
     versions,
     write_run_record,
 )
-from common.archive.resources import ClusterError, Resources
+from common.archive.resources import ClusterError, Resources, check_reachable
 from common.archive.worker import WorkerSettings, remove_dead_stagings
 from common.bundle_segmenter import BundleError
 from common.case_segmentation import REPORT_FILE, VOLUMES_FILE, CaseResult, format_report, report_row
@@ -115,7 +115,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         if args.engine == "ray" and todo:
             address = args.address or os.environ.get("RAY_ADDRESS")
-            if not address:  # Ray reads this switch when imported: every Ray process of this host on 127.0.0.1
+            if address:
+                check_reachable(address)
+            else:  # Ray reads this switch when imported: every Ray process of this host on 127.0.0.1
                 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
             try:
                 from common.archive import ray_engine  # Ray is imported only for its engine

@@ -22,7 +22,7 @@ import ray.exceptions
 
 from common.archive.cases import ArchiveCase
 from common.archive.local_engine import Finished
-from common.archive.resources import ClusterError, Resources
+from common.archive.resources import ClusterError, Resources, check_reachable
 from common.archive.worker import CaseWorker, WorkerSettings, remove_staging
 from common.bundle_segmenter import BundleError
 
@@ -55,7 +55,7 @@ def connect(address: str | None, resources: Resources, local_gpus: int) -> bool:
     for the workers when ``address`` is None. Ray already started in this process (library use) is used as it is.
     Returns whether this call started Ray (and must stop it). Raises :class:`ClusterError`."""
     if address:
-        _check_reachable(address)
+        check_reachable(address)
     if ray.is_initialized():
         return False
     try:
@@ -70,20 +70,6 @@ def connect(address: str | None, resources: Resources, local_gpus: int) -> bool:
             f"found none ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         ) from exc
     return True
-
-
-def _check_reachable(address: str) -> None:
-    """A quick TCP check of ``HOST:PORT`` before Ray's own (slow, retrying) connection attempt."""
-    if address == "auto":
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except (OSError, ValueError) as exc:
-        raise ClusterError(
-            f"--address {address}: expected a Ray cluster's HOST:PORT (ray start --head prints it); "
-            f"found nothing answering there ({exc})"
-        ) from exc
 
 
 def check_resources(resources: Resources) -> None:
