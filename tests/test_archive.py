@@ -10,6 +10,7 @@ session (2 CPUs) is shared by the module's Ray runs; the engine uses a Ray alrea
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -239,6 +240,46 @@ def test_unusable_input_output_or_cluster_is_refused_with_nothing_written(tmp_pa
 
 
 # ----------------------------------------------------------------------------- Ray: faults, equality with segment
+
+
+LOOPBACK_HEX = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1 in /proc/net/tcp and tcp6
+
+
+def descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (from /proc: parent ids)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def listening_addresses(pids: set[int]) -> set[str]:
+    """Local addresses (hex, as /proc/net/tcp{,6} write them) of the TCP sockets ``pids`` listen on."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for fields in (line.split() for line in Path(table).read_text().splitlines()[1:]):
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                addresses.add(fields[1].rsplit(":", 1)[0])
+    return addresses
+
+
+def test_the_embedded_ray_listens_on_loopback_only(ray_session):
+    addresses = listening_addresses(descendants(os.getpid()))
+    assert addresses and addresses <= LOOPBACK_HEX, addresses
 
 
 def test_a_worker_no_node_can_hold_is_refused_naming_the_shortfall(tmp_path, ray_session, bundle, archive, capsys):
