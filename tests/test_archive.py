@@ -32,7 +32,7 @@ from test_pacs import foreground_bundle, seg_series, study_series
 from test_segment import copy_bundle
 
 from common.__main__ import main
-from common.archive.manifest import LOCK_FILE, MANIFEST_FILE, RunLock
+from common.archive.manifest import LOCK_FILE, MANIFEST_FILE, Manifest, RunLock
 
 TESTS = Path(__file__).resolve().parent
 AFFINE = np.diag([1.5, 1.5, 4.0, 1.0])
@@ -397,3 +397,18 @@ def test_dicomweb_study_query_segments_each_series_and_stores_its_seg(tmp_path, 
     capsys.readouterr()
     assert run("--bundle", bundle, "--input", orthanc.dicomweb, *query, "--output", out, "--engine", "local") == 0
     assert len(manifest_rows(out)) == 2 and "2 of 2 case(s) done already" in capsys.readouterr().err
+
+
+def test_a_row_appended_after_a_torn_line_is_kept(tmp_path):
+    """A driver killed mid-write leaves a line without its end; the next run's rows must not join it."""
+    path = tmp_path / MANIFEST_FILE
+    path.write_text(json.dumps({"case": "a", "status": "ok"}) + "\n" + '{"case": "b", "sta')
+    manifest = Manifest(path)
+    manifest.append({"case": "b", "status": "ok"})
+    manifest.append({"case": "c", "status": "failed"})
+    manifest.close()
+    assert {case: row["status"] for case, row in Manifest(path).last_rows().items()} == {
+        "a": "ok",
+        "b": "ok",
+        "c": "failed",
+    }

@@ -188,7 +188,10 @@ class Manifest:
 
     def append(self, row: Mapping[str, object]) -> None:
         if self._handle is None:
+            torn = _ends_torn(self.path)  # a driver killed mid-write: end its line, or this row would join it
             self._handle = open(self.path, "a")
+            if torn:
+                self._handle.write("\n")
         self._handle.write(json.dumps(row, sort_keys=False) + "\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
@@ -197,6 +200,15 @@ class Manifest:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+
+def _ends_torn(path: Path) -> bool:
+    """Whether ``path`` exists and its last line has no line end."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) != b"\n"
 
 
 def is_done(row: Mapping[str, object] | None, output: Path, fingerprint: str) -> bool:
