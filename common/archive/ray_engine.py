@@ -23,7 +23,7 @@ import ray.exceptions
 from common.archive.cases import ArchiveCase
 from common.archive.local_engine import Finished
 from common.archive.resources import ClusterError, Resources, check_reachable
-from common.archive.worker import CaseWorker, WorkerSettings, remove_staging
+from common.archive.worker import CaseWorker, WorkerSettings, process_alive, remove_staging
 from common.bundle_segmenter import BundleError
 
 OBJECT_STORE_BYTES = 100 * 1024**2  # rows and paths only
@@ -279,11 +279,7 @@ def _await_exit(identity: dict, limit_s: float = 10.0) -> None:
     if identity.get("host") != socket.gethostname():
         return
     deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(int(identity["pid"]), 0)
-        except ProcessLookupError:
-            return
+    while time.monotonic() < deadline and process_alive(int(identity["pid"])):
         time.sleep(0.1)
 
 

@@ -62,13 +62,14 @@ def remove_dead_stagings(output: Path) -> list[Path]:
         for name in [n for n in names if n.startswith(STAGING_PREFIX)]:
             names.remove(name)
             match = _STAGING_NAME.match(name)
-            if match and match["host"] == host and not _alive(int(match["pid"])):
+            if match and match["host"] == host and not process_alive(int(match["pid"])):
                 shutil.rmtree(Path(folder) / name, ignore_errors=True)
                 removed.append(Path(folder) / name)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host still exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
