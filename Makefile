@@ -42,7 +42,7 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-# The PACS tests (tests/test_pacs.py) run a real Orthanc with its DICOMweb plugin: found on PATH or in /usr/sbin,
+# The PACS tests (tests/end_to_end/test_pacs.py) run a real Orthanc with its DICOMweb plugin: found on PATH or in /usr/sbin,
 # else installed from the Debian packages when root (docs/pacs.md: without root).
 GDLA_ORTHANC_DICOMWEB_PLUGIN ?= /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 export GDLA_ORTHANC_DICOMWEB_PLUGIN
@@ -53,7 +53,7 @@ pacs-deps:
 
 # MONAI Label (docs/monailabel.md). Its pins (numpy<2, pydicom<3, jsonschema<4) clash with .venv, so it gets its own
 # environment; the project goes in without dependencies. sam2, a MONAI Label dependency, builds against the
-# installed torch (CPU-only build, no downloads). The server runs as `python -m common.label_server` (MONAI Label's
+# installed torch (CPU-only build, no downloads). The server runs as `python -m common.apps.label_server` (MONAI Label's
 # own entry point without the packages its process never uses); the `monailabel` launcher script would run
 # whichever `python` is first on PATH.
 LABEL_VENV   := .venv-label
@@ -79,5 +79,5 @@ $(LABEL_STAMP): requirements-label.txt constraints-label.txt pyproject.toml
 
 label: $(LABEL_STAMP)
 	@test -n "$(STUDIES)" || { echo "usage: make label STUDIES=DIR|http://HOST/dicom-web [MODELS=all|name,name] [LABEL_HOST=127.0.0.1] [LABEL_PORT=8000]"; exit 2; }
-	PATH="$(abspath $(LABEL_VENV))/bin:$$PATH" $(LABEL_PY) -m common.label_server start_server --app monailabel_app --studies $(STUDIES) \
+	PATH="$(abspath $(LABEL_VENV))/bin:$$PATH" $(LABEL_PY) -m common.apps.label_server start_server --app monailabel_app --studies $(STUDIES) \
 		--conf models $(MODELS) --host $(LABEL_HOST) --port $(LABEL_PORT)

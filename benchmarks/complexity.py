@@ -10,8 +10,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
-from common.complexity import count_parameters, paper_macs, true_flops, truncate
 from common.networks import create_network
+from common.networks.complexity import count_parameters, paper_macs, true_flops, truncate
 from common.networks.encoders import RandomEncoderWarning
 
 

@@ -3,7 +3,7 @@
 One lane of the CPU engine runs batches of 4 channels-last 224 x 224 slices on one thread; this script runs the
 same forward pass ``--repeats`` times after a warm-up and prints the operators by self CPU time and the wall time of
 the encoder stages, decoder blocks and their parts (forward hooks, medians). The allocator is tuned as the engine
-tunes it (:func:`common.host_allocator.reuse_freed_host_memory`) unless ``--default-malloc`` is given.
+tunes it (:func:`common.inference.host_allocator.reuse_freed_host_memory`) unless ``--default-malloc`` is given.
 
 Usage: ``python benchmarks/forward_profile.py [--threads 1] [--batch-size 4] [--precision float32|bfloat16]``.
 """
@@ -18,7 +18,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from common.host_allocator import reuse_freed_host_memory
+from common.inference.host_allocator import reuse_freed_host_memory
 from common.networks import create_network
 
 ROI = 224

@@ -2,7 +2,7 @@
 
 The naive loop does what the authors' test script does for every slice: ``scipy.ndimage.zoom`` (order 3) to
 the network size, a float32 forward pass of one slice under ``torch.no_grad``, softmax and argmax, then ``zoom``
-(order 0) back. The engine is :func:`common.inference.predict_volume` (the same spline resize as matrix
+(order 0) back. The engine is :func:`common.inference.inferer.predict_volume` (the same spline resize as matrix
 products on the device, batches of channels-last slices, argmax at network resolution, nearest-neighbour
 gather back), once in float32 and once with its default ``precision="auto"`` (bfloat16 autocast on CPUs with
 native bfloat16, float16 on CUDA, float32 elsewhere).
@@ -21,13 +21,13 @@ copies) are summed over the chunks.
 
 Matmul floor: at the start of the run square float32 matrix products (and bfloat16 ones where the CPU has native
 bfloat16) are timed on ``--threads`` threads, best of 20; a method's floor is the network's true multiply-accumulates per
-slice (every matmul and convolution of the inference forward pass, :func:`common.complexity.true_flops`) times
+slice (every matmul and convolution of the inference forward pass, :func:`common.networks.complexity.true_flops`) times
 2 times the slices over that rate (bfloat16 for ``auto`` where it runs bfloat16, else float32; float32 for int8),
 and "% floor" is floor seconds over measured seconds: how close the method comes to spending all its time in
 matrix products at the machine's matmul speed.
 
 int8 (``--int8``): the engine with an ONNX Runtime session of the network, its linear layers' weights quantized to
-int8 (:func:`common.int8_runtime.int8_network`, exported for the engine's slices per pass); its Dice against the
+int8 (:func:`common.inference.int8.int8_network`, exported for the engine's slices per pass); its Dice against the
 float32 engine is in the last column. Opt-in; not a default.
 
 Peak memory: each method predicts ``--memory-slices`` slices once more in a fresh process; the figure is the
@@ -61,16 +61,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy.ndimage import zoom
 
-from common.complexity import true_flops
-from common.inference import (
+from common.evaluation.metrics import dice
+from common.inference.inferer import (
     SliceInferenceOptions,
     autocast_dtype,
     predict_volume,
     slices_per_pass,
 )
-from common.int8_runtime import int8_network
-from common.metrics import dice
+from common.inference.int8 import int8_network
 from common.networks import create_network
+from common.networks.complexity import true_flops
 
 NUM_CLASSES = 9
 ROI = 224

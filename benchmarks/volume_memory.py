@@ -56,10 +56,10 @@ from miniature_layouts import write_dicom_series  # noqa: E402 (after the sys.pa
 from pacs_fixtures import Orthanc, free_port, start_orthanc, stop_orthanc  # noqa: E402 (after the sys.path entry)
 from volume_inference import phantom  # noqa: E402 (after the sys.path entry)
 
-from common.complexity import true_flops  # noqa: E402 (after the sys.path entry)
-from common.inference import autocast_dtype  # noqa: E402 (after the sys.path entry)
+from common.inference.inferer import autocast_dtype  # noqa: E402 (after the sys.path entry)
 from common.networks import create_network  # noqa: E402 (after the sys.path entry)
-from common.transforms import CT_WINDOW_HU  # noqa: E402 (after the sys.path entry)
+from common.networks.complexity import true_flops  # noqa: E402 (after the sys.path entry)
+from common.transforms.pipelines import CT_WINDOW_HU  # noqa: E402 (after the sys.path entry)
 
 BUNDLE = "pvt_gdla_synapse_segmentation"
 PATHS = ("streamed", "bundle", "whole", "label", "pacs")
@@ -72,7 +72,7 @@ from pathlib import Path
 from common.io.volumes import load_volume
 from common.io.previews import write_volume_overlay
 from common.io.writers import structure_volumes, write_nifti
-from common.bundle_segmenter import load_bundle
+from common.segment.segmenter import load_bundle
 bundle, source, out, precision, batch_size = sys.argv[1:6]
 segmenter = load_bundle(bundle, device="cpu", precision=precision, batch_size=int(batch_size) or None)
 volume = load_volume(source)
@@ -99,7 +99,7 @@ shutil.copytree(app, work / "app")
 with socket.socket() as probe:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
-command = [label_python, "-m", "common.label_server", "start_server", "--app", str(work / "app"), "--studies",
+command = [label_python, "-m", "common.apps.label_server", "start_server", "--app", str(work / "app"), "--studies",
            studies, "--conf", "bundles", str(bundle.parent), "--conf", "models", bundle.name,
            "--host", "127.0.0.1", "--port", str(port)]
 env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(work / "cache"),

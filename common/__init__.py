@@ -1,16 +1,16 @@
 """Shared code of the PVT-GDLA MONAI bundles: networks, data, losses, inference and tooling.
 
-Submodules load on first attribute access (``common.data``, ``common.training``, ...), so bundle configs
+Submodules load on first attribute access (``common.data``, ``common.training.recipe``, ...), so bundle configs
 need only ``"$import common"``.
 """
 
 import importlib
 
-from .quiet import quiet_third_party
+from .environment.quiet import quiet_third_party
 
 __version__ = "0.1.0"
 
-quiet_third_party()  # the known third-party noise, silenced message by message (common.quiet) for every entry point
+quiet_third_party()  # the known third-party noise, silenced message by message (common.environment.quiet) for every entry point
 
 
 def __getattr__(name: str):

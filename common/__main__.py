@@ -10,17 +10,20 @@ import argparse
 import importlib
 import sys
 
-from .triton_import import skip_triton_without_gpu
+from .environment.triton import skip_triton_without_gpu
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("common.data.cli", "inspect a dataset folder before training (data check)"),
-    "bundles": ("common.bundle_render", "write the bundles from their templates, or check they are current"),
-    "segment": ("common.segment", "segment volumes, DICOM series or 2-D pictures with a bundle"),
-    "demo": ("common.demo", "train, evaluate and apply a PVT-GDLA bundle on the MNI152 brain template (CPU)"),
-    "release": ("common.release", "pack a trained bundle into a checksummed archive; download and verify one"),
-    "reproduce": ("common.reproduce", "evaluate (or train, then evaluate) a bundle beside its paper row"),
-    "listen": ("common.dicom_node", "a DICOM node: receive series, segment them, send the DICOM SEG on"),
-    "segment-archive": ("common.archive.command", "segment a whole archive: resumable, on Ray workers or in process"),
+    "bundles": ("common.bundle.render", "write the bundles from their templates, or check they are current"),
+    "segment": ("common.apps.segment", "segment volumes, DICOM series or 2-D pictures with a bundle"),
+    "demo": ("common.apps.demo", "train, evaluate and apply a PVT-GDLA bundle on the MNI152 brain template (CPU)"),
+    "release": ("common.bundle.release", "pack a trained bundle into a checksummed archive; download and verify one"),
+    "reproduce": ("common.apps.reproduce", "evaluate (or train, then evaluate) a bundle beside its paper row"),
+    "listen": ("common.pacs.node", "a DICOM node: receive series, segment them, send the DICOM SEG on"),
+    "segment-archive": (
+        "common.apps.segment_archive",
+        "segment a whole archive: resumable, on Ray workers or in process",
+    ),
 }
 
 

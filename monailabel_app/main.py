@@ -1,6 +1,6 @@
 """MONAI Label app serving this repository's bundles, fully offline.
 
-    .venv-label/bin/python -m common.label_server start_server --app monailabel_app --studies DIR --conf models all
+    .venv-label/bin/python -m common.apps.label_server start_server --app monailabel_app --studies DIR --conf models all
 
 Conf keys: ``models`` ("all", the default, or comma-separated bundle folder names), ``bundles`` (the folder
 holding them; default: the repository's ``bundles/``), ``epistemic_model`` (the bundle whose test-time-flip

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 from monai.bundle import run as run_bundle
 
-from common.bundle_specs import BundleSpec, config_files
+from common.bundle.specs import BundleSpec, config_files
 from common.data import get_dataset
 
 BUNDLES_ROOT = Path(__file__).resolve().parent.parent / "bundles"

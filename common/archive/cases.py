@@ -16,7 +16,6 @@ from pathlib import Path
 
 from dicomweb_client.api import DICOMwebClient
 
-from common.input_cases import Case, InputError, find_cases
 from common.io.dicomweb import (
     STUDY_UID_TAG,
     DicomWebError,
@@ -28,6 +27,7 @@ from common.io.dicomweb import (
     named_errors,
     parse_resource,
 )
+from common.segment.inputs import Case, InputError, find_cases
 
 logger = logging.getLogger(__name__)
 

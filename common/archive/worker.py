@@ -1,7 +1,7 @@
 """One archive worker: the bundle loaded once, then one case at a time, segmented exactly as ``segment`` does.
 
 A case's outputs are staged in a folder named after this worker (``.staging-<host>.<pid>.*``) and published into
-the case's output folder when it succeeds (:func:`common.case_segmentation.segment_published`), so the driver can
+the case's output folder when it succeeds (:func:`common.segment.cases.segment_published`), so the driver can
 remove what a killed worker left behind. The result is a manifest row (paths relative to the output folder).
 """
 
@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 from common.archive.cases import DICOMWEB_KIND, ArchiveCase
-from common.bundle_segmenter import load_bundle
-from common.case_segmentation import CaseResult, segment_published
-from common.dicomweb_segment import RETRIEVED_FOLDER
-from common.inference import Precision
-from common.input_cases import Case
+from common.inference.inferer import Precision
 from common.io.dicomweb import DicomWebError, client, parse_resource, retrieve_series, store_files
 from common.io.staging import STAGING_PREFIX
+from common.pacs.dicomweb_segment import RETRIEVED_FOLDER
+from common.segment.cases import CaseResult, segment_published
+from common.segment.inputs import Case
+from common.segment.segmenter import load_bundle
 
 _STAGING_NAME = re.compile(rf"^{re.escape(STAGING_PREFIX)}(?P<host>.+)\.(?P<pid>\d+)\.[^.]+$")
 

@@ -5,7 +5,7 @@ A reader turns a dataset folder, exactly as its publishers distribute it, into M
 ``{"image": path, "label": path, "case": id, ...}``. Splits are over cases (a patient, a volume or
 an image, per dataset), never over slices of one case.
 
-Class attributes describe the data to the rest of the project (``common.transforms`` builds the
+Class attributes describe the data to the rest of the project (``common.transforms.pipelines`` builds the
 pipelines from them): ``stored_as`` ("slices": training samples are 2-D files; "volumes": 2-D slices
 are drawn from 3-D files), ``label_kind`` ("label_map", "binary_mask" or "run_length"),
 ``intensity`` ("none", "ct_window" or "minmax"), ``augmentation`` ("transunet" or "photo") and
@@ -46,7 +46,7 @@ class SampleError(ValueError):
 
 def modality_intensity(modalities: Iterable[str]) -> str:
     """The ``intensity`` recipe for images as scanners write them, by DICOM modality: ``"ct_window"`` (Hounsfield
-    units windowed, :data:`common.transforms.CT_WINDOW_HU`) when every channel is CT, else per-image ``"minmax"``."""
+    units windowed, :data:`common.transforms.pipelines.CT_WINDOW_HU`) when every channel is CT, else per-image ``"minmax"``."""
     return "ct_window" if all(modality.upper() == "CT" for modality in modalities) else "minmax"
 
 

@@ -3,7 +3,7 @@
 Reference: Zheng et al., "Gated Differential Linear Attention: A Linear-Time Decoder for High-Fidelity
 Medical Segmentation". Defaults reproduce the authors' published code and weights; the paper's ablations
 are constructor options. Module names follow the authors' checkpoints (``up1.up``, ``de1.attn.qkvg``, ...)
-except the encoder, which is timm's PVT-v2 under ``backbone`` (see :mod:`common.convert`).
+except the encoder, which is timm's PVT-v2 under ``backbone`` (see :mod:`common.networks.convert`).
 
 Shapes: input ``[B, in_channels, H, W]`` with H and W divisible by 32; output ``[B, num_classes, H, W]``,
 or in training with deep supervision the list ``[out4, out3, out2, out1]`` of such maps.
@@ -299,7 +299,7 @@ class PVTDecoderNet(DeepSupervisionForward, ScriptedByTracing):
     ``bilinear(W d1) + W resblk(x) + b`` (``W, b``: head1's weight and bias; bilinear weights sum to one) with the
     residual branch's batch norms folded (:meth:`ResBlock.folded`) and head1 as a matrix product on channels-last
     tokens. Only one C1-channel map exists at full resolution, and no norm or sum pass runs over it. Training,
-    and counting the paper's MACs module by module (:func:`common.complexity.paper_macs`), use the formula as written.
+    and counting the paper's MACs module by module (:func:`common.networks.complexity.paper_macs`), use the formula as written.
 
     Args:
         mixer: token mixer of every decoder block.

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch.nn as nn
 
 if TYPE_CHECKING:
-    from common.metrics import PublishedRow
+    from common.evaluation.metrics import PublishedRow
 
 Factory = Callable[..., nn.Module]
 
@@ -68,7 +68,7 @@ class NetworkFacts:
         """The paper's rows for this network by dataset (empty when it has none)."""
         if self.paper_model is None:
             return {}
-        from common.metrics import PUBLISHED_RESULTS
+        from common.evaluation.metrics import PUBLISHED_RESULTS
 
         return {
             dataset: rows[self.paper_model] for dataset, rows in PUBLISHED_RESULTS.items() if self.paper_model in rows

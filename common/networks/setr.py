@@ -9,13 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .blocks import check_image_batch, refuse_deep_supervision
-from .kv_transformers import (
-    MAX_PAIR_TOKENS,
-    PAIR_CHANNELS,
-    AttentionKind,
-    TransformerEncoder,
-    conv_bn_relu,
-)
+from .kv_transformers import MAX_PAIR_TOKENS, PAIR_CHANNELS, AttentionKind, TransformerEncoder, conv_bn_relu
 from .layers import grid_to_tokens, tokens_to_grid
 from .papers import KV_ATTENTION_CITATION
 from .registry import register_network

@@ -1,8 +1,8 @@
 """MONAI Label inference with a bundle's own configs: its pre-processing, its inferer, its post-processing.
 
-The bundle's ``inferer`` (``common.inference.SliceInferer2D`` in this project) runs its 2-D network slice by
+The bundle's ``inferer`` (``common.inference.inferer.SliceInferer2D`` in this project) runs its 2-D network slice by
 slice over volumes and directly on 2-D pictures. Volumes are not loaded whole: they are read, scaled, segmented
-and written a few slices at a time with the bundle's own transforms (:func:`common.volume_streaming.segment_volume`,
+and written a few slices at a time with the bundle's own transforms (:func:`common.inference.volume_streaming.segment_volume`,
 the path ``segment`` and the bundles' ``inference.json`` take), so the labels come back on the input's voxel grid
 and the bundle's ``Invertd`` is skipped. Post-processing steps that save files are dropped: the mask goes back to
 the client instead, written here with the input's geometry.
@@ -24,18 +24,18 @@ from monai.transforms import SaveImaged
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.tasks.infer.bundle import BundleInferTask
 
-from common.bundle_segmenter import network_with_weights
-from common.io.images import picture_size
-from common.io.lazy_volumes import open_lazy_volume
-from common.io.mask_saving import SaveMask2Dd, SaveMask3Dd
-from common.io.writers import write_nifti, write_png_mask
-from common.volume_streaming import (
+from common.inference.volume_streaming import (
     labels_on_input_grid,
     segment_volume,
     split_readers,
     streaming_plan,
     without_inversion,
 )
+from common.io.images import picture_size
+from common.io.lazy_volumes import open_lazy_volume
+from common.io.mask_saving import SaveMask2Dd, SaveMask3Dd
+from common.io.writers import write_nifti, write_png_mask
+from common.segment.segmenter import network_with_weights
 
 from .bundles import Bundle
 

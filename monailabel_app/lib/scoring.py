@@ -2,7 +2,7 @@
 
 MONAI Label's ``epistemic`` strategy serves the unlabelled image with the highest ``epistemic_entropy`` in the
 datastore. This scoring method writes that value: the mean voxel entropy of the bundle's flip-averaged
-probabilities (:mod:`common.flip_uncertainty`), with the bundle's own pre-processing, network and slice-wise
+probabilities (:mod:`common.inference.flip_uncertainty`), with the bundle's own pre-processing, network and slice-wise
 inferer. Volumes are read and scored slab by slab, never loaded whole. (MONAI Label's dropout-based scoring needs
 networks with dropout at inference; these have none, so flips stand in for the dropout samples.)
 """
@@ -18,10 +18,10 @@ from monai.bundle import ConfigParser
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
-from common.bundle_segmenter import network_with_weights
-from common.flip_uncertainty import flip_entropy, volume_flip_entropy
+from common.inference.flip_uncertainty import flip_entropy, volume_flip_entropy
+from common.inference.volume_streaming import split_readers
 from common.io.lazy_volumes import open_lazy_volume
-from common.volume_streaming import split_readers
+from common.segment.segmenter import network_with_weights
 
 from .bundles import Bundle
 

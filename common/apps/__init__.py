@@ -1,0 +1,1 @@
+"""Commands that combine concepts: ``segment``, ``segment-archive``, ``demo``, ``reproduce`` and the label server."""

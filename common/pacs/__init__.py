@@ -1,0 +1,1 @@
+"""Hospital networks: DICOMweb segmentation and the DICOM node (``listen``) with its safeguards."""
