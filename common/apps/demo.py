@@ -31,7 +31,7 @@ import numpy as np
 from common.bundle.render import bundle_files
 from common.bundle.specs import BundleSpec, DatasetCard, Recipe, config_files
 from common.data.splits import write_splits
-from common.evaluation.metrics import read_csv
+from common.evaluation.case_tables import read_csv
 from common.io.atomic import atomic_path
 
 TISSUES = ("background", "CSF", "grey matter", "white matter")

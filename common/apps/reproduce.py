@@ -6,8 +6,9 @@
 
 Evaluates on the paper's test set (the bundle's reader: the authors' or TransUNet's list where one was
 published, else our seeded split, which the printout names) with the bundle's ``configs/evaluate.json``, and
-prints our row beside the paper's in both metric modes (:mod:`common.evaluation.metrics`): ``paper`` against the published
-numbers, ``clinical`` apart, with the (case, class) pairs each mode excluded and how the checkpoint was selected.
+prints our row beside the paper's in both metric modes (:mod:`common.evaluation.case_scores`): ``paper`` against
+the published numbers, ``clinical`` apart, with the (case, class) pairs each mode excluded and how the checkpoint
+was selected.
 ``--train`` runs the bundle's ``configs/train.json`` once per seed (42, 43, ...) and reports mean +- sd.
 
 Exit status: 0 when every test case was scored; 1 when some case could not be (the others are still scored
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,8 +31,10 @@ from ..bundle.render import DEFAULT_ROOT
 from ..bundle.specs import config_files
 from ..data.registry import get_dataset
 from ..data.synapse import SELECTION_TEXT, VALIDATION_CHOICES, validation_cases_for
-from ..evaluation.handlers import CaseScoringError, published_row
-from ..evaluation.metrics import MEAN_ROW, PublishedRow, excluded_pairs, format_comparison, read_csv, summarize
+from ..evaluation.case_tables import excluded_pairs, read_csv, summarize
+from ..evaluation.comparison import format_comparison, format_seeds
+from ..evaluation.handlers import CaseScoringError
+from ..evaluation.published import from_eval_metrics
 from ..io.atomic import atomic_path
 from ..networks.convert import fit_state_dict, load_reference_checkpoint
 from ..networks.encoders import read_state_dict
@@ -159,39 +160,6 @@ def train(bundle: Path, dataset_dir: Path, run_dir: Path, seed: int, overrides: 
     return run_dir / "models"
 
 
-def _mean_sd(values: Sequence[float]) -> str:
-    kept = [v for v in values if not math.isnan(v)]
-    if not kept:
-        return "-"
-    sd = statistics.stdev(kept) if len(kept) > 1 else 0.0
-    return f"{statistics.fmean(kept):.2f} +- {sd:.2f}"
-
-
-def format_seeds(summaries: Sequence[Sequence[Mapping]], published: PublishedRow) -> str:
-    """Mean +- sd over seeds of the paper-mode and clinical numbers, beside the published row."""
-    by_seed = [{str(r["class"]): r for r in summary} for summary in summaries]
-    names = list(published.class_dice) + [n for n in by_seed[0] if n not in published.class_dice and n != MEAN_ROW]
-
-    def values(name: str, key: str, scale: float) -> list[float]:
-        return [scale * float(s.get(name, {}).get(key, math.nan)) for s in by_seed]
-
-    lines = [
-        (f"{n} Dice", values(n, "paper_dice", 100), published.class_dice.get(n), values(n, "dice", 100)) for n in names
-    ]
-    lines.append(("mean Dice", values(MEAN_ROW, "paper_dice", 100), published.mean_dice, values(MEAN_ROW, "dice", 100)))
-    lines.append(
-        ("HD95 (voxels)", values(MEAN_ROW, "paper_hd95_vox", 1), published.hd95, values(MEAN_ROW, "hd95_vox", 1))
-    )
-    lines.append(("HD95 (mm)", [], None, values(MEAN_ROW, "hd95_mm", 1)))
-    headers = ("paper-mode (mean +- sd)", "published", "clinical (mean +- sd)")
-    width = max(len(name) for name, *_ in lines)
-    text = ["  ".join(["".ljust(width)] + [h.rjust(len(h)) for h in headers])]
-    for name, paper, reference, clinical in lines:
-        cells = (_mean_sd(paper), "-" if reference is None else f"{reference:.2f}", _mean_sd(clinical))
-        text.append("  ".join([name.ljust(width)] + [c.rjust(len(h)) for c, h in zip(cells, headers)]))
-    return "\n".join(text)
-
-
 def _set_overrides(pairs: Sequence[str]) -> dict[str, object]:
     """``KEY=VALUE`` config overrides; VALUE is read as JSON when it parses, else as a string."""
     overrides: dict[str, object] = {}
@@ -244,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     bundle = resolve_bundle(args.bundle)
     meta = _read_json(bundle / "configs" / "metadata.json")
-    published = published_row(meta.get("eval_metrics"))
+    published = from_eval_metrics(meta.get("eval_metrics"))
     if published is None:
         raise ReproduceError(f"{bundle.name}: the paper publishes no row for this bundle; nothing to reproduce")
     evaluate_config = evaluation_config(bundle)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..data import get_dataset
+from ..evaluation.published import published_row, to_eval_metrics
 from ..networks import network_facts
 
 
@@ -229,18 +230,8 @@ def class_names(spec: BundleSpec) -> list[str]:
 
 def published_metrics(spec: BundleSpec) -> dict:
     """The paper's row for this bundle: Dice in percent, HD95 in voxels (``eval_metrics`` of the metadata)."""
-    from ..evaluation.metrics import PUBLISHED_RESULTS
-
-    row = PUBLISHED_RESULTS.get(spec.dataset, {}).get(spec.paper_model)
-    if row is None:
-        return {}
-    metrics: dict = {"mean_dice": row.mean_dice}
-    if row.hd95 is not None:
-        metrics["hd95"] = row.hd95
-    if row.class_dice:
-        metrics["class_dice"] = dict(row.class_dice)
-    metrics["units"] = "Dice in percent; HD95 in voxels, as published"
-    return metrics
+    row = published_row(spec.dataset, spec.paper_model)
+    return {} if row is None else to_eval_metrics(row)
 
 
 def citations(spec: BundleSpec) -> list[str]:

@@ -1,10 +1,10 @@
 """Evaluation handler for the bundles: per-case metric rows, CSV files, and the published row side by side.
 
 Attached to a MONAI ``SupervisedEvaluator`` whose inferer returns label maps. Each item is scored in both
-metric modes of :mod:`common.evaluation.metrics` (``paper`` and ``clinical``): volumes in 3-D per class, 2-D images by
-foreground Dice, multi-label images per channel. One unreadable or mis-shaped case is reported and does not
-stop the others, but the run then ends with an error (non-zero exit): a row with a case left out is not the
-paper's row.
+metric modes of :mod:`common.evaluation.case_scores` (``paper`` and ``clinical``): volumes in 3-D per class,
+2-D images by foreground Dice, multi-label images per channel. One unreadable or mis-shaped case is reported
+and does not stop the others, but the run then ends with an error (non-zero exit): a row with a case left out
+is not the paper's row.
 """
 
 from __future__ import annotations
@@ -22,29 +22,12 @@ from monai.metrics import DiceMetric
 
 from ..io.tables import write_csv
 from ..io.volumes import HDF5_SUFFIXES
-from .metrics import (
-    PublishedRow,
-    excluded_pairs,
-    format_comparison,
-    image_foreground_scores,
-    multilabel_scores,
-    summarize,
-    volume_scores,
-)
+from .case_scores import image_foreground_scores, multilabel_scores, volume_scores
+from .case_tables import excluded_pairs, summarize
+from .comparison import format_comparison
+from .published import from_eval_metrics
 
 logger = logging.getLogger(__name__)
-
-
-def published_row(eval_metrics: Mapping | None) -> PublishedRow | None:
-    """The metadata's ``eval_metrics`` (Dice in percent, HD95 in voxels, as published) as a :class:`PublishedRow`;
-    ``None`` where there is no published row (no entry, or the bundles' "not published" text)."""
-    if not eval_metrics or not isinstance(eval_metrics.get("mean_dice"), (int, float)):
-        return None
-    return PublishedRow(
-        mean_dice=float(eval_metrics["mean_dice"]),
-        hd95=None if eval_metrics.get("hd95") is None else float(eval_metrics["hd95"]),
-        class_dice={str(k): float(v) for k, v in eval_metrics.get("class_dice", {}).items()},
-    )
 
 
 def _case_name(item: Mapping, index: int) -> str:
@@ -111,7 +94,7 @@ class CaseMetricsWriter:
         if mode not in ("volume", "image", "multilabel"):
             raise ValueError(f"unknown mode {mode!r}; expected 'volume', 'image' or 'multilabel'")
         self.output_dir, self.class_names, self.mode = Path(output_dir), list(class_names), mode
-        self.published, self.title = published_row(published), title
+        self.published, self.title = from_eval_metrics(published), title
         self.paper_rule, self.selection = paper_rule, selection
         self.rows: list[dict] = []
         self.failures: list[str] = []

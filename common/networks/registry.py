@@ -12,12 +12,9 @@ import difflib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch.nn as nn
-
-if TYPE_CHECKING:
-    from common.evaluation.metrics import PublishedRow
 
 Factory = Callable[..., nn.Module]
 
@@ -34,7 +31,8 @@ class NetworkFacts:
         encoder_weights_file: the weights file the ``encoder_weights`` option expects (``"pvt_v2_b2.pth"``).
         deep_supervision: whether the network has auxiliary heads (``deep_supervision=True`` builds them).
         citations: the papers behind the network, in citing order.
-        paper_model: the model's name in the published tables (``metrics.PUBLISHED_RESULTS``), if it has a row.
+        paper_model: the model's name in the published tables
+            (:data:`common.evaluation.published.PUBLISHED_RESULTS`), if it has a row.
     """
 
     name: str
@@ -63,16 +61,6 @@ class NetworkFacts:
     def summary(self) -> str:
         """First line of the factory's docstring."""
         return (self.factory.__doc__ or "").strip().splitlines()[0] if self.factory.__doc__ else ""
-
-    def published_rows(self) -> dict[str, PublishedRow]:
-        """The paper's rows for this network by dataset (empty when it has none)."""
-        if self.paper_model is None:
-            return {}
-        from common.evaluation.metrics import PUBLISHED_RESULTS
-
-        return {
-            dataset: rows[self.paper_model] for dataset, rows in PUBLISHED_RESULTS.items() if self.paper_model in rows
-        }
 
     def check_options(self, options: Mapping[str, Any]) -> None:
         """Refuse an option the network does not have, naming the network and listing the options it has."""

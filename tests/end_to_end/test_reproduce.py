@@ -14,7 +14,7 @@ from bundle_harness import SMALL
 from reference_keys import random_state_dict, write_authors_checkpoint
 
 from common.__main__ import main
-from common.evaluation.metrics import read_csv
+from common.evaluation.case_tables import read_csv
 from common.networks import create_network
 
 

@@ -14,17 +14,11 @@ from medpy.metric import binary as medpy_binary
 from monai.data import MetaTensor
 from monai.metrics import DiceMetric
 
+from common.evaluation.case_scores import image_foreground_scores, volume_scores
+from common.evaluation.case_tables import MEAN_ROW, excluded_pairs, read_csv, summarize
+from common.evaluation.comparison import format_comparison
 from common.evaluation.handlers import CaseMetricsWriter, CaseScoringError
-from common.evaluation.metrics import (
-    MEAN_ROW,
-    PublishedRow,
-    excluded_pairs,
-    format_comparison,
-    image_foreground_scores,
-    read_csv,
-    summarize,
-    volume_scores,
-)
+from common.evaluation.published import PublishedRow
 
 CLASSES = ["a", "b", "c", "d"]
 SPACING = (2.5, 0.7, 0.9)

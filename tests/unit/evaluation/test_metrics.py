@@ -9,18 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from common.evaluation.metrics import (
-    MEAN_ROW,
-    PUBLISHED_RESULTS,
-    PublishedRow,
-    format_comparison,
-    hd95,
-    image_foreground_scores,
-    multilabel_scores,
-    read_csv,
-    summarize,
-    volume_scores,
-)
+from common.evaluation.case_scores import image_foreground_scores, multilabel_scores, volume_scores
+from common.evaluation.case_tables import MEAN_ROW, read_csv, summarize
+from common.evaluation.comparison import format_comparison
+from common.evaluation.metrics import hd95
+from common.evaluation.published import PUBLISHED_RESULTS, PublishedRow
 from common.io.tables import write_csv
 
 nan = math.nan

@@ -5,7 +5,7 @@ import inspect
 import pytest
 
 from common.bundle.specs import BUNDLES, published_metrics
-from common.evaluation.metrics import PUBLISHED_RESULTS
+from common.evaluation.published import PUBLISHED_RESULTS, published_rows
 from common.networks import create_network, list_networks, network_facts, register_network
 from common.networks.papers import EMCAD_CITATION, GDLA_CITATION, PVT_CITATION, XATTNRES_CITATION
 
@@ -67,14 +67,14 @@ def test_facts_of_the_pvt_family():
 
 
 def test_published_rows_come_from_the_published_tables():
-    rows = network_facts("pvt_gdla").published_rows()
+    rows = published_rows(network_facts("pvt_gdla").paper_model)
     assert set(rows) == {d for d, table in PUBLISHED_RESULTS.items() if "PVT-GDLA" in table}
     assert rows["synapse"].mean_dice == pytest.approx(85.32)
-    assert network_facts("pvt_gdla_xattnres_noskip").published_rows() == {}
+    assert published_rows(network_facts("pvt_gdla_xattnres_noskip").paper_model) == {}
 
 
 def test_bundles_of_the_paper_models_show_the_networks_published_row():
     for spec in BUNDLES:
         facts = network_facts(spec.network)
-        if facts.paper_model == spec.paper_model and spec.dataset in facts.published_rows():
-            assert published_metrics(spec)["mean_dice"] == facts.published_rows()[spec.dataset].mean_dice
+        if facts.paper_model == spec.paper_model and spec.dataset in published_rows(facts.paper_model):
+            assert published_metrics(spec)["mean_dice"] == published_rows(facts.paper_model)[spec.dataset].mean_dice
