@@ -1,7 +1,8 @@
-"""The package's layering (docs/architecture.md, "Layers"): io <- data <- transforms <- networks/engine <- bundles/CLI.
+"""The package's layering (docs/architecture.md, "Package layout"), stated per folder of ``common/``.
 
 Walks every import statement of ``common/`` (module-level and inside functions alike) with ``ast``, and fails on
-an import of a higher layer or on an import cycle between modules.
+an import of a folder of the same or a higher rank than the importer's own folder, and on an import cycle between
+modules. The package root holds only the package face (``__init__``) and ``__main__``.
 """
 
 from __future__ import annotations
@@ -14,54 +15,23 @@ from repo_paths import REPO
 
 PACKAGE = REPO / "common"
 
-#: layer of each module, by the longest matching prefix; a module may import its own layer or lower ones
-LAYERS = {
-    "common.io": 0,
-    "common.environment.quiet": 0,
-    "common.data": 1,
-    "common.transforms.pipelines": 2,
-    "common.transforms.resize": 2,
-    "common.training.datasets": 2,
-    "common.networks": 3,
-    "common.training.losses": 3,
-    "common.evaluation.metrics": 3,
-    "common.inference.inferer": 3,
-    "common.inference.host_allocator": 3,
-    "common.inference.int8": 3,
-    "common.inference.volume_streaming": 3,
-    "common.inference.bundle_streaming": 3,
-    "common.inference.flip_uncertainty": 3,
-    "common.training.recipe": 3,
-    "common.evaluation.handlers": 3,
-    "common.networks.complexity": 3,
-    "common.networks.convert": 3,
-    "common.bundle.specs": 4,
-    "common.bundle.components": 4,
-    "common.bundle.train_configs": 4,
-    "common.bundle.inference_config": 4,
-    "common.bundle.metadata": 4,
-    "common.bundle.cards": 4,
-    "common.bundle.render": 4,
-    "common.apps.segment": 4,
-    "common.segment.segmenter": 4,
-    "common.segment.inputs": 4,
-    "common.segment.cases": 4,
-    "common.bundle.release": 4,
-    "common.apps.demo": 4,
-    "common.apps.reproduce": 4,
-    "common.pacs.dicomweb_segment": 4,
-    "common.pacs.node": 4,
-    "common.pacs.senders": 4,
-    "common.pacs.tls": 4,
-    "common.pacs.audit": 4,
-    "common.pacs.disk_reserve": 4,
-    "common.data.cli": 4,
-    "common.__main__": 4,
-    "common.environment.triton": 4,
-    "common.apps.label_server": 4,
-    "common.archive": 4,
+#: each folder's rank: a module imports its own folder or folders of lower rank, never one of its rank or higher
+FOLDER_RANKS = {
+    "io": 0,  # volumes, DICOM, pictures, writers, tables
+    "environment": 0,  # how a process is set up (quiet third-party output, no Triton without a GPU)
+    "data": 1,  # dataset readers, splits, masks, and the `data` command
+    "transforms": 2,  # loading, slicing, augmentation, resizing, pipelines
+    "networks": 3,  # the networks, their registry, the checkpoint converter, the complexity counter
+    "training": 4,  # recipe, losses, the slice-training dataset
+    "inference": 4,  # the slice-wise inferer and its engine, volume streaming, int8, flip uncertainty
+    "evaluation": 4,  # metrics, the paper's rules and published rows, evaluator handlers
+    "segment": 5,  # applying a bundle to the cases of an input
+    "pacs": 6,  # DICOMweb segmentation and the DICOM node
+    "bundle": 6,  # bundles as files: specs, rendered configs and cards, releases
+    "archive": 7,  # segment-archive's cases, manifest, workers and engines
+    "apps": 8,  # commands that combine concepts
 }
-LAYER_NAMES = ("io", "data", "transforms", "networks/engine", "bundles/CLI")
+ROOT_MODULES = {"common", "common.__main__"}
 
 
 def module_name(path: Path) -> tuple[str, bool]:
@@ -108,26 +78,33 @@ def import_graph() -> dict[str, set[str]]:
     return {name: imported_modules(name, path, is_package, known) for name, (path, is_package) in found.items()}
 
 
-def layer(name: str) -> int | None:
-    """Layer of a module; ``None`` for the package root (``common.__version__`` and lazy attribute access)."""
-    matches = [prefix for prefix in LAYERS if name == prefix or name.startswith(prefix + ".")]
-    return LAYERS[max(matches, key=len)] if matches else None
+def folder(name: str) -> str | None:
+    """The folder of ``common/`` a module lives in; ``None`` for the root modules."""
+    return None if name in ROOT_MODULES else name.split(".")[1]
 
 
-def test_every_module_has_a_layer():
-    unplaced = [name for name in modules() if name != "common" and layer(name) is None]
-    assert not unplaced, f"modules without a layer in tests/unit/test_layering.py LAYERS: {unplaced}"
+def test_the_root_holds_only_the_package_face_and_main():
+    at_root = {name for name, (path, _) in modules().items() if path.parent == PACKAGE}
+    assert at_root == ROOT_MODULES, f"modules at the root of common/ besides {sorted(ROOT_MODULES)}"
 
 
-def test_no_module_imports_a_higher_layer():
-    upward = []
+def test_every_folder_has_a_rank():
+    unranked = {folder(name) for name in modules()} - {None} - set(FOLDER_RANKS)
+    assert not unranked, f"folders of common/ without a rank in FOLDER_RANKS: {sorted(unranked)}"
+
+
+def test_no_module_imports_a_folder_of_its_rank_or_higher():
+    offending = []
     for name, targets in import_graph().items():
         for target in targets:
-            if name == "common" or target == "common":
-                continue
-            if layer(target) > layer(name):
-                upward.append(f"{name} ({LAYER_NAMES[layer(name)]}) imports {target} ({LAYER_NAMES[layer(target)]})")
-    assert not upward, "upward imports:\n" + "\n".join(sorted(upward))
+            here, there = folder(name), folder(target)
+            if here is None or there is None or here == there:
+                continue  # the root (package face, __main__) and a folder's own modules
+            if FOLDER_RANKS[there] >= FOLDER_RANKS[here]:
+                offending.append(
+                    f"{name} ({here}, rank {FOLDER_RANKS[here]}) imports {target} ({there}, rank {FOLDER_RANKS[there]})"
+                )
+    assert not offending, "imports against the folder ranks:\n" + "\n".join(sorted(offending))
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
