@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from ..data.input_size import INPUT_SIZE
 from ..networks import network_facts
 from ..networks.scripting import FIXED_SIZE_NETWORKS, SCRIPT_EXAMPLE_SIZE, torchscript_obstacle
-from ..transforms.pipelines import INPUT_SIZE, eval_transforms_config
+from ..transforms.pipelines import eval_transforms_config
 from .metadata import metadata
 from .specs import OVERLAYS, BundleSpec, checkpoint_selection, citations, class_names, dataset_reader, published_metrics
 
@@ -170,16 +171,17 @@ def model_card(spec: BundleSpec) -> str:
     """docs/README.md: what the model is, the data and its licence, the recipe, results, how to reproduce."""
     reader, card = dataset_reader(spec), spec.dataset_card
     names = class_names(spec)
+    size = f"{INPUT_SIZE[0]} x {INPUT_SIZE[1]}"
     if reader.multilabel:
-        protocol = "Dice and Jaccard per channel and image at 224 x 224 (sigmoid channels thresholded at 0.5)"
+        protocol = f"Dice and Jaccard per channel and image at {size} (sigmoid channels thresholded at 0.5)"
     elif reader.spatial_dims == 3:
         protocol = (
             "3-D Dice and HD95 per volume and class (background excluded; a class absent from a volume's "
-            "ground truth is skipped), volumes predicted slice by slice at 224 x 224 (cubic spline in, "
+            f"ground truth is skipped), volumes predicted slice by slice at {size} (cubic spline in, "
             "nearest out)"
         )
     else:
-        protocol = "foreground Dice per image at 224 x 224, over images with a non-empty mask"
+        protocol = f"foreground Dice per image at {size}, over images with a non-empty mask"
     meta = metadata(spec)
     monai, torch, version = meta["monai_version"], meta["pytorch_version"], meta["version"]
     packages = " ".join(f'"{name}=={v}"' for name, v in meta["required_packages_version"].items())
@@ -189,7 +191,7 @@ def model_card(spec: BundleSpec) -> str:
 {ARCHITECTURES[spec.network]}
 
 Network: `common.networks.create_network("{spec.network}", in_channels={reader.image_channels}, num_classes={reader.num_classes})`.
-Input: {reader.image_channels}-channel {card.modality} image scaled to [0, 1], {INPUT_SIZE[0]} x {INPUT_SIZE[1]};
+Input: {reader.image_channels}-channel {card.modality} image scaled to [0, 1], {size};
 output: {reader.num_classes} channels ({", ".join(f"{i} {n}" for i, n in enumerate(names))}).
 
 ## Data

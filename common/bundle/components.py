@@ -3,8 +3,8 @@ and the checkpoint loader (``configs/train.json`` and ``configs/inference.json``
 
 from __future__ import annotations
 
+from ..data.input_size import INPUT_SIZE
 from ..networks import network_facts
-from ..transforms.pipelines import INPUT_SIZE
 from .specs import BundleSpec, dataset_reader
 
 IMPORTS = ["$import os", "$import sys", "$import torch", "$import ignite", "$import monai"]

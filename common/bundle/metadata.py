@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import __version__
-from ..transforms.pipelines import INPUT_SIZE
+from ..data.input_size import INPUT_SIZE
 from .specs import BundleSpec, checkpoint_selection, citations, class_names, dataset_reader, published_metrics
 
 SCHEMA_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"

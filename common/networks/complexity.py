@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_flop_count
 
+from ..data.input_size import INPUT_SIZE
 from .pvt_decoders import DifferentialAttention, PVTDecoderNet, RotarySelfAttention
 
 PAPER_PTFLOPS_VERSION = "0.7.4"
@@ -64,7 +65,7 @@ class _AllOutputs(nn.Module):
         return forward_all(x) if forward_all is not None else self.network(x)
 
 
-def paper_macs(model: nn.Module, input_size: tuple[int, int, int] = (1, 224, 224)) -> int:
+def paper_macs(model: nn.Module, input_size: tuple[int, int, int] = (1, *INPUT_SIZE)) -> int:
     """MACs counted as the paper did: ptflops (0.7.4), all output heads, batch 1, ``input_size = (C, H, W)``."""
     import ptflops
 
@@ -113,7 +114,7 @@ def _register_cpu_flash_attention_formula() -> None:
 _register_cpu_flash_attention_formula()
 
 
-def true_flops(model: nn.Module, input_size: tuple[int, int, int] = (1, 224, 224), all_heads: bool = True) -> int:
+def true_flops(model: nn.Module, input_size: tuple[int, int, int] = (1, *INPUT_SIZE), all_heads: bool = True) -> int:
     """FLOPs (2 per multiply-accumulate) of every matmul, convolution and attention product, batch 1: of all heads,
     or with ``all_heads=False`` of the eval-mode forward pass as inference runs it (final output only)."""
     was_training = model.training

@@ -31,10 +31,11 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+from ..data.input_size import INPUT_SIZE
 from .registry import network_facts
 
 #: the example image side the trace is taken at (every bundle's spatial size; a multiple of every network's stride)
-SCRIPT_EXAMPLE_SIZE = 224
+SCRIPT_EXAMPLE_SIZE = INPUT_SIZE[0]
 #: networks whose trace holds only inputs of their ``image_size`` (the position embedding's resizing is traced)
 FIXED_SIZE_NETWORKS = ("setr", "transunet")
 #: the tracer's warnings that Python on a shape is recorded as a constant (the input checks, fixed-size unpacking)

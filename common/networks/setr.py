@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.input_size import INPUT_SIZE
 from .blocks import check_image_batch, refuse_deep_supervision
 from .kv_transformers import MAX_PAIR_TOKENS, PAIR_CHANNELS, AttentionKind, TransformerEncoder, conv_bn_relu
 from .layers import grid_to_tokens, tokens_to_grid
@@ -69,7 +70,7 @@ class SETR(ScriptedByTracing, nn.Module):
         in_channels: int = 1,
         num_classes: int = 3,
         attention: AttentionKind = "qkv",
-        image_size: int = 224,
+        image_size: int = INPUT_SIZE[0],
         patch_size: int = 16,
         embed_dim: int = 384,
         depth: int = 12,
@@ -107,7 +108,7 @@ def setr(
     in_channels: int = 1,
     num_classes: int = 3,
     attention: AttentionKind = "qkv",
-    image_size: int = 224,
+    image_size: int = INPUT_SIZE[0],
     patch_size: int = 16,
     embed_dim: int = 384,
     depth: int = 12,

@@ -8,6 +8,7 @@ import timm
 import torch
 import torch.nn as nn
 
+from ..data.input_size import INPUT_SIZE
 from .blocks import check_image_batch, refuse_deep_supervision
 from .kv_transformers import MAX_PAIR_TOKENS, PAIR_CHANNELS, AttentionKind, CascadedUpsampler, TransformerEncoder
 from .layers import grid_to_tokens, tokens_to_grid
@@ -46,7 +47,7 @@ class TransUNet(ScriptedByTracing, nn.Module):
         in_channels: int = 1,
         num_classes: int = 3,
         attention: AttentionKind = "qkv",
-        image_size: int = 224,
+        image_size: int = INPUT_SIZE[0],
         embed_dim: int = 384,
         depth: int = 12,
         num_heads: int = 6,
@@ -87,7 +88,7 @@ def transunet(
     in_channels: int = 1,
     num_classes: int = 3,
     attention: AttentionKind = "qkv",
-    image_size: int = 224,
+    image_size: int = INPUT_SIZE[0],
     embed_dim: int = 384,
     depth: int = 12,
     num_heads: int = 6,

@@ -19,9 +19,10 @@ from monai.transforms import Compose, apply_transform
 from torch.utils.data import IterableDataset, get_worker_info
 
 from common.data.base import DatasetReader
+from common.data.input_size import INPUT_SIZE
 from common.data.registry import get_dataset
 from common.data.splits import DEFAULT_SEED
-from common.transforms.pipelines import INPUT_SIZE, AxialSlicesd, train_transforms, volume_transforms
+from common.transforms.pipelines import AxialSlicesd, train_transforms, volume_transforms
 
 
 class VolumeSliceDataset(IterableDataset):

@@ -42,6 +42,7 @@ from monai.transforms import Compose, MapTransform, OneOf, Randomizable, Randomi
 from scipy.ndimage import gaussian_filter, rotate
 
 from common.data.base import DatasetReader
+from common.data.input_size import INPUT_SIZE
 from common.data.registry import get_dataset
 from common.data.splits import DEFAULT_SEED
 from common.data.uwmgi import decode_rle
@@ -50,7 +51,6 @@ from common.io.orientation import DISPLAY_AXCODES
 from common.io.volumes import VolumeReadError, load_volume
 
 CT_WINDOW_HU = (-125.0, 275.0)
-INPUT_SIZE = (224, 224)
 KEYS = ("image", "label")
 RAS_AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # the affines here map to RAS, as nibabel's do
 
