@@ -9,11 +9,10 @@ import torch.nn as nn
 
 from .blocks import check_image_batch, refuse_deep_supervision
 from .kv_transformers import (
-    MAX_PAIR_TOKENS,
-    PAIR_CHANNELS,
     AttentionKind,
     CascadedUpsampler,
     ConvProjectionAttention,
+    KeyValueAttention,
     TransformerBlock,
 )
 from .layers import grid_to_tokens, tokens_to_grid
@@ -140,38 +139,6 @@ class CvT(ScriptedByTracing, nn.Module):
         return self.head(self.decoder(f16, (f8, f4, None, None)))
 
 
-@register_network(citations=(KV_ATTENTION_CITATION,))
-def cvt(
-    in_channels: int = 1,
-    num_classes: int = 3,
-    attention: AttentionKind = "qkv",
-    embed_dims: Sequence[int] = (64, 192, 384),
-    depths: Sequence[int] = (1, 2, 10),
-    num_heads: Sequence[int] = (1, 3, 6),
-    mlp_ratio: int = 4,
-    drop_path_rate: float = 0.1,
-    decoder_channels: Sequence[int] = (256, 128, 64, 16),
-    deep_supervision: bool = False,
-    kv_stride: int = 2,
-    qkv_bias: bool = False,
-    pair_channels: int = PAIR_CHANNELS,
-    max_pair_tokens: int = MAX_PAIR_TOKENS,
-) -> CvT:
-    """CvT segmentation network with QKV, KV or KV+Pos attention (``attention=``); arguments as :class:`CvT`,
-    :class:`ConvProjectionAttention` and :class:`KeyValueAttention`."""
-    return CvT(
-        in_channels,
-        num_classes,
-        attention,
-        embed_dims,
-        depths,
-        num_heads,
-        mlp_ratio,
-        drop_path_rate,
-        decoder_channels,
-        deep_supervision,
-        kv_stride=kv_stride,
-        qkv_bias=qkv_bias,
-        pair_channels=pair_channels,
-        max_pair_tokens=max_pair_tokens,
-    )
+register_network(
+    CvT, "cvt", options_to=(ConvProjectionAttention, KeyValueAttention), citations=(KV_ATTENTION_CITATION,)
+)

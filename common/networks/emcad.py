@@ -371,41 +371,12 @@ class EMCADNet(DeepSupervisionForward, ScriptedByTracing):
         return [F.interpolate(head(d), size=size, mode="bilinear", align_corners=False) for head, d in pairs]
 
 
-@register_network(
+register_network(
+    EMCADNet,
+    "pvt_emcad",
     encoder="pvt_v2",
     encoder_weights_file=PVT_V2_B2_WEIGHTS,
     deep_supervision=True,
     citations=(*PVT_DECODER_CITATIONS, EMCAD_CITATION),
     paper_model="PVT-EMCAD-B2",
 )
-def pvt_emcad(
-    in_channels: int = 1,
-    num_classes: int = 9,
-    deep_supervision: bool = True,
-    encoder: str = "pvt_v2_b2",
-    encoder_weights: str | None = None,
-    drop_path_rate: float = 0.1,
-    kernel_sizes: Sequence[int] = (1, 3, 5),
-    expansion_factor: int = 2,
-    lgag_kernel_size: int = 3,
-    activation: ActivationKind = "relu6",
-    gate_activation: ActivationKind = "relu6",
-    gray_stem: GrayStem = "conv",
-    skip_connections: bool = True,
-) -> EMCADNet:
-    """PVT-EMCAD-B2 (with ``encoder="pvt_v2_b2"``); arguments as :class:`EMCADNet`."""
-    return EMCADNet(
-        in_channels,
-        num_classes,
-        deep_supervision,
-        encoder,
-        encoder_weights,
-        drop_path_rate,
-        kernel_sizes,
-        expansion_factor,
-        lgag_kernel_size,
-        activation,
-        gate_activation,
-        gray_stem,
-        skip_connections,
-    )

@@ -339,29 +339,4 @@ class MLLAUNet(ScriptedByTracing, nn.Module):
         return self.head(self.decoder_norm(x), size)
 
 
-@register_network(citations=(MLLA_UNET_CITATION,), paper_model="MLLA-UNet")
-def mlla_unet(
-    in_channels: int = 1,
-    num_classes: int = 9,
-    embed_dim: int = 64,
-    depths: Sequence[int] = (2, 4, 8, 4),
-    num_heads: Sequence[int] = (2, 4, 8, 16),
-    decoder_depths: Sequence[int] = (2, 2, 2),
-    mlp_ratio: int = 4,
-    qkv_bias: bool = True,
-    drop_path_rate: float = 0.2,
-    deep_supervision: bool = False,
-) -> MLLAUNet:
-    """MLLA-UNet, MLLA-T configuration by default; arguments as :class:`MLLAUNet`."""
-    return MLLAUNet(
-        in_channels,
-        num_classes,
-        embed_dim,
-        depths,
-        num_heads,
-        decoder_depths,
-        mlp_ratio,
-        qkv_bias,
-        drop_path_rate,
-        deep_supervision,
-    )
+register_network(MLLAUNet, "mlla_unet", citations=(MLLA_UNET_CITATION,), paper_model="MLLA-UNet")

@@ -419,114 +419,40 @@ PVT_DECODER_FACTS = dict(
     encoder="pvt_v2", encoder_weights_file=PVT_V2_B2_WEIGHTS, deep_supervision=True, citations=PVT_DECODER_CITATIONS
 )
 
-
-@register_network(paper_model="PVT-GDLA", **PVT_DECODER_FACTS)
-def pvt_gdla(
-    in_channels: int = 1,
-    num_classes: int = 9,
-    deep_supervision: bool = True,
-    ffn: FFNKind = "mixffn",
-    up_kernel_size: int = 3,
-    encoder: str = "pvt_v2_b2",
-    encoder_weights: str | None = None,
-    drop_path_rate: float = 0.1,
-    differential: bool = True,
-    local_mixing: bool = True,
-    gate: GateKind | None = "sigmoid",
-    mixer_kernel_size: int = 3,
-) -> PVTDecoderNet:
-    """PVT-GDLA (gated differential linear attention decoder); arguments as :class:`PVTDecoderNet`.
-
-    ``differential``, ``local_mixing``, ``gate`` and ``mixer_kernel_size`` are the GDLA ablations of
-    :class:`GatedDifferentialLinearAttention`; the defaults are the authors' published model.
-    """
-    return PVTDecoderNet(
-        "gdla",
-        in_channels,
-        num_classes,
-        deep_supervision,
-        ffn,
-        up_kernel_size,
-        encoder,
-        encoder_weights,
-        drop_path_rate,
-        differential=differential,
-        local_mixing=local_mixing,
-        gate=gate,
-        mixer_kernel_size=mixer_kernel_size,
-    )
-
-
-@register_network(paper_model="PVT-LinearAttn", **PVT_DECODER_FACTS)
-def pvt_linearattn(
-    in_channels: int = 1,
-    num_classes: int = 9,
-    deep_supervision: bool = True,
-    ffn: FFNKind = "mlp",
-    up_kernel_size: int = 3,
-    encoder: str = "pvt_v2_b2",
-    encoder_weights: str | None = None,
-    drop_path_rate: float = 0.1,
-) -> PVTDecoderNet:
-    """PVT-LinearAttn baseline (ELU+1 kernel linear attention, GELU MLP); arguments as :class:`PVTDecoderNet`."""
-    return PVTDecoderNet(
-        "linear",
-        in_channels,
-        num_classes,
-        deep_supervision,
-        ffn,
-        up_kernel_size,
-        encoder,
-        encoder_weights,
-        drop_path_rate,
-    )
-
-
-@register_network(paper_model="PVT-SelfAttn", **PVT_DECODER_FACTS)
-def pvt_selfattn(
-    in_channels: int = 1,
-    num_classes: int = 9,
-    deep_supervision: bool = True,
-    ffn: FFNKind = "mlp",
-    up_kernel_size: int = 3,
-    encoder: str = "pvt_v2_b2",
-    encoder_weights: str | None = None,
-    drop_path_rate: float = 0.1,
-) -> PVTDecoderNet:
-    """PVT-SelfAttn baseline (softmax attention, rotary embedding, GELU MLP); arguments as :class:`PVTDecoderNet`."""
-    return PVTDecoderNet(
-        "softmax",
-        in_channels,
-        num_classes,
-        deep_supervision,
-        ffn,
-        up_kernel_size,
-        encoder,
-        encoder_weights,
-        drop_path_rate,
-    )
-
-
-@register_network(paper_model="PVT-DiffAttn", **PVT_DECODER_FACTS)
-def pvt_diffattn(
-    in_channels: int = 1,
-    num_classes: int = 9,
-    deep_supervision: bool = True,
-    ffn: FFNKind = "swiglu",
-    up_kernel_size: int = 3,
-    encoder: str = "pvt_v2_b2",
-    encoder_weights: str | None = None,
-    drop_path_rate: float = 0.1,
-) -> PVTDecoderNet:
-    """PVT-DiffAttn baseline (Differential Transformer attention, SwiGLU FFN); arguments as :class:`PVTDecoderNet`."""
-    return PVTDecoderNet(
-        "differential",
-        in_channels,
-        num_classes,
-        deep_supervision,
-        ffn,
-        up_kernel_size,
-        encoder,
-        encoder_weights,
-        drop_path_rate,
-    )
+# The paper's four decoders: one class, the mixer fixed. PVT-GDLA's options add the GDLA ablations of
+# build_mixer (its defaults are the authors' published model) and its FFN is the gated Mix-FFN; the baselines'
+# mixers have no options; PVT-DiffAttn's FFN is SwiGLU, as in the Differential Transformer.
+register_network(
+    PVTDecoderNet,
+    "pvt_gdla",
+    fixed={"mixer": "gdla"},
+    defaults={"ffn": "mixffn"},
+    options_to=(build_mixer,),
+    paper_model="PVT-GDLA",
+    **PVT_DECODER_FACTS,
+)
+register_network(
+    PVTDecoderNet,
+    "pvt_linearattn",
+    fixed={"mixer": "linear"},
+    options_to=(),
+    paper_model="PVT-LinearAttn",
+    **PVT_DECODER_FACTS,
+)
+register_network(
+    PVTDecoderNet,
+    "pvt_selfattn",
+    fixed={"mixer": "softmax"},
+    options_to=(),
+    paper_model="PVT-SelfAttn",
+    **PVT_DECODER_FACTS,
+)
+register_network(
+    PVTDecoderNet,
+    "pvt_diffattn",
+    fixed={"mixer": "differential"},
+    defaults={"ffn": "swiglu"},
+    options_to=(),
+    paper_model="PVT-DiffAttn",
+    **PVT_DECODER_FACTS,
+)

@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from typing import ClassVar
 
@@ -84,5 +83,4 @@ class ScriptedByTracing:
 
 def torchscript_obstacle(network_name: str) -> str:
     """What TorchScript cannot compile in the registered network ``network_name`` ("" when it scripts as written)."""
-    network_class = inspect.signature(network_facts(network_name).factory, eval_str=True).return_annotation
-    return getattr(network_class, "torchscript_obstacle", "")
+    return getattr(network_facts(network_name).network, "torchscript_obstacle", "")

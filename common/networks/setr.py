@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..data.input_size import INPUT_SIZE
 from .blocks import check_image_batch, refuse_deep_supervision
-from .kv_transformers import MAX_PAIR_TOKENS, PAIR_CHANNELS, AttentionKind, TransformerEncoder, conv_bn_relu
+from .kv_transformers import AttentionKind, KeyValueAttention, TransformerEncoder, conv_bn_relu
 from .layers import grid_to_tokens, tokens_to_grid
 from .papers import KV_ATTENTION_CITATION
 from .registry import register_network
@@ -103,40 +103,4 @@ class SETR(ScriptedByTracing, nn.Module):
         return self.head(tokens_to_grid(x, size))
 
 
-@register_network(citations=(KV_ATTENTION_CITATION,))
-def setr(
-    in_channels: int = 1,
-    num_classes: int = 3,
-    attention: AttentionKind = "qkv",
-    image_size: int = INPUT_SIZE[0],
-    patch_size: int = 16,
-    embed_dim: int = 384,
-    depth: int = 12,
-    num_heads: int = 6,
-    mlp_ratio: int = 4,
-    drop_path_rate: float = 0.1,
-    head_channels: int = 256,
-    deep_supervision: bool = False,
-    qkv_bias: bool = False,
-    pair_channels: int = PAIR_CHANNELS,
-    max_pair_tokens: int = MAX_PAIR_TOKENS,
-) -> SETR:
-    """SETR-PUP with QKV, KV or KV+Pos attention (``attention=``); arguments as :class:`SETR` and
-    :class:`KeyValueAttention`."""
-    return SETR(
-        in_channels,
-        num_classes,
-        attention,
-        image_size,
-        patch_size,
-        embed_dim,
-        depth,
-        num_heads,
-        mlp_ratio,
-        drop_path_rate,
-        head_channels,
-        deep_supervision,
-        qkv_bias=qkv_bias,
-        pair_channels=pair_channels,
-        max_pair_tokens=max_pair_tokens,
-    )
+register_network(SETR, "setr", options_to=(KeyValueAttention,), citations=(KV_ATTENTION_CITATION,))

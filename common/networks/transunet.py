@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from ..data.input_size import INPUT_SIZE
 from .blocks import check_image_batch, refuse_deep_supervision
-from .kv_transformers import MAX_PAIR_TOKENS, PAIR_CHANNELS, AttentionKind, CascadedUpsampler, TransformerEncoder
+from .kv_transformers import AttentionKind, CascadedUpsampler, KeyValueAttention, TransformerEncoder
 from .layers import grid_to_tokens, tokens_to_grid
 from .papers import KV_ATTENTION_CITATION
 from .registry import register_network
@@ -83,38 +83,4 @@ class TransUNet(ScriptedByTracing, nn.Module):
         return self.head(self.decoder(x, (f8, f4, f2, None)))
 
 
-@register_network(citations=(KV_ATTENTION_CITATION,))
-def transunet(
-    in_channels: int = 1,
-    num_classes: int = 3,
-    attention: AttentionKind = "qkv",
-    image_size: int = INPUT_SIZE[0],
-    embed_dim: int = 384,
-    depth: int = 12,
-    num_heads: int = 6,
-    mlp_ratio: int = 4,
-    drop_path_rate: float = 0.1,
-    decoder_channels: Sequence[int] = (256, 128, 64, 16),
-    deep_supervision: bool = False,
-    qkv_bias: bool = False,
-    pair_channels: int = PAIR_CHANNELS,
-    max_pair_tokens: int = MAX_PAIR_TOKENS,
-) -> TransUNet:
-    """TransUNet with QKV, KV or KV+Pos attention (``attention=``); arguments as :class:`TransUNet` and
-    :class:`KeyValueAttention`."""
-    return TransUNet(
-        in_channels,
-        num_classes,
-        attention,
-        image_size,
-        embed_dim,
-        depth,
-        num_heads,
-        mlp_ratio,
-        drop_path_rate,
-        decoder_channels,
-        deep_supervision,
-        qkv_bias=qkv_bias,
-        pair_channels=pair_channels,
-        max_pair_tokens=max_pair_tokens,
-    )
+register_network(TransUNet, "transunet", options_to=(KeyValueAttention,), citations=(KV_ATTENTION_CITATION,))

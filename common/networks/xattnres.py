@@ -32,17 +32,17 @@ With ``skip_connections=False`` in the host, encoder stages reach the decoder on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .emcad import ActivationKind, EMCADNet, GrayStem
-from .layers import FFNKind
+from . import emcad  # noqa: F401  (registers the pvt_emcad host)
 from .papers import EMCAD_CITATION, PVT_DECODER_CITATIONS, PVT_V2_B2_WEIGHTS, XATTNRES_CITATION
-from .pvt_decoders import GateKind, PVTDecoderNet, pvt_gdla
+from .pvt_decoders import PVTDecoderNet
 from .registry import register_network
 from .scripting import ScriptedByTracing
 
@@ -204,7 +204,7 @@ class XAttnResNet(ScriptedByTracing, nn.Module):
     Args:
         network: the host module (its parameters are this module's ``network.*``).
         stages: the host's stage view when ``network`` does not implement :class:`StagedEncoderDecoder`
-            itself (e.g. :class:`PVTDecoderStages`).
+            itself (e.g. :class:`PVTDecoderStages`), or a function making it from ``network``.
         downsample, combine: as :class:`CrossStageAggregation`.
 
     Examples::
@@ -224,13 +224,13 @@ class XAttnResNet(ScriptedByTracing, nn.Module):
     def __init__(
         self,
         network: nn.Module,
-        stages: StagedEncoderDecoder | None = None,
+        stages: StagedEncoderDecoder | Callable[[nn.Module], StagedEncoderDecoder] | None = None,
         downsample: Downsample = "bilinear",
         combine: Combine = "replace",
     ):
         super().__init__()
         self.network = network
-        self.adapter = stages
+        self.adapter = stages(network) if callable(stages) else stages
         if not isinstance(self.stages, StagedEncoderDecoder):
             raise TypeError(
                 f"{type(self.stages).__name__} does not implement StagedEncoderDecoder; "
@@ -296,145 +296,30 @@ GDLA_XATTNRES_FACTS = dict(
     citations=(*PVT_DECODER_CITATIONS, XATTNRES_CITATION),
 )
 
-
-@register_network(paper_model="PVT-EMCAD-B2 + XAttnRes", **EMCAD_XATTNRES_FACTS)
-def pvt_emcad_xattnres(
-    in_channels: int = 1,
-    num_classes: int = 9,
-    deep_supervision: bool = True,
-    encoder: str = "pvt_v2_b2",
-    encoder_weights: str | None = None,
-    drop_path_rate: float = 0.1,
-    kernel_sizes: Sequence[int] = (1, 3, 5),
-    expansion_factor: int = 2,
-    lgag_kernel_size: int = 3,
-    activation: ActivationKind = "relu6",
-    gate_activation: ActivationKind = "relu6",
-    gray_stem: GrayStem = "conv",
-    skip_connections: bool = True,
-    downsample: Downsample = "bilinear",
-    combine: Combine = "replace",
-) -> XAttnResNet:
-    """PVT-EMCAD with XAttnRes (the paper's setting); other arguments as :class:`~.emcad.EMCADNet`."""
-    network = EMCADNet(
-        in_channels,
-        num_classes,
-        deep_supervision,
-        encoder,
-        encoder_weights,
-        drop_path_rate,
-        kernel_sizes,
-        expansion_factor,
-        lgag_kernel_size,
-        activation,
-        gate_activation,
-        gray_stem,
-        skip_connections,
-    )
-    return XAttnResNet(network, downsample=downsample, combine=combine)
-
-
-@register_network(**EMCAD_XATTNRES_FACTS)
-def pvt_emcad_xattnres_noskip(
-    in_channels: int = 1,
-    num_classes: int = 9,
-    deep_supervision: bool = True,
-    encoder: str = "pvt_v2_b2",
-    encoder_weights: str | None = None,
-    drop_path_rate: float = 0.1,
-    kernel_sizes: Sequence[int] = (1, 3, 5),
-    expansion_factor: int = 2,
-    lgag_kernel_size: int = 3,
-    activation: ActivationKind = "relu6",
-    gate_activation: ActivationKind = "relu6",
-    gray_stem: GrayStem = "conv",
-    downsample: Downsample = "bilinear",
-    combine: Combine = "replace",
-) -> XAttnResNet:
-    """PVT-EMCAD with XAttnRes and no LGAG skips: encoder stages reach the decoder only through the pool."""
-    network = EMCADNet(
-        in_channels,
-        num_classes,
-        deep_supervision,
-        encoder,
-        encoder_weights,
-        drop_path_rate,
-        kernel_sizes,
-        expansion_factor,
-        lgag_kernel_size,
-        activation,
-        gate_activation,
-        gray_stem,
-        skip_connections=False,
-    )
-    return XAttnResNet(network, downsample=downsample, combine=combine)
-
-
-@register_network(**GDLA_XATTNRES_FACTS)
-def pvt_gdla_xattnres(
-    in_channels: int = 1,
-    num_classes: int = 9,
-    deep_supervision: bool = True,
-    ffn: FFNKind = "mixffn",
-    up_kernel_size: int = 3,
-    encoder: str = "pvt_v2_b2",
-    encoder_weights: str | None = None,
-    drop_path_rate: float = 0.1,
-    differential: bool = True,
-    local_mixing: bool = True,
-    gate: GateKind | None = "sigmoid",
-    mixer_kernel_size: int = 3,
-    downsample: Downsample = "bilinear",
-    combine: Combine = "replace",
-) -> XAttnResNet:
-    """PVT-GDLA with XAttnRes; other arguments as :func:`~.pvt_decoders.pvt_gdla`."""
-    network = pvt_gdla(
-        in_channels,
-        num_classes,
-        deep_supervision,
-        ffn,
-        up_kernel_size,
-        encoder,
-        encoder_weights,
-        drop_path_rate,
-        differential,
-        local_mixing,
-        gate,
-        mixer_kernel_size,
-    )
-    return XAttnResNet(network, PVTDecoderStages(network), downsample, combine)
-
-
-@register_network(**GDLA_XATTNRES_FACTS)
-def pvt_gdla_xattnres_noskip(
-    in_channels: int = 1,
-    num_classes: int = 9,
-    deep_supervision: bool = True,
-    ffn: FFNKind = "mixffn",
-    up_kernel_size: int = 3,
-    encoder: str = "pvt_v2_b2",
-    encoder_weights: str | None = None,
-    drop_path_rate: float = 0.1,
-    differential: bool = True,
-    local_mixing: bool = True,
-    gate: GateKind | None = "sigmoid",
-    mixer_kernel_size: int = 3,
-    downsample: Downsample = "bilinear",
-    combine: Combine = "replace",
-) -> XAttnResNet:
-    """PVT-GDLA with XAttnRes and no additive skips: encoder stages reach the decoder only through the pool."""
-    network = pvt_gdla(
-        in_channels,
-        num_classes,
-        deep_supervision,
-        ffn,
-        up_kernel_size,
-        encoder,
-        encoder_weights,
-        drop_path_rate,
-        differential,
-        local_mixing,
-        gate,
-        mixer_kernel_size,
-    )
-    return XAttnResNet(network, PVTDecoderStages(network, skip_connections=False), downsample, combine)
+# XAttnRes around the registered hosts: the hosts' options, then downsample and combine. Without skips (_noskip)
+# encoder stages reach the decoder only through the pool.
+register_network(
+    XAttnResNet,
+    "pvt_emcad_xattnres",
+    host="pvt_emcad",
+    fixed={"stages": None},
+    paper_model="PVT-EMCAD-B2 + XAttnRes",
+    **EMCAD_XATTNRES_FACTS,
+)
+register_network(
+    XAttnResNet,
+    "pvt_emcad_xattnres_noskip",
+    host="pvt_emcad",
+    fixed={"stages": None, "skip_connections": False},
+    **EMCAD_XATTNRES_FACTS,
+)
+register_network(
+    XAttnResNet, "pvt_gdla_xattnres", host="pvt_gdla", fixed={"stages": PVTDecoderStages}, **GDLA_XATTNRES_FACTS
+)
+register_network(
+    XAttnResNet,
+    "pvt_gdla_xattnres_noskip",
+    host="pvt_gdla",
+    fixed={"stages": functools.partial(PVTDecoderStages, skip_connections=False)},
+    **GDLA_XATTNRES_FACTS,
+)
