@@ -10,9 +10,11 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+from common.data.input_size import INPUT_SIZE
 from common.networks import create_network
 from common.networks.complexity import count_parameters, paper_macs, true_flops, truncate
 from common.networks.encoders import RandomEncoderWarning
+from common.networks.papers import EMCAD_COMPLEXITY, GDLA_TABLE_COMPLEXITY, MLLA_UNET_COMPLEXITY
 
 
 @dataclass(frozen=True)
@@ -21,23 +23,20 @@ class Row:
 
     name: str
     published: tuple[float, float] | None = None  # Params (M), FLOPs (G) as published
-    input_size: tuple[int, int, int] = (1, 224, 224)
+    input_size: tuple[int, int, int] = (1, *INPUT_SIZE)
     num_classes: int = 9
     kwargs: dict = field(default_factory=dict)
 
 
 #: The GDLA paper's protocol: 1 x 224 x 224, 9 classes, deep supervision on.
 ROWS = [
-    Row("pvt_gdla", (32.13, 6.85)),
-    Row("pvt_linearattn", (28.25, 5.38)),
-    Row("pvt_selfattn", (28.25, 5.40)),
-    Row("pvt_diffattn", (28.75, 5.61)),
+    *(Row(name, published) for name, published in GDLA_TABLE_COMPLEXITY.items()),
     # the GDLA paper copied EMCAD's own figures, counted with thop at 3 x 256 x 256 and one class
-    Row("pvt_emcad", (26.76, 5.60), input_size=(3, 256, 256), num_classes=1),
+    Row("pvt_emcad", EMCAD_COMPLEXITY, input_size=(3, 256, 256), num_classes=1),
     Row("pvt_emcad"),
     Row("pvt_emcad_xattnres"),
     Row("pvt_gdla_xattnres"),
-    Row("mlla_unet", (28.5, 6.0)),  # MLLA-T as the spec gives it: about 28.5 M and 6.0 GMACs
+    Row("mlla_unet", MLLA_UNET_COMPLEXITY),  # MLLA-T as the spec gives it
 ]
 KV_NETWORKS = ("setr", "transunet", "cvt")
 

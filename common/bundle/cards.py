@@ -6,22 +6,30 @@ import json
 
 from ..data.input_size import INPUT_SIZE
 from ..networks import network_facts
+from ..networks.papers import GDLA_TABLE_COMPLEXITY, MLLA_UNET_COMPLEXITY
 from ..networks.scripting import FIXED_SIZE_NETWORKS, SCRIPT_EXAMPLE_SIZE, torchscript_obstacle
 from ..transforms.pipelines import eval_transforms_config
 from .metadata import metadata
 from .specs import OVERLAYS, BundleSpec, checkpoint_selection, citations, class_names, dataset_reader, published_metrics
 
+
+def _paper_counts(network: str) -> str:
+    """The GDLA paper's Params and FLOPs of ``network`` as a phrase."""
+    params, flops = GDLA_TABLE_COMPLEXITY[network]
+    return f"{params:.2f} M parameters, {flops:.2f} G FLOPs as the paper counts them"
+
+
 ARCHITECTURES = {
     "pvt_gdla": "PVT-v2-b2 encoder; three decoder blocks with Gated Differential Linear Attention (two linear-attention "
     "subspaces subtracted with a learnable per-channel lambda, a local depthwise/pointwise token-mixing pass, "
     "RMSNorm and a sigmoid gate) and Mix-FFN; additive skips; a full-resolution residual branch; four "
-    "deep-supervision heads. 32.13 M parameters, 6.85 G FLOPs as the paper counts them.",
+    f"deep-supervision heads. {_paper_counts('pvt_gdla')}.",
     "pvt_linearattn": "PVT-v2-b2 encoder; decoder blocks with ELU+1 kernel linear attention and a GELU MLP "
-    "(28.25 M parameters, 5.38 G FLOPs as the paper counts them).",
+    f"({_paper_counts('pvt_linearattn')}).",
     "pvt_selfattn": "PVT-v2-b2 encoder; decoder blocks with softmax self-attention and rotary position embedding, "
-    "GELU MLP (28.25 M parameters, 5.40 G FLOPs as the paper counts them).",
+    f"GELU MLP ({_paper_counts('pvt_selfattn')}).",
     "pvt_diffattn": "PVT-v2-b2 encoder; decoder blocks with Differential Transformer attention and a SwiGLU FFN "
-    "(28.75 M parameters, 5.61 G FLOPs as the paper counts them).",
+    f"({_paper_counts('pvt_diffattn')}).",
     "pvt_emcad": "PVT-v2-b2 encoder with the EMCAD decoder (Rahman et al., CVPR 2024): multi-scale convolutional "
     "attention modules, efficient up-convolution blocks and large-kernel grouped attention gates on the skips; "
     "four prediction heads.",
@@ -31,8 +39,8 @@ ARCHITECTURES = {
     "pvt_gdla_xattnres": "PVT-GDLA with cross-stage attention residuals (XAttnRes) over the history of all earlier "
     "encoder and decoder stage outputs.",
     "mlla_unet": "MLLA-UNet (MLLA-T): a U-shaped network of Mamba-like linear attention blocks (linear attention with "
-    "2-D rotary embedding and LePE, gated like Mamba), EDSM down-sampling and EUSM up-sampling; about 28.5 M "
-    "parameters and 6.0 G MACs at 224 x 224.",
+    "2-D rotary embedding and LePE, gated like Mamba), EDSM down-sampling and EUSM up-sampling; "
+    f"about {MLLA_UNET_COMPLEXITY[0]} M parameters and {MLLA_UNET_COMPLEXITY[1]} G MACs at 224 x 224.",
     "setr": "SETR: a ViT-S/16 encoder with progressive up-sampling; key-value attention (no query projection, "
     "symmetric attention logits) by default, `attention` = qkv / kv / kv_pos.",
     "transunet": "TransUNet: ResNet-50 stages with a ViT-S transformer on the 1/16 map and a cascaded up-sampler with "

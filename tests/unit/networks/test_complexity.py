@@ -6,16 +6,10 @@ import pytest
 import torch
 
 from common.networks import create_network
+from common.networks.blocks import build_ffn
 from common.networks.complexity import count_parameters, paper_macs, true_flops, truncate
-from common.networks.layers import build_ffn
+from common.networks.papers import GDLA_TABLE_COMPLEXITY as PUBLISHED
 from common.networks.pvt_decoders import DecoderBlock, build_mixer
-
-PUBLISHED = {  # Params (M), FLOPs (G) of the GDLA paper's Synapse table
-    "pvt_gdla": (32.13, 6.85),
-    "pvt_linearattn": (28.25, 5.38),
-    "pvt_selfattn": (28.25, 5.40),
-    "pvt_diffattn": (28.75, 5.61),
-}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
