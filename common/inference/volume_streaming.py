@@ -43,7 +43,7 @@ from common.io.lazy_volumes import (
     oriented_view,
 )
 from common.io.volumes import Volume
-from common.transforms.pipelines import LoadImage2Dd, LoadVolumed, volume_tensor
+from common.transforms.loading import LoadImage2Dd, LoadVolumed, volume_tensor
 
 IMAGE_KEY = "image"
 STATS_SLABS = 32  # slices per read when scanning the volume for its intensity range

@@ -1,7 +1,7 @@
 """Training on 2-D slices of 3-D volumes, reading each volume once per epoch.
 
 :class:`VolumeSliceDataset` loads the volumes (by default all of the split, ``volumes_in_memory`` caps it),
-cuts them into slices with :class:`common.transforms.pipelines.AxialSlicesd`, shuffles the slices of those volumes
+cuts them into slices with :class:`common.transforms.slicing.AxialSlicesd`, shuffles the slices of those volumes
 together and yields them through the per-slice transform. By default every slice of the split is shuffled
 with every other, as the authors' loader over pre-cut slices does (raw BTCV: about 3 GB of memory for the 18
 training volumes); a cap of ``n`` shuffles within groups of ``n`` volumes to save memory.
@@ -22,7 +22,8 @@ from common.data.base import DatasetReader
 from common.data.input_size import INPUT_SIZE
 from common.data.registry import get_dataset
 from common.data.splits import DEFAULT_SEED
-from common.transforms.pipelines import AxialSlicesd, train_transforms, volume_transforms
+from common.transforms.pipelines import train_transforms, volume_transforms
+from common.transforms.slicing import AxialSlicesd
 
 
 class VolumeSliceDataset(IterableDataset):

@@ -3,18 +3,9 @@
 The names bundle configs use as ``_target_`` are exported here.
 """
 
-from .pipelines import (
-    DecodeRunLengthd,
-    LoadImage2Dd,
-    LoadMask2Dd,
-    LoadVolumed,
-    RandBrightnessContrastd,
-    RandElasticd,
-    RandGaussianBlurd,
-    RandIntegerRotated,
-    eval_transforms,
-    train_transforms,
-)
+from .augmentation import RandBrightnessContrastd, RandElasticd, RandGaussianBlurd, RandIntegerRotated
+from .loading import DecodeRunLengthd, LoadImage2Dd, LoadMask2Dd, LoadVolumed
+from .pipelines import eval_transforms, train_transforms
 from .resize import ResizePictured, ZoomSliced
 
 __all__ = [

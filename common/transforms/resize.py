@@ -18,7 +18,7 @@ from scipy.ndimage import zoom
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from common.transforms.pipelines import plain_tensor
+from .slicing import plain_tensor
 
 
 def resize_picture(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -349,7 +349,8 @@ def test_torchrun_trains_one_epoch_on_two_cpu_processes(tmp_path):
 
 def test_inference_feeds_slices_in_the_training_layout(tmp_path):
     """inference.json's preprocessing and the training/evaluation volume pipeline give the same arrays."""
-    from common.transforms.pipelines import AxialSlicesd, volume_transforms
+    from common.transforms.pipelines import volume_transforms
+    from common.transforms.slicing import AxialSlicesd
 
     spec = find_bundle("pvt_gdla_acdc_segmentation")
     bundle = copy_bundle(spec, tmp_path)

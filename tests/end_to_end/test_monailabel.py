@@ -582,7 +582,7 @@ def test_epistemic_scoring_reads_volumes_slab_by_slab(label_env, studies, bundle
     from common.inference.flip_uncertainty import flip_entropy
     from common.inference.volume_streaming import split_readers
     from common.io.volumes import load_volume
-    from common.transforms.pipelines import volume_tensor
+    from common.transforms.loading import volume_tensor
 
     shutil.copy(studies / f"{VOLUME_ID}.nii.gz", tmp_path / "unlabelled.nii.gz")
     (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08 truncated")

@@ -12,7 +12,8 @@ from repo_paths import REPO
 
 from common.data import DatasetLayoutError, get_dataset
 from common.data.synapse import BTCV_TO_SYNAPSE, SYNAPSE_LABEL_NAMES, TRANSUNET_TEST_CASES, TRANSUNET_TRAIN_CASES
-from common.transforms.pipelines import AxialSlicesd, volume_transforms
+from common.transforms.pipelines import volume_transforms
+from common.transforms.slicing import AxialSlicesd
 
 
 def test_transunet_split_constants_are_the_published_ones():

@@ -29,7 +29,7 @@ from common.io.lazy_volumes import (
 )
 from common.io.volumes import load_volume, reorient
 from common.segment.segmenter import load_bundle
-from common.transforms.pipelines import volume_tensor
+from common.transforms.loading import volume_tensor
 
 SLICES = 7
 

@@ -14,7 +14,8 @@ from miniature_layouts import nimare_template, write_nifti
 from common.data import get_dataset
 from common.io.volumes import VolumeReadError, display_to_ras_axial, load_volume, ras_axial_to_display, reorient
 from common.training.datasets import VolumeSliceDataset, training_dataset
-from common.transforms.pipelines import AxialSlicesd, volume_transforms
+from common.transforms.pipelines import volume_transforms
+from common.transforms.slicing import AxialSlicesd
 
 
 @pytest.fixture(scope="module")

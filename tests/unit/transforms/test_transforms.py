@@ -12,21 +12,17 @@ from miniature_layouts import disc, write_busi, write_synapse_npz
 
 from common.data import get_dataset
 from common.io.volumes import VolumeReadError
-from common.transforms.pipelines import (
-    DecodeRunLengthd,
-    LoadMask2Dd,
+from common.transforms.augmentation import (
     RandBrightnessContrastd,
     RandElasticd,
     RandIntegerRotated,
-    eval_transforms,
     gaussian_blur_2d,
-    load_volume_tensor,
     opencv_gaussian_sigma,
     photo_augmentation,
-    train_transforms,
     transunet_augmentation,
-    volume_tensor,
 )
+from common.transforms.loading import DecodeRunLengthd, LoadMask2Dd, load_volume_tensor, volume_tensor
+from common.transforms.pipelines import eval_transforms, train_transforms
 
 
 def _labelled_pair(size=(48, 40)) -> dict:
@@ -204,7 +200,7 @@ def test_slice_resize_is_transunets_scipy_zoom():
 
 def test_photo_augmentation_probabilities_are_the_authors():
     """A.Rotate(p=0.5), flips p 0.5, A.RandomBrightnessContrast(p=0.2), A.GaussianBlur(p=0.3), elastic p 0.3."""
-    from common.transforms.pipelines import photo_augmentation
+    from common.transforms.augmentation import photo_augmentation
 
     probabilities = {type(t).__name__ + str(i): t.prob for i, t in enumerate(photo_augmentation())}
     assert list(probabilities.values()) == [0.5, 0.5, 0.5, 0.2, 0.3, 0.3]
