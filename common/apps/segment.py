@@ -35,9 +35,9 @@ from typing import get_args
 
 from common.inference.inferer import Precision
 from common.io.dicomweb import DicomWebError
+from common.io.validation import InputError
 from common.pacs import dicomweb_segment
 from common.segment.cases import REPORT_FILE, VOLUMES_FILE, format_report, segment_cases
-from common.segment.inputs import InputError
 from common.segment.segmenter import BundleError
 
 

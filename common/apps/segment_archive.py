@@ -43,9 +43,9 @@ from common.archive.worker import WorkerSettings, remove_dead_stagings
 from common.inference.inferer import Precision
 from common.io.dicomweb import DicomWebError, is_dicomweb_url
 from common.io.tables import write_csv
+from common.io.validation import InputError
 from common.pacs.dicomweb_segment import input_location
 from common.segment.cases import REPORT_FILE, VOLUMES_FILE, CaseResult, format_report, report_row
-from common.segment.inputs import InputError
 from common.segment.segmenter import BundleError
 
 DEFAULT_MEMORY_GB = 1.6  # GiB: a Ray worker's peak on a 600-slice CT was 1499 MiB, plus headroom (docs/benchmarks.md)

@@ -27,7 +27,8 @@ from common.io.dicomweb import (
     named_errors,
     parse_resource,
 )
-from common.segment.inputs import Case, InputError, find_cases
+from common.io.validation import InputError
+from common.segment.inputs import Case, find_cases
 
 logger = logging.getLogger(__name__)
 

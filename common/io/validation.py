@@ -12,6 +12,9 @@ what was found (no library internals, no traceback):
   vector images as X x Y x Z x 1 x C), reads a 2-D image as one slice (X, Y, 1), refuses more than one extra
   dimension, NaN or infinite voxels (with their count) and an affine that cannot map voxels to millimetres
   (not finite, or singular).
+
+:class:`InputError` is the wider refusal of an input path or case that cannot be segmented (no case found, a
+picture for a volume bundle, the wrong number of channels).
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ import numpy as np
 
 class VolumeReadError(ValueError):
     """A volume file could not be read; the message names the file and the reason."""
+
+
+class InputError(ValueError):
+    """An input path or case cannot be segmented; the message names the file and what was expected."""
 
 
 #: Bytes per voxel of the NRRD ``type`` and MetaImage ``ElementType`` values, and whether a bundle can take them.

@@ -27,9 +27,9 @@ from common.io.lazy_volumes import open_lazy_volume
 from common.io.previews import write_image_overlay, write_volume_overlay
 from common.io.staging import STAGING_PREFIX, publish, staged_folder
 from common.io.tables import write_csv
-from common.io.validation import short_reason
+from common.io.validation import InputError, short_reason
 from common.io.writers import structure_volumes, write_nifti
-from common.segment.inputs import Case, InputError, find_cases
+from common.segment.inputs import Case, find_cases
 from common.segment.segmenter import BundleSegmenter, load_bundle
 
 logger = logging.getLogger(__name__)

@@ -10,13 +10,10 @@ from pathlib import Path
 import pydicom
 
 from common.io.images import PICTURE_SUFFIXES
+from common.io.validation import InputError
 from common.io.volumes import VOLUME_SUFFIXES, volume_suffix
 
 logger = logging.getLogger(__name__)
-
-
-class InputError(ValueError):
-    """An input path or case cannot be segmented; the message names the file and what was expected."""
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,10 @@ from common.io.lazy_volumes import (
     LazyVolume,
 )
 from common.io.mask_saving import SaveMask2Dd
+from common.io.validation import InputError
 from common.io.volumes import Volume
 from common.networks.convert import fit_state_dict
 from common.networks.encoders import read_state_dict
-from common.segment.inputs import InputError
 
 
 class BundleError(ValueError):

@@ -31,9 +31,10 @@ from repo_paths import REPO
 from common.__main__ import main
 from common.io.dicom_series import read_dicom_series
 from common.io.previews import GAP, PANEL_SHORT_SIDE, panel_size
+from common.io.validation import InputError
 from common.io.volumes import LPS_TO_RAS, load_volume
 from common.segment.cases import segment_cases
-from common.segment.inputs import InputError, find_cases
+from common.segment.inputs import find_cases
 from common.segment.segmenter import BundleError, load_bundle
 
 ROI = 64
