@@ -2,7 +2,7 @@
 
 The tests' bundle copies name :class:`SignalledThreshold` as their ``network_def`` (a ``_target_``, as every bundle
 config names its classes), and put tests/ on the Ray workers' ``PYTHONPATH``. It predicts label 1 where the
-preprocessed image exceeds 0.5 (``IntensityThreshold`` of tests/unit/segment/test_segment.py), except on a slice whose corners
+preprocessed image exceeds 0.5 (``IntensityThreshold`` of tests/segment_fixtures.py), except on a slice whose corners
 are one of the :data:`SIGNALS` values after the bundle's min-max scaling: there it makes its worker process exit
 (on the first attempt only, or every time), hang, or announce its pid in ``state_dir`` and hold the case for a
 few seconds (so that the test can SIGKILL the worker, or remove its node). No product code knows of any of this.

@@ -1,4 +1,4 @@
-"""Test-suite set-up: make tests/ helper modules importable; one torch thread per xdist worker."""
+"""Test-suite set-up: make tests/ helper modules importable; shared fixtures; one torch thread per xdist worker."""
 
 import os
 import sys
@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-# INTERIM (restructure in progress): test modules that import helpers from other test modules
-sys.path[1:1] = [str(p) for p in sorted(Path(__file__).parent.glob("*/*")) if p.is_dir() and p.name != "__pycache__"]
-sys.path.insert(1, str(Path(__file__).parent / "end_to_end"))
+
+from label_fixtures import bundles, label_env  # noqa: E402, F401  (fixtures: MONAI Label's tests)
+from segment_fixtures import mni  # noqa: E402, F401  (fixture: the MNI152 template)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers share the 2 cores: no oversubscription
     torch.set_num_threads(1)

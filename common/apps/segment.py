@@ -37,8 +37,8 @@ from common.inference.inferer import Precision
 from common.io.dicomweb import DicomWebError
 from common.io.validation import InputError
 from common.pacs import dicomweb_segment
+from common.segment.bundle_metadata import BundleError
 from common.segment.cases import REPORT_FILE, VOLUMES_FILE, format_report, segment_cases
-from common.segment.segmenter import BundleError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

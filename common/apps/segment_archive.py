@@ -45,8 +45,8 @@ from common.io.dicomweb import DicomWebError, is_dicomweb_url
 from common.io.tables import write_csv
 from common.io.validation import InputError
 from common.pacs.dicomweb_segment import input_location
+from common.segment.bundle_metadata import BundleError
 from common.segment.cases import REPORT_FILE, VOLUMES_FILE, CaseResult, format_report, report_row
-from common.segment.segmenter import BundleError
 
 DEFAULT_MEMORY_GB = 1.6  # GiB: a Ray worker's peak on a 600-slice CT was 1499 MiB, plus headroom (docs/benchmarks.md)
 

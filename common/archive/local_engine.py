@@ -16,7 +16,7 @@ Finished = Callable[[ArchiveCase, dict, int], None]
 
 def run_local(cases: Sequence[ArchiveCase], settings: WorkerSettings, device: str | None, finished: Finished) -> None:
     """Segment ``cases`` in order; ``finished(case, row, attempts)`` after each. Raises
-    :class:`common.segment.segmenter.BundleError` when the bundle cannot be loaded."""
+    :class:`common.segment.bundle_metadata.BundleError` when the bundle cannot be loaded."""
     worker = CaseWorker(settings, device)
     for case in cases:
         finished(case, worker.segment(case), 1)

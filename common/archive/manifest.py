@@ -20,7 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import IO
 
-from common.segment.segmenter import BundleError
+from common.segment.bundle_metadata import BundleError
 
 MANIFEST_FILE = "manifest.jsonl"
 RUN_FILE = "run.json"

@@ -24,7 +24,7 @@ from common.archive.cases import ArchiveCase
 from common.archive.local_engine import Finished
 from common.archive.resources import ClusterError, Resources, check_reachable
 from common.archive.worker import CaseWorker, WorkerSettings, process_alive, remove_staging
-from common.segment.segmenter import BundleError
+from common.segment.bundle_metadata import BundleError
 
 OBJECT_STORE_BYTES = 100 * 1024**2  # rows and paths only
 START_FAILURES = 3  # workers in a row dying while they load the bundle: the run stops

@@ -71,7 +71,8 @@ def _bundle_identity(bundle: Path) -> tuple[str, str]:
 
 def pack(bundle: Path, weights: Path, output: Path, url_base: str = "") -> list[Path]:
     """Write the archive, the weights file and ``SHA256SUMS`` for ``bundle`` with ``weights``; returns their paths."""
-    from ..segment.segmenter import BundleError, load_bundle
+    from ..segment.bundle_metadata import BundleError
+    from ..segment.segmenter import load_bundle
 
     try:
         load_bundle(bundle, weights=weights, device="cpu")

@@ -66,9 +66,10 @@ from common.pacs.senders import (
     read_allow_file,
 )
 from common.pacs.tls import TlsFiles, TlsSetupError, client_context, peer_subject, server_context
+from common.segment.bundle_metadata import BundleError
 from common.segment.cases import segment_case
 from common.segment.inputs import Case
-from common.segment.segmenter import BundleError, BundleSegmenter, load_bundle
+from common.segment.segmenter import BundleSegmenter, load_bundle
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ picture at a time. Finding the cases and writing their outputs is :mod:`common.s
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,10 +30,7 @@ from common.io.validation import InputError
 from common.io.volumes import Volume
 from common.networks.convert import fit_state_dict
 from common.networks.encoders import read_state_dict
-
-
-class BundleError(ValueError):
-    """The bundle folder or its weights cannot be used; the message names the file."""
+from common.segment.bundle_metadata import BundleError, read_bundle_metadata
 
 
 @dataclass
@@ -149,18 +145,7 @@ def load_bundle(
                 f"{path}: not found; expected a MONAI bundle folder with configs/inference.json "
                 "and configs/metadata.json"
             )
-    meta = _read_json(meta_file)
-    try:
-        formats = meta["network_data_format"]
-        num_channels = int(formats["inputs"]["image"]["num_channels"])
-        channel_def = {int(k): str(v) for k, v in formats["outputs"]["pred"]["channel_def"].items()}
-        multilabel = formats["outputs"]["pred"].get("format") == "classes"  # sigmoid channels, not a label map
-        spatial_dims = {"nifti": 3, "png": 2}[meta["data_type"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(
-            f"{meta_file}: expected data_type 'nifti' or 'png' and network_data_format with inputs.image.num_channels "
-            f"and outputs.pred.channel_def ({type(exc).__name__}: {exc})"
-        ) from exc
+    meta = read_bundle_metadata(meta_file)
     device = torch.device(device or default_device())
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BundleError(f"device {device}: no CUDA device is available; use --device cpu")
@@ -192,19 +177,12 @@ def load_bundle(
         readers=readers,
         preprocessing=preprocessing,
         inferer=inferer,
-        label_names={} if multilabel else {value: name for value, name in channel_def.items() if value > 0},
-        channel_names=[channel_def[k] for k in sorted(channel_def)] if multilabel else None,
-        num_classes=len(channel_def),
-        num_channels=num_channels,
-        spatial_dims=spatial_dims,
+        label_names=meta.label_names,
+        channel_names=meta.channel_names,
+        num_classes=meta.num_classes,
+        num_channels=meta.num_channels,
+        spatial_dims=meta.spatial_dims,
     )
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"{path}: not a readable JSON file ({exc})") from exc
 
 
 def network_with_weights(parser: ConfigParser, weights: Path) -> nn.Module:

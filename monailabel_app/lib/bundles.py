@@ -1,32 +1,24 @@
 """Find the bundles the app serves and read what MONAI Label needs from their ``configs/metadata.json``.
 
-A bundle is a folder ``<name>/`` with ``configs/inference.json`` and ``configs/metadata.json``; its label
-names come from ``network_data_format.outputs.pred.channel_def`` and its input kind from ``data_type``:
-volume bundles (``"nifti"``, ``"dicom"``, and the model zoo's ``"nibabel"``, ``"itk"``) segment volumes slice by
-slice, the others (``"png"``, the zoo's ``"image"``, ...) 2-D pictures. A multi-label bundle (output ``format``
-``"classes"``: one sigmoid channel per structure, no background channel) is served as a label map whose value
-``k + 1`` marks channel ``k``, 0 the background.
+A bundle is a folder ``<name>/`` with ``configs/inference.json`` and ``configs/metadata.json``, read as ``segment``
+reads it (:func:`common.segment.bundle_metadata.read_bundle_metadata`): its label names come from
+``network_data_format.outputs.pred.channel_def`` and its input kind from ``data_type`` (volume bundles segment
+volumes slice by slice, the others 2-D pictures). A multi-label bundle (output ``format`` ``"classes"``: one
+sigmoid channel per structure, no background channel) is served as a label map whose value ``k + 1`` marks
+channel ``k``, 0 the background. :class:`BundleError` also refuses an unusable ``models`` selection.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.io.images import PICTURE_SUFFIXES
+from common.segment.bundle_metadata import BundleError, read_bundle_metadata
 
-#: ``data_type`` values of bundles whose inputs are 3-D volumes.
-VOLUME_DATA_TYPES = ("nifti", "nibabel", "dicom", "itk", "nrrd")
-#: output ``format`` of multi-label bundles (independent channels, each thresholded)
-MULTILABEL_FORMATS = ("classes",)
 #: The repository's bundle folder: the default for the ``bundles`` conf key.
 DEFAULT_BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
-
-
-class BundleError(ValueError):
-    """A bundle folder or the ``models`` selection is not usable; the message names the path and the problem."""
 
 
 @dataclass(frozen=True)
@@ -66,29 +58,8 @@ def is_picture(path: str | os.PathLike) -> bool:
 def read_bundle(path: str | os.PathLike) -> Bundle:
     """Read ``path/configs/metadata.json``; raises :class:`BundleError` naming the file and the missing field."""
     path = Path(path)
-    metadata_file = path / "configs" / "metadata.json"
-    try:
-        metadata = json.loads(metadata_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{metadata_file}: cannot read the bundle metadata ({exc})") from exc
-    outputs = metadata.get("network_data_format", {}).get("outputs", {})
-    prediction = next(iter(outputs.values()), {}) if outputs else {}
-    channel_def = prediction.get("channel_def")
-    if not channel_def:
-        raise BundleError(
-            f"{metadata_file}: expected network_data_format.outputs.pred.channel_def naming the labels, found none"
-        )
-    try:
-        label_names = {int(value): str(name) for value, name in channel_def.items()}
-    except ValueError:
-        raise BundleError(
-            f"{metadata_file}: channel_def keys must be label values, found {list(channel_def)}"
-        ) from None
-    multilabel = str(prediction.get("format", "")).lower() in MULTILABEL_FORMATS
-    if multilabel:
-        label_names = {0: "background", **{value + 1: name for value, name in sorted(label_names.items())}}
-    data_type = str(metadata.get("data_type", "")).lower()
-    return Bundle(path.name, path, label_names, data_type in VOLUME_DATA_TYPES, multilabel)
+    metadata = read_bundle_metadata(path / "configs" / "metadata.json")
+    return Bundle(path.name, path, metadata.label_map_names, metadata.spatial_dims == 3, metadata.multilabel)
 
 
 def select_bundles(root: str | os.PathLike, names: str = "all") -> dict[str, Bundle]:

@@ -1,7 +1,7 @@
 """``segment-archive --address`` joining a two-node Ray cluster on this host (``ray.cluster_utils.Cluster``, on
 127.0.0.1 only), one node removed mid-run: the cases it held run again on the other node and the run completes.
 
-The bundle and archive come from tests/unit/archive/test_archive.py; the ``announce`` cases hold their worker for a few seconds
+The bundle and archive come from tests/archive_fixtures.py; the ``announce`` cases hold their worker for a few seconds
 (tests/archive_network.py), so that both nodes are busy when one is removed.
 """
 
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_archive import TESTS, manifest_rows, masks, signalled_bundle, write_volume
+from archive_fixtures import manifest_rows, masks, signalled_bundle, write_volume
+from repo_paths import TESTS
 
 LOOPBACK = {"node_ip_address": "127.0.0.1", "num_cpus": 1}
 

@@ -20,18 +20,11 @@ import numpy as np
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from label_fixtures import VOLUME_MODEL, Server, run_in_label_env, running_label_server
 from pacs_fixtures import Orthanc, orthanc  # noqa: F401  (session fixture)
+from pacs_studies import referenced_instances, seg_series, sop_uids, study_series
 from pydicom.uid import generate_uid
-from test_monailabel import (  # noqa: F401  (label_env, bundles: fixtures)
-    REPO,
-    VOLUME_MODEL,
-    Server,
-    bundles,
-    label_env,
-    run_in_label_env,
-    running_label_server,
-)
-from test_pacs import referenced_instances, seg_series, sop_uids, study_series
+from repo_paths import REPO
 
 from common.io.dicom_series import read_dicom_series
 

@@ -1,6 +1,6 @@
 """The PACS round trip against a real Orthanc (tests/pacs_fixtures.py): ``segment`` over DICOMweb and the DICOM node.
 
-Series are pydicom's real CT slice as four-slice series (tests/unit/segment/test_segment.py's ``ct_series``), uploaded through
+Series are pydicom's real CT slice as four-slice series (tests/segment_fixtures.py's ``ct_series``), uploaded through
 Orthanc's REST API. Exact masks come from the intensity-threshold network; command-line runs use a bundle whose
 heads are set to predict label 1 (spleen) everywhere, so each series gets a SEG whatever the random encoder does.
 """
@@ -12,20 +12,20 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-import torch
 from dicomweb_client.api import DICOMwebClient
+from node_harness import TEST_RESERVE_GB, Results, csv_rows, wait_for_text
 from pacs_fixtures import NODE_AET, NODE_MODALITY, ORTHANC_AET, Orthanc, free_port, orthanc, start_orthanc, stop_orthanc  # noqa: F401
+from pacs_studies import BUNDLE, SIZE, foreground_bundle, referenced_instances, seg_series, sop_uids, study_series
 from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage, SegmentationStorage, Verification
-from test_segment import IntensityThreshold, copy_bundle, ct_series
+from segment_fixtures import IntensityThreshold, copy_bundle
 
 from common.__main__ import main
 from common.io.dicom_series import read_dicom_series
@@ -33,50 +33,6 @@ from common.io.dicomweb import DicomWebError
 from common.pacs.dicomweb_segment import retrieve_study, store_segs
 from common.pacs.node import Destination, DicomNode, NodeSettings, serve
 from common.segment.cases import segment_cases
-
-BUNDLE = "pvt_gdla_synapse_segmentation"
-SIZE = 128  # CT_small's in-plane size: the threshold network's mask is exact at the bundle's input size
-TEST_RESERVE_GB = 0.001  # the node's disk reserve, on but small: CI disks have less than the default 5 GB free
-
-
-def study_series(folder: Path, study_uid: str) -> tuple[np.ndarray, list[Path]]:
-    """``ct_series`` (a new series) moved into the study ``study_uid``."""
-    volume, files = ct_series(folder)
-    for path in files:
-        ds = pydicom.dcmread(path)
-        ds.StudyInstanceUID = study_uid
-        ds.save_as(path)
-    return volume, files
-
-
-def foreground_bundle(tmp: Path) -> Path:
-    """A bundle copy whose output heads predict label 1 everywhere (zero weights, bias towards label 1)."""
-    root = copy_bundle(tmp, BUNDLE, spatial_size=SIZE, weights=True)
-    state = torch.load(root / "models" / "model.pt", weights_only=True)
-    for key in [k for k in state if k.startswith("head")]:
-        state[key] = torch.zeros_like(state[key])
-        if key.endswith("bias"):
-            state[key][1] = 10.0
-    torch.save(state, root / "models" / "model.pt")
-    return root
-
-
-def seg_series(web: DICOMwebClient, study_uid: str) -> list[pydicom.Dataset]:
-    """The SEG instances of the study, found with QIDO-RS and retrieved with WADO-RS."""
-    found = web.search_for_series(study_instance_uid=study_uid, search_filters={"Modality": "SEG"})
-    return [ds for entry in found for ds in web.retrieve_series(study_uid, entry["0020000E"]["Value"][0])]
-
-
-def referenced_instances(seg: pydicom.Dataset) -> set[str]:
-    return {
-        group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        for group in seg.PerFrameFunctionalGroupsSequence
-    }
-
-
-def sop_uids(files: list[Path]) -> set[str]:
-    return {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
-
 
 # ----------------------------------------------------------------------------- segment over DICOMweb
 
@@ -215,24 +171,6 @@ def test_credentials_come_from_the_environment(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- the DICOM node
 
 
-class Results:
-    """The node's series.csv rows as they come, with a wait for the n-th."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict] = []
-        self.changed = threading.Condition()
-
-    def add(self, row: dict) -> None:
-        with self.changed:
-            self.rows.append(dict(row))
-            self.changed.notify_all()
-
-    def wait_for(self, count: int, timeout: float = 120) -> list[dict]:
-        with self.changed:
-            assert self.changed.wait_for(lambda: len(self.rows) >= count, timeout), f"rows so far: {self.rows}"
-            return list(self.rows)
-
-
 def start_node(tmp_path: Path, port: int, destination: Destination, **settings) -> tuple[DicomNode, Results]:
     bundle = copy_bundle(tmp_path, BUNDLE, spatial_size=SIZE)
     node_settings = NodeSettings(
@@ -369,20 +307,6 @@ def storage_scp(destination: Destination, received: list[pydicom.Dataset]):
     ae.supported_contexts = StoragePresentationContexts
     ae.add_supported_context(SegmentationStorage)
     return ae.start_server((destination.host, destination.port), block=False, evt_handlers=[(evt.EVT_C_STORE, keep)])
-
-
-def wait_for_text(path: Path, text: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not in {path} after {timeout} s:\n{path.read_text() if path.exists() else ''}")
-
-
-def csv_rows(path: Path) -> list[dict]:
-    with open(path) as handle:
-        return list(csv.DictReader(handle))
 
 
 @pytest.mark.slow

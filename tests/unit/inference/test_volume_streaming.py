@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_segment import copy_bundle, crop, flip_axes, mni, write_mha  # noqa: F401 (mni: a fixture)
+from segment_fixtures import copy_bundle, crop, flip_axes, write_mha
 from torch import nn
 
 from common.inference.flip_uncertainty import flip_entropy, volume_flip_entropy
@@ -48,7 +48,7 @@ class RecordingArray:
 
 
 @pytest.fixture(scope="module")
-def brain(mni) -> tuple[np.ndarray, np.ndarray]:  # noqa: F811 (the fixture from test_segment)
+def brain(mni) -> tuple[np.ndarray, np.ndarray]:
     """A 50 x 56 x 7 block of the brain as int16-valued data and its RAS affine."""
     volume, affine = crop(*mni, (25, 30, 38), (50, 56, SLICES))
     return np.round(volume).astype(np.int16), affine

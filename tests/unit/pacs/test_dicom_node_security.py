@@ -23,23 +23,14 @@ from pathlib import Path
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
+from node_harness import TEST_RESERVE_GB, Results, csv_rows, wait_for_text
 from pacs_fixtures import NODE_AET, NODE_MODALITY, ORTHANC_AET, Orthanc, free_port, start_orthanc, stop_orthanc
+from pacs_studies import BUNDLE, SIZE, foreground_bundle, seg_series, study_series
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, Verification
-from test_pacs import (
-    BUNDLE,
-    SIZE,
-    TEST_RESERVE_GB,
-    Results,
-    csv_rows,
-    foreground_bundle,
-    seg_series,
-    study_series,
-    wait_for_text,
-)
-from test_segment import IntensityThreshold, copy_bundle
+from segment_fixtures import IntensityThreshold, copy_bundle
 
 from common.__main__ import main
 from common.pacs.audit import AUDIT_FILE

@@ -19,7 +19,7 @@ import pytest
 import SimpleITK as sitk
 from clinical_corpus import tilted_affine, write_enhanced_ct, write_hostile_corpus
 from miniature_layouts import write_dicom_series
-from test_segment import IntensityThreshold, copy_bundle
+from segment_fixtures import IntensityThreshold, copy_bundle
 
 from common.__main__ import main
 from common.io.dicom_series import DicomSeriesError, read_dicom_series
