@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from common.inference.engine import FinalOutput
 from common.inference.host_allocator import reuse_freed_host_memory
-from common.inference.inferer import FinalOutput
 from common.networks import create_network
 
 ROI = 224

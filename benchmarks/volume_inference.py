@@ -2,7 +2,7 @@
 
 The naive loop does what the authors' test script does for every slice: ``scipy.ndimage.zoom`` (order 3) to
 the network size, a float32 forward pass of one slice under ``torch.no_grad``, softmax and argmax, then ``zoom``
-(order 0) back. The engine is :func:`common.inference.inferer.predict_volume` (the same spline resize as matrix
+(order 0) back. The engine is :func:`common.inference.engine.predict_volume` (the same spline resize as matrix
 products on the device, batches of channels-last slices, argmax at network resolution, nearest-neighbour
 gather back), once in float32 and once with its default ``precision="auto"`` (bfloat16 autocast on CPUs with
 native bfloat16, float16 on CUDA, float32 elsewhere).
@@ -62,13 +62,11 @@ import torch.nn.functional as F
 from scipy.ndimage import zoom
 
 from common.evaluation.metrics import dice
-from common.inference.inferer import (
-    SliceInferenceOptions,
-    autocast_dtype,
-    predict_volume,
-    slices_per_pass,
-)
+from common.inference.engine import predict_volume
 from common.inference.int8 import int8_network
+from common.inference.lanes import slices_per_pass
+from common.inference.options import SliceInferenceOptions
+from common.inference.precision import autocast_dtype
 from common.networks import create_network
 from common.networks.complexity import true_flops
 

@@ -56,7 +56,7 @@ from miniature_layouts import write_dicom_series  # noqa: E402 (after the sys.pa
 from pacs_fixtures import Orthanc, free_port, start_orthanc, stop_orthanc  # noqa: E402 (after the sys.path entry)
 from volume_inference import phantom  # noqa: E402 (after the sys.path entry)
 
-from common.inference.inferer import autocast_dtype  # noqa: E402 (after the sys.path entry)
+from common.inference.precision import autocast_dtype  # noqa: E402 (after the sys.path entry)
 from common.networks import create_network  # noqa: E402 (after the sys.path entry)
 from common.networks.complexity import true_flops  # noqa: E402 (after the sys.path entry)
 from common.transforms.pipelines import CT_WINDOW_HU  # noqa: E402 (after the sys.path entry)

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import get_args
 
-from common.inference.inferer import Precision
+from common.inference.precision import Precision
 from common.io.dicomweb import DicomWebError
 from common.io.validation import InputError
 from common.pacs import dicomweb_segment

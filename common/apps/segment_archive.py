@@ -40,7 +40,7 @@ from common.archive.manifest import (
 )
 from common.archive.resources import ClusterError, Resources, check_reachable
 from common.archive.worker import WorkerSettings, remove_dead_stagings
-from common.inference.inferer import Precision
+from common.inference.precision import Precision
 from common.io.dicomweb import DicomWebError, is_dicomweb_url
 from common.io.tables import write_csv
 from common.io.validation import InputError

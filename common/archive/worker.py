@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from common.archive.cases import DICOMWEB_KIND, ArchiveCase
-from common.inference.inferer import Precision
+from common.inference.precision import Precision
 from common.io.dicomweb import DicomWebError, client, parse_resource, retrieve_series, store_files
 from common.io.staging import STAGING_PREFIX
 from common.pacs.dicomweb_segment import RETRIEVED_FOLDER

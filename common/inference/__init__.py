@@ -1,4 +1,5 @@
-"""Slice-wise inference: the inferer and its engine, volume streaming, host memory, int8 and flip uncertainty.
+"""Slice-wise inference: the inferer, its engine, options, precision and CPU lanes, volume streaming, host memory,
+int8 and flip uncertainty.
 
 The names bundle configs use as ``_target_`` are exported here.
 """

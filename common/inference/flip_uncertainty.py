@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from monai.transforms import Compose
 
-from common.inference.inferer import Network, SliceInferer2D
+from common.inference.engine import Network
+from common.inference.inferer import SliceInferer2D
 from common.inference.volume_streaming import IMAGE_KEY, preprocessed_slabs, preprocessed_whole, preprocessing_plan
 from common.io.lazy_volumes import LazyVolume, as_lazy_volume
 from common.io.volumes import Volume

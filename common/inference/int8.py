@@ -4,8 +4,8 @@ Opt-in only; the engine's default stays float32/bfloat16 PyTorch. :func:`int8_ne
 a fixed batch size and input size (``torch.onnx.export``), quantizes the weights of every ``MatMul`` and ``Gemm``
 node to int8 with ONNX Runtime's dynamic quantization (activations are quantized per batch at run time; the
 convolutions stay float32) and returns an :class:`OrtNetwork`: a callable mapping float32 ``[b, C, h, w]``
-batches (``b`` up to the export batch size) to logits ``[b, K, h, w]``, which :func:`common.inference.inferer.predict_volume`
-and :func:`common.inference.inferer.stream_slices` take in place of the PyTorch network::
+batches (``b`` up to the export batch size) to logits ``[b, K, h, w]``, which :func:`common.inference.engine.predict_volume`
+and :func:`common.inference.engine.stream_slices` take in place of the PyTorch network::
 
     options = SliceInferenceOptions(batch_size=4, roi_size=(224, 224))
     per_pass = slices_per_pass(options, torch.device("cpu"))  # 2 on two threads: two passes of 2 at once
@@ -25,7 +25,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .inferer import FinalOutput, SliceInferenceOptions, concurrent_lanes
+from .engine import FinalOutput
+from .lanes import concurrent_lanes
+from .options import SliceInferenceOptions
 
 #: the node types whose weights are quantized: every linear layer of the transformer blocks
 QUANTIZED_OPS = ("MatMul", "Gemm")
@@ -95,10 +97,10 @@ def int8_network(
 ) -> OrtNetwork:
     """``network`` exported and int8-quantized (:func:`export_onnx`, :func:`quantize_linear_weights`) as a session.
 
-    ``batch_size``: slices of one forward pass, the engine's :func:`common.inference.inferer.slices_per_pass` (smaller
+    ``batch_size``: slices of one forward pass, the engine's :func:`common.inference.lanes.slices_per_pass` (smaller
     batches are padded to it). ``workdir`` keeps ``model.onnx`` and ``model.int8.onnx`` (default: a temporary
     folder, removed once the session is built). ``threads``: ONNX Runtime threads per call; default torch's thread
-    count shared among the batches the engine runs at once on a CPU (:func:`common.inference.inferer.concurrent_lanes`).
+    count shared among the batches the engine runs at once on a CPU (:func:`common.inference.lanes.concurrent_lanes`).
     """
     if threads is None:
         lanes = concurrent_lanes(SliceInferenceOptions(), torch.device("cpu"))

@@ -5,7 +5,7 @@ A bundle's volume preprocessing (``Orientationd``, ``ScaleIntensityRanged`` or `
 alone once the volume's intensity range is known (``ScaleIntensityd``: one pass over the volume first). So the
 volume is never converted, reoriented or scaled as a whole: :func:`segment_streamed` reads slabs of slices in the
 bundle's orientation (:class:`common.io.lazy_volumes.OrientedSlabs`), scales them with the bundle's own transforms,
-runs them through :func:`common.inference.inferer.stream_slices` and writes the labels into a uint8 array in the input's
+runs them through :func:`common.inference.engine.stream_slices` and writes the labels into a uint8 array in the input's
 voxel grid through a reoriented view (so no inversion is needed). Memory: the input where it is held whole (a
 ``.nii.gz`` read across its slice axis; other files are read from disk slab by slab), one uint8 label volume, and
 the batches in flight.
@@ -33,8 +33,9 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
+from common.inference.engine import stream_slices
 from common.inference.host_allocator import release_freed_host_memory
-from common.inference.inferer import SliceInferer2D, stream_slices
+from common.inference.inferer import SliceInferer2D
 from common.io.lazy_volumes import (
     LazyVolume,
     OrientedSlabs,

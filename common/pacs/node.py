@@ -51,7 +51,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
 
-from common.inference.inferer import Precision
+from common.inference.precision import Precision
 from common.io.atomic import atomic_path
 from common.io.dicomweb import NON_IMAGE_MODALITIES
 from common.pacs.audit import AssociationRecord, AuditTrail

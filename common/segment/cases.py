@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from common.inference.inferer import Precision
+from common.inference.precision import Precision
 from common.io.dicom_seg import read_source_datasets, seg_obstacle, write_dicom_seg
 from common.io.dicom_series import DicomSeries
 from common.io.images import PICTURE_SUFFIXES

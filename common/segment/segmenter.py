@@ -19,7 +19,8 @@ import torch.nn as nn
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from common.inference.inferer import Precision, SliceInferer2D
+from common.inference.inferer import SliceInferer2D
+from common.inference.precision import Precision
 from common.inference.volume_streaming import StreamingPlan, segment_volume, split_readers, streaming_plan
 from common.io.images import read_image_2d
 from common.io.lazy_volumes import (
@@ -134,7 +135,7 @@ def load_bundle(
 
     ``weights`` replaces ``models/model.pt`` (a state dict, read with ``weights_only=True``); ``network`` replaces
     the bundle's network altogether (weights are then not read). ``batch_size`` (slices in flight at once) and
-    ``precision`` (see :class:`common.inference.inferer.SliceInferenceOptions`) override the config's inferer;
+    ``precision`` (see :class:`common.inference.options.SliceInferenceOptions`) override the config's inferer;
     ``progress`` shows a bar over slices.
     """
     root = Path(bundle)

@@ -13,18 +13,14 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from scipy.ndimage import zoom
 
-from common import inference
-from common.inference.inferer import (
-    SliceInferenceOptions,
-    SliceInferer2D,
-    autocast_dtype,
-    concurrent_lanes,
-    nearest_indices,
-    predict_volume,
-    resize_spline,
-    slices_per_pass,
-)
+from common.inference import lanes, precision
+from common.inference.engine import predict_volume
+from common.inference.inferer import SliceInferer2D
+from common.inference.lanes import concurrent_lanes, slices_per_pass
+from common.inference.options import SliceInferenceOptions
+from common.inference.precision import autocast_dtype
 from common.io.writers import write_nifti
+from common.transforms.resize import nearest_indices, resize_spline
 
 CENTRES = (0.0, 0.5, 1.0)
 
@@ -230,11 +226,11 @@ def test_precision_choices(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert autocast_dtype("auto", cuda) is torch.float16 and autocast_dtype("bfloat16", cuda) is torch.bfloat16
     assert autocast_dtype("float32", cuda) is None and autocast_dtype("float32", cpu) is None
-    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: True)
     assert autocast_dtype("auto", cpu) is torch.bfloat16 and autocast_dtype("bfloat16", cpu) is torch.bfloat16
     with pytest.warns(UserWarning, match="precision='float16' has no fast path on this cpu device; running float32"):
         assert autocast_dtype("float16", cpu) is None
-    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: False)
     assert autocast_dtype("auto", cpu) is None
     with pytest.warns(UserWarning, match="precision='bfloat16' has no fast path"):
         assert autocast_dtype("bfloat16", cpu) is None
@@ -244,7 +240,7 @@ def test_precision_choices(monkeypatch):
 
 def test_bfloat16_autocast_on_cpu_keeps_the_labels(monkeypatch):
     """With native bfloat16 (forced here, emulated if absent) 'auto' runs the network in bfloat16."""
-    monkeypatch.setattr(inference, "cpu_has_native_bfloat16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bfloat16", lambda: True)
     volume = smooth_volume((40, 30, 6), seed=4)
     network = DtypeRecorder().eval()
     exact = predict_volume(network, volume, roi_size=(32, 32), precision="float32")
@@ -336,7 +332,7 @@ def test_two_lanes_share_the_batch_size_so_it_bounds_the_slices_in_flight(batch_
 
 def test_the_inferer_tunes_host_memory_only_for_a_cpu_and_when_asked(monkeypatch):
     calls = []
-    monkeypatch.setattr(inference, "reuse_freed_host_memory", lambda: calls.append("tuned") or True)
+    monkeypatch.setattr(lanes, "reuse_freed_host_memory", lambda: calls.append("tuned") or True)
     assert SliceInferer2D().prepare_host_memory("cpu") and calls == ["tuned"]
     assert SliceInferer2D(device="cpu").prepare_host_memory() and len(calls) == 2
     assert not SliceInferer2D().prepare_host_memory(torch.device("cuda"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.inference.inferer import predict_volume
+from common.inference.engine import predict_volume
 from common.inference.int8 import OrtNetwork, int8_network
 from common.networks import create_network
 

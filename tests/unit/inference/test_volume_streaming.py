@@ -18,8 +18,9 @@ import torch
 from segment_fixtures import copy_bundle, crop, flip_axes, write_mha
 from torch import nn
 
+from common.inference.engine import predict_volume, stream_slices
 from common.inference.flip_uncertainty import flip_entropy, volume_flip_entropy
-from common.inference.inferer import SliceInferenceOptions, predict_volume, stream_slices
+from common.inference.options import SliceInferenceOptions
 from common.io.indexed_gzip import IndexedGzipFile
 from common.io.lazy_volumes import (
     LazyVolume,
