@@ -72,9 +72,11 @@ from pathlib import Path
 from common.io.volumes import load_volume
 from common.io.previews import write_volume_overlay
 from common.io.writers import structure_volumes, write_nifti
-from common.segment.segmenter import load_bundle
+from common.segment.segmenter import SegmentOptions, load_bundle
 bundle, source, out, precision, batch_size = sys.argv[1:6]
-segmenter = load_bundle(bundle, device="cpu", precision=precision, batch_size=int(batch_size) or None)
+segmenter = load_bundle(
+    bundle, SegmentOptions(device="cpu", precision=precision, batch_size=int(batch_size) or None)
+)
 volume = load_volume(source)
 labels = segmenter.segment_volume(volume, streaming=False)
 write_nifti(labels, volume.affine, Path(out) / "case_seg.nii.gz")

@@ -39,6 +39,7 @@ from common.io.validation import InputError
 from common.pacs import dicomweb_segment
 from common.segment.bundle_metadata import BundleError
 from common.segment.cases import REPORT_FILE, VOLUMES_FILE, format_report, segment_cases
+from common.segment.segmenter import SegmentOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,10 +74,9 @@ def run(args: argparse.Namespace) -> int:
             args.bundle,
             inputs,
             args.output,
-            weights=args.weights,
-            device=args.device,
-            batch_size=args.batch_size,
-            precision=args.precision,
+            SegmentOptions(
+                weights=args.weights, device=args.device, batch_size=args.batch_size, precision=args.precision
+            ),
             series_uid=args.series,
         )
     except (BundleError, InputError, DicomWebError) as exc:

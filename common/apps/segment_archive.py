@@ -47,6 +47,7 @@ from common.io.validation import InputError
 from common.pacs.dicomweb_segment import input_location
 from common.segment.bundle_metadata import BundleError
 from common.segment.cases import REPORT_FILE, VOLUMES_FILE, CaseResult, format_report, report_row
+from common.segment.segmenter import SegmentOptions
 
 DEFAULT_MEMORY_GB = 1.6  # GiB: a Ray worker's peak on a 600-slice CT was 1499 MiB, plus headroom (docs/benchmarks.md)
 
@@ -243,9 +244,9 @@ def _segment(
     settings = WorkerSettings(
         bundle=str(args.bundle),
         output=str(args.output),
-        weights=str(args.weights) if args.weights else None,
-        batch_size=args.batch_size,
-        precision=args.precision,
+        options=SegmentOptions(
+            weights=str(args.weights) if args.weights else None, batch_size=args.batch_size, precision=args.precision
+        ),
         threads=max(1, round(args.cpus_per_worker or 1)) if resources or args.cpus_per_worker else None,
         store_to=args.store_to,
         ca_bundle=str(args.ca_bundle) if args.ca_bundle else None,

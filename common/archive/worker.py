@@ -12,19 +12,18 @@ import re
 import shutil
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from common.archive.cases import DICOMWEB_KIND, ArchiveCase
-from common.inference.precision import Precision
 from common.io.dicomweb import DicomWebError, client, parse_resource, retrieve_series, store_files
 from common.io.staging import STAGING_PREFIX
 from common.pacs.dicomweb_segment import RETRIEVED_FOLDER
 from common.segment.cases import CaseResult, segment_published
 from common.segment.inputs import Case
-from common.segment.segmenter import load_bundle
+from common.segment.segmenter import SegmentOptions, load_bundle
 
 _STAGING_NAME = re.compile(rf"^{re.escape(STAGING_PREFIX)}(?P<host>.+)\.(?P<pid>\d+)\.[^.]+$")
 
@@ -35,9 +34,7 @@ class WorkerSettings:
 
     bundle: str
     output: str
-    weights: str | None = None
-    batch_size: int | None = None
-    precision: Precision | None = None
+    options: SegmentOptions = field(default_factory=SegmentOptions)  # weights, batch size, precision; no network
     threads: int | None = None  # torch threads; None keeps torch's default
     store_to: str | None = None
     ca_bundle: str | None = None
@@ -88,13 +85,7 @@ class CaseWorker:
         self.settings = settings
         self.output = Path(settings.output)
         self.host, self.pid = socket.gethostname(), os.getpid()
-        self.segmenter = load_bundle(
-            settings.bundle,
-            weights=settings.weights,
-            device=device,
-            batch_size=settings.batch_size,
-            precision=settings.precision,
-        )
+        self.segmenter = load_bundle(settings.bundle, replace(settings.options, device=device))
         self.device = str(next(self.segmenter.network.parameters(), torch.empty(0)).device)
 
     def identity(self) -> dict[str, object]:

@@ -72,10 +72,10 @@ def _bundle_identity(bundle: Path) -> tuple[str, str]:
 def pack(bundle: Path, weights: Path, output: Path, url_base: str = "") -> list[Path]:
     """Write the archive, the weights file and ``SHA256SUMS`` for ``bundle`` with ``weights``; returns their paths."""
     from ..segment.bundle_metadata import BundleError
-    from ..segment.segmenter import load_bundle
+    from ..segment.segmenter import SegmentOptions, load_bundle
 
     try:
-        load_bundle(bundle, weights=weights, device="cpu")
+        load_bundle(bundle, SegmentOptions(weights=weights, device="cpu"))
     except BundleError as exc:
         raise ReleaseError(str(exc)) from exc
     name, version = _bundle_identity(bundle)

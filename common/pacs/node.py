@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import get_args
 
 import pydicom
-import torch.nn as nn
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification
@@ -69,7 +68,7 @@ from common.pacs.tls import TlsFiles, TlsSetupError, client_context, peer_subjec
 from common.segment.bundle_metadata import BundleError
 from common.segment.cases import segment_case
 from common.segment.inputs import Case
-from common.segment.segmenter import BundleSegmenter, load_bundle
+from common.segment.segmenter import BundleSegmenter, SegmentOptions, load_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -582,20 +581,10 @@ class DicomNode:
             self.on_result(row)
 
 
-def serve(
-    bundle: str | os.PathLike,
-    settings: NodeSettings,
-    *,
-    weights: str | os.PathLike | None = None,
-    device: str | None = None,
-    batch_size: int | None = None,
-    precision: Precision | None = None,
-    network: nn.Module | None = None,
-) -> DicomNode:
-    """Load the bundle (see :func:`common.segment.segmenter.load_bundle`) and start a :class:`DicomNode`; returns it."""
-    segmenter = load_bundle(
-        bundle, weights=weights, device=device, batch_size=batch_size, precision=precision, network=network
-    )
+def serve(bundle: str | os.PathLike, settings: NodeSettings, options: SegmentOptions | None = None) -> DicomNode:
+    """Load the bundle with ``options`` (see :func:`common.segment.segmenter.load_bundle`) and start a
+    :class:`DicomNode`; returns it."""
+    segmenter = load_bundle(bundle, options)
     node = DicomNode(segmenter, settings)
     node.start()
     return node
@@ -719,10 +708,9 @@ def run(args: argparse.Namespace) -> int:
         node = serve(
             args.bundle,
             settings,
-            weights=args.weights,
-            device=args.device,
-            batch_size=args.batch_size,
-            precision=args.precision,
+            SegmentOptions(
+                weights=args.weights, device=args.device, batch_size=args.batch_size, precision=args.precision
+            ),
         )
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)

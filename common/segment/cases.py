@@ -16,10 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn as nn
 
-from common.inference.precision import Precision
 from common.io.dicom_seg import read_source_datasets, seg_obstacle, write_dicom_seg
 from common.io.dicom_series import DicomSeries
 from common.io.images import PICTURE_SUFFIXES
@@ -30,7 +27,7 @@ from common.io.tables import write_csv
 from common.io.validation import InputError, short_reason
 from common.io.writers import structure_volumes, write_nifti
 from common.segment.inputs import Case, find_cases
-from common.segment.segmenter import BundleSegmenter, load_bundle
+from common.segment.segmenter import BundleSegmenter, SegmentOptions, load_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -150,12 +147,8 @@ def segment_cases(
     bundle: str | os.PathLike,
     inputs: str | os.PathLike,
     output_dir: str | os.PathLike,
+    options: SegmentOptions | None = None,
     *,
-    weights: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
-    batch_size: int | None = None,
-    precision: Precision | None = None,
-    network: nn.Module | None = None,
     progress: bool = True,
     series_uid: str | None = None,
 ) -> list[CaseResult]:
@@ -164,17 +157,9 @@ def segment_cases(
     Raises :class:`BundleError` / :class:`InputError` when nothing can be run (bundle or input path unusable);
     a failing case is recorded in its :class:`CaseResult`, leaves no file behind, and the others go on.
     ``series_uid`` reads that series from DICOM folders holding several (default: the largest, named in the
-    case's warnings). See :func:`load_bundle` for the other options.
+    case's warnings). ``options`` chooses how the bundle is loaded (see :func:`load_bundle`).
     """
-    segmenter = load_bundle(
-        bundle,
-        weights=weights,
-        device=device,
-        batch_size=batch_size,
-        precision=precision,
-        network=network,
-        progress=progress,
-    )
+    segmenter = load_bundle(bundle, options, progress=progress)
     cases = find_cases(inputs)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

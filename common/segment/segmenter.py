@@ -34,6 +34,23 @@ from common.networks.encoders import read_state_dict
 from common.segment.bundle_metadata import BundleError, read_bundle_metadata
 
 
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How a bundle is loaded to segment, as the commands' options give it (``None``: the bundle's own choice).
+
+    ``weights`` replaces ``models/model.pt`` (a state dict, read with ``weights_only=True``); ``network`` replaces
+    the bundle's network altogether (weights are then not read); ``device`` is where the network runs (default:
+    :func:`default_device`). ``batch_size`` (slices in flight at once) and ``precision`` (see
+    :class:`common.inference.options.SliceInferenceOptions`) override the config's inferer.
+    """
+
+    weights: str | os.PathLike | None = None
+    device: str | torch.device | None = None
+    batch_size: int | None = None
+    precision: Precision | None = None
+    network: nn.Module | None = None
+
+
 @dataclass
 class BundleSegmenter:
     """A bundle's network, preprocessing and inferer, as its ``configs/inference.json`` defines them.
@@ -122,22 +139,14 @@ def default_device() -> str:
 
 
 def load_bundle(
-    bundle: str | os.PathLike,
-    *,
-    weights: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
-    batch_size: int | None = None,
-    precision: Precision | None = None,
-    network: nn.Module | None = None,
-    progress: bool = False,
+    bundle: str | os.PathLike, options: SegmentOptions | None = None, *, progress: bool = False
 ) -> BundleSegmenter:
     """Read ``bundle``'s ``configs/inference.json`` and ``configs/metadata.json`` and load its network.
 
-    ``weights`` replaces ``models/model.pt`` (a state dict, read with ``weights_only=True``); ``network`` replaces
-    the bundle's network altogether (weights are then not read). ``batch_size`` (slices in flight at once) and
-    ``precision`` (see :class:`common.inference.options.SliceInferenceOptions`) override the config's inferer;
-    ``progress`` shows a bar over slices.
+    ``options`` (default: the bundle's own) chooses the weights or network, the device, the batch size and the
+    precision (:class:`SegmentOptions`); ``progress`` shows a bar over slices.
     """
+    options = options or SegmentOptions()
     root = Path(bundle)
     config_file, meta_file = root / "configs" / "inference.json", root / "configs" / "metadata.json"
     for path in (config_file, meta_file):
@@ -147,24 +156,27 @@ def load_bundle(
                 "and configs/metadata.json"
             )
     meta = read_bundle_metadata(meta_file)
-    device = torch.device(device or default_device())
+    device = torch.device(options.device or default_device())
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BundleError(f"device {device}: no CUDA device is available; use --device cpu")
     parser = ConfigParser()
     parser.read_config(str(config_file))
     parser["bundle_root"] = str(root)
     parser["inferer#progress"] = progress
-    if batch_size is not None:
-        parser["inferer#sw_batch_size"] = batch_size
-    if precision is not None:
-        parser["inferer#precision"] = precision
+    if options.batch_size is not None:
+        parser["inferer#sw_batch_size"] = options.batch_size
+    if options.precision is not None:
+        parser["inferer#precision"] = options.precision
     try:
         pipeline = parser.get_parsed_content("preprocessing")
         inferer = parser.get_parsed_content("inferer")
         if isinstance(inferer, SliceInferer2D):
             inferer.prepare_host_memory(device)  # before the network is built
+        network = options.network
         if network is None:
-            network = network_with_weights(parser, Path(weights) if weights else root / "models" / "model.pt")
+            network = network_with_weights(
+                parser, Path(options.weights) if options.weights else root / "models" / "model.pt"
+            )
     except BundleError:
         raise
     except Exception as exc:

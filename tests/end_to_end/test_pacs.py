@@ -33,6 +33,7 @@ from common.io.dicomweb import DicomWebError
 from common.pacs.dicomweb_segment import retrieve_study, store_segs
 from common.pacs.node import Destination, DicomNode, NodeSettings, serve
 from common.segment.cases import segment_cases
+from common.segment.segmenter import SegmentOptions
 
 # ----------------------------------------------------------------------------- segment over DICOMweb
 
@@ -46,7 +47,7 @@ def test_dicomweb_series_round_trip_gives_an_exact_seg_in_the_study(tmp_path, or
 
     folder = retrieve_study(f"{orthanc.dicomweb}/studies/{study_uid}", tmp_path / "out", series=series_uid)
     results = segment_cases(
-        bundle, folder, tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+        bundle, folder, tmp_path / "out", SegmentOptions(network=IntensityThreshold(), device="cpu"), progress=False
     )
     rows = store_segs(results, orthanc.dicomweb, tmp_path / "out")
 
@@ -135,7 +136,11 @@ def test_dicomweb_errors_name_the_url_and_status_and_keep_local_outputs(tmp_path
     study_uid = generate_uid()
     volume, files = study_series(tmp_path / "series", study_uid)
     results = segment_cases(
-        bundle, tmp_path / "series", tmp_path / "c", network=IntensityThreshold(), device="cpu", progress=False
+        bundle,
+        tmp_path / "series",
+        tmp_path / "c",
+        SegmentOptions(network=IntensityThreshold(), device="cpu"),
+        progress=False,
     )
     rows = store_segs(results, f"{orthanc.url}/no-such-root", tmp_path / "c")
     assert [row["status"] for row in rows] == ["failed"]
@@ -183,7 +188,7 @@ def start_node(tmp_path: Path, port: int, destination: Destination, **settings) 
         reserve_gb=TEST_RESERVE_GB,
         **settings,
     )
-    node = serve(bundle, node_settings, device="cpu", network=IntensityThreshold())
+    node = serve(bundle, node_settings, SegmentOptions(device="cpu", network=IntensityThreshold()))
     results = Results()
     node.on_result = results.add
     return node, results

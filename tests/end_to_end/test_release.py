@@ -21,7 +21,7 @@ from common.__main__ import main
 from common.bundle.cards import TORCHSCRIPT_COMMAND
 from common.bundle.release import ReleaseError, download, pack, unpack, verify_archive, verify_bundle
 from common.networks import create_network
-from common.segment.segmenter import load_bundle
+from common.segment.segmenter import SegmentOptions, load_bundle
 
 BUNDLES = REPO / "bundles"
 NAME = "pvt_gdla_acdc_segmentation"
@@ -144,7 +144,7 @@ def test_download_verifies_then_unpacks_a_working_bundle(small_bundle, tmp_path,
     )
     fetched = tmp_path / "fetched" / NAME
     verify_bundle(fetched)
-    segmenter = load_bundle(fetched, device="cpu")  # models/model.pt loads into the bundle's network
+    segmenter = load_bundle(fetched, SegmentOptions(device="cpu"))  # models/model.pt loads into the bundle's network
     assert segmenter is not None
     with pytest.raises(ReleaseError, match="already exists"):
         download(url, digest(archive), tmp_path / "fetched")

@@ -29,7 +29,7 @@ from common.io.lazy_volumes import (
     orientation_transform,
 )
 from common.io.volumes import load_volume, reorient
-from common.segment.segmenter import load_bundle
+from common.segment.segmenter import SegmentOptions, load_bundle
 from common.transforms.loading import volume_tensor
 
 SLICES = 7
@@ -89,7 +89,7 @@ def stored(folder: Path, name: str, volume: np.ndarray, affine: np.ndarray) -> P
 
 @pytest.mark.parametrize("bundle_name", ["pvt_gdla_acdc_segmentation", "pvt_gdla_synapse_segmentation"])
 def test_streamed_labels_equal_the_whole_volume_path(tmp_path, bundles, brain, bundle_name):
-    segmenter = load_bundle(bundles[bundle_name], device="cpu", batch_size=2)
+    segmenter = load_bundle(bundles[bundle_name], SegmentOptions(device="cpu", batch_size=2))
     assert segmenter.streaming is not None
     if bundle_name.startswith("pvt_gdla_synapse"):
         brain = (brain[0].astype(np.int16) * 3 - 150, brain[1])  # spread over the CT window [-125, 275]
@@ -143,7 +143,7 @@ def test_compressed_nifti_is_read_from_its_gzip_stream_in_any_order(tmp_path, br
 def test_compressed_nifti_is_segmented_from_its_gzip_stream(tmp_path, bundles, brain):
     """A ``.nii.gz`` whose slices run along its last axis, inferior-ward (so slabs are read back to front), is
     segmented from its gzip stream, not decompressed whole, with the whole-volume path's labels."""
-    segmenter = load_bundle(bundles["pvt_gdla_synapse_segmentation"], device="cpu", batch_size=2)
+    segmenter = load_bundle(bundles["pvt_gdla_synapse_segmentation"], SegmentOptions(device="cpu", batch_size=2))
     array, affine = flip_axes(brain[0] * 3 - 150, brain[1], (2,))  # spread over the CT window [-125, 275]
     path = tmp_path / "brain.nii.gz"
     nib.save(nib.Nifti1Image(array, affine), path)
@@ -158,7 +158,7 @@ def test_compressed_nifti_is_segmented_from_its_gzip_stream(tmp_path, bundles, b
 
 def test_only_slabs_of_the_batch_size_are_read(bundles, brain):
     """Through ``segment_volume`` the volume is read a batch of slices at a time (and once more for min-max)."""
-    segmenter = load_bundle(bundles["pvt_gdla_acdc_segmentation"], device="cpu", batch_size=2)
+    segmenter = load_bundle(bundles["pvt_gdla_acdc_segmentation"], SegmentOptions(device="cpu", batch_size=2))
     array, affine = flip_axes(*brain, (2,))  # slices run inferior-ward on disk: slabs are read back to front
     recording = RecordingArray(array, axis=2)
     labels = segmenter.segment_volume(LazyVolume(recording, affine, Path("brain")))
@@ -170,7 +170,7 @@ def test_only_slabs_of_the_batch_size_are_read(bundles, brain):
 @pytest.mark.parametrize("bundle_name", ["pvt_gdla_acdc_segmentation", "pvt_gdla_synapse_segmentation"])
 def test_flip_entropy_of_a_volume_is_scored_slab_by_slab_as_whole(bundles, brain, bundle_name):
     """The active-learning score reads the volume a slab at a time and equals the score of the whole volume."""
-    segmenter = load_bundle(bundles[bundle_name], device="cpu", batch_size=2)
+    segmenter = load_bundle(bundles[bundle_name], SegmentOptions(device="cpu", batch_size=2))
     inferer = segmenter.inferer
     inferer.options = dataclasses.replace(inferer.options, output="probabilities")
     array, affine = flip_axes(*brain, (0, 2))
@@ -241,7 +241,7 @@ def test_dicom_series_is_read_a_batch_of_files_at_a_time(tmp_path, bundles, brai
     series = read_dicom_series(tmp_path / "series")
     assert lazy.series.files == series.files
     np.testing.assert_allclose(lazy.affine, series.affine)
-    segmenter = load_bundle(bundles["pvt_gdla_synapse_segmentation"], device="cpu", batch_size=2)
+    segmenter = load_bundle(bundles["pvt_gdla_synapse_segmentation"], SegmentOptions(device="cpu", batch_size=2))
     labels = segmenter.segment_volume(lazy)
     assert lazy.data._kept is None  # axial slabs: only the batch's files were read each time
     np.testing.assert_array_equal(lazy.load().array, series.array)

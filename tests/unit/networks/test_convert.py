@@ -100,10 +100,10 @@ def test_segment_weights_accept_the_authors_ckpt(tmp_path):
 
     from reference_keys import write_authors_checkpoint
 
-    from common.segment.segmenter import load_bundle
+    from common.segment.segmenter import SegmentOptions, load_bundle
 
     state = random_state_dict("pvt_gdla", seed=5)
     path = write_authors_checkpoint(tmp_path / "best.ckpt", state, training=True)
     bundle = REPO / "bundles" / "pvt_gdla_synapse_segmentation"
-    segmenter = load_bundle(bundle, weights=path, device="cpu")
+    segmenter = load_bundle(bundle, SegmentOptions(weights=path, device="cpu"))
     assert torch.equal(segmenter.network.state_dict()["backbone.stages.0.norm.weight"], state["backbone.norm1.weight"])

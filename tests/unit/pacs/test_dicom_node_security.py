@@ -38,6 +38,7 @@ from common.pacs.disk_reserve import GB
 from common.pacs.node import Destination, DicomNode, NodeSettings, serve
 from common.pacs.senders import LOOPBACK_SENDERS, is_allowed, parse_sender, read_allow_file
 from common.pacs.tls import TlsFiles
+from common.segment.segmenter import SegmentOptions
 
 CLIENT_AET = "TESTSCU"
 OTHER_HOST = "127.0.0.2"  # a loopback address of its own: another host, as far as the node can tell
@@ -277,7 +278,11 @@ def secure_node(tmp_path_factory, pki, tls_orthanc):
         reserve_gb=TEST_RESERVE_GB,
         quiet_seconds=1.0,
     )
-    node = serve(copy_bundle(tmp, BUNDLE, spatial_size=SIZE), settings, device="cpu", network=IntensityThreshold())
+    node = serve(
+        copy_bundle(tmp, BUNDLE, spatial_size=SIZE),
+        settings,
+        SegmentOptions(device="cpu", network=IntensityThreshold()),
+    )
     results = Results()
     node.on_result = results.add
     yield node, results
@@ -396,7 +401,11 @@ def reserve_node(tmp_path_factory, small_disk):
     """A node with the defaults (no --allow: loopback peers only) writing to the tmpfs with a 16 MB reserve."""
     tmp = tmp_path_factory.mktemp("reserve-node")
     settings = NodeSettings(output=small_disk / "node", port=free_port(), reserve_gb=RESERVE_GB, quiet_seconds=4.0)
-    node = serve(copy_bundle(tmp, BUNDLE, spatial_size=SIZE), settings, device="cpu", network=IntensityThreshold())
+    node = serve(
+        copy_bundle(tmp, BUNDLE, spatial_size=SIZE),
+        settings,
+        SegmentOptions(device="cpu", network=IntensityThreshold()),
+    )
     results = Results()
     node.on_result = results.add
     yield node, results

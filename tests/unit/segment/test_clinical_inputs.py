@@ -26,6 +26,7 @@ from common.io.dicom_series import DicomSeriesError, read_dicom_series
 from common.io.staging import publish, staged_folder
 from common.io.volumes import LPS_TO_RAS, VolumeReadError, load_volume, volume_shape
 from common.segment.cases import segment_cases
+from common.segment.segmenter import SegmentOptions
 
 SHAPE = (64, 64, 5)
 TILT = 12.0
@@ -168,7 +169,11 @@ def test_tilted_series_seg_frames_lie_on_the_source_images_and_the_nifti(tmp_pat
     series = read_dicom_series(tmp_path / "tilted")
 
     results = segment_cases(
-        ct_bundle, tmp_path / "tilted", tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+        ct_bundle,
+        tmp_path / "tilted",
+        tmp_path / "out",
+        SegmentOptions(network=IntensityThreshold(), device="cpu"),
+        progress=False,
     )
 
     assert results[0].status == "ok" and any("gantry tilt 12.00 degrees" in w for w in results[0].warnings)
@@ -198,7 +203,11 @@ def test_enhanced_ct_gets_a_seg_on_its_frames_and_the_twins_nifti(tmp_path, ct_b
     )
 
     results = segment_cases(
-        ct_bundle, tmp_path / "cases", tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+        ct_bundle,
+        tmp_path / "cases",
+        tmp_path / "out",
+        SegmentOptions(network=IntensityThreshold(), device="cpu"),
+        progress=False,
     )
 
     assert [(r.case, r.status) for r in results] == [("enhanced", "ok"), ("single", "ok")]
@@ -281,7 +290,11 @@ def test_source_without_frame_of_reference_keeps_its_nifti_and_says_why_no_seg(t
         dataset.save_as(path)
 
     results = segment_cases(
-        ct_bundle, tmp_path / "anonymised", tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+        ct_bundle,
+        tmp_path / "anonymised",
+        tmp_path / "out",
+        SegmentOptions(network=IntensityThreshold(), device="cpu"),
+        progress=False,
     )
 
     assert results[0].status == "ok"

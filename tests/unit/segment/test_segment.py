@@ -26,9 +26,10 @@ from common.io.dicom_series import read_dicom_series
 from common.io.previews import GAP, PANEL_SHORT_SIDE, panel_size
 from common.io.validation import InputError
 from common.io.volumes import LPS_TO_RAS, load_volume
+from common.segment.bundle_metadata import BundleError
 from common.segment.cases import segment_cases
 from common.segment.inputs import find_cases
-from common.segment.segmenter import BundleError, load_bundle
+from common.segment.segmenter import SegmentOptions, load_bundle
 
 
 class IntensityBands(nn.Module):
@@ -82,7 +83,7 @@ def test_mri_volume_keeps_geometry_and_left_stays_left(tmp_path, mr_bundle, mark
     assert "".join(nib.aff2axcodes(load_volume(source).affine)) == ("LAS" if storage == "nifti_las" else "LPS")
 
     results = segment_cases(
-        mr_bundle, source, tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+        mr_bundle, source, tmp_path / "out", SegmentOptions(network=IntensityThreshold(), device="cpu"), progress=False
     )
 
     assert [(r.case, r.status) for r in results] == [("brain", "ok")]
@@ -121,7 +122,11 @@ def test_ct_dicom_series_gives_nifti_and_a_dicom_seg_on_the_source_series(tmp_pa
     )
 
     results = segment_cases(
-        bundle, tmp_path / "series", tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+        bundle,
+        tmp_path / "series",
+        tmp_path / "out",
+        SegmentOptions(network=IntensityThreshold(), device="cpu"),
+        progress=False,
     )
 
     assert [(r.case, r.status) for r in results] == [("series", "ok")]
@@ -153,7 +158,11 @@ def test_picture_mask_has_the_picture_size(tmp_path, mni):
     Image.fromarray(grey).save(tmp_path / "slice.png")
 
     results = segment_cases(
-        bundle, tmp_path / "slice.png", tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+        bundle,
+        tmp_path / "slice.png",
+        tmp_path / "out",
+        SegmentOptions(network=IntensityThreshold(), device="cpu"),
+        progress=False,
     )
 
     assert results[0].status == "ok"
@@ -171,7 +180,11 @@ def test_multilabel_picture_bundle_writes_one_mask_per_channel(tmp_path, mni):
     Image.fromarray(grey).save(tmp_path / "slice_0045.png")
 
     results = segment_cases(
-        bundle, tmp_path / "slice_0045.png", tmp_path / "out", network=IntensityBands(), device="cpu", progress=False
+        bundle,
+        tmp_path / "slice_0045.png",
+        tmp_path / "out",
+        SegmentOptions(network=IntensityBands(), device="cpu"),
+        progress=False,
     )
 
     assert results[0].status == "ok", results[0].error
@@ -326,12 +339,12 @@ def test_folder_with_a_corrupt_case(tmp_path, mr_bundle, mni, capsys):
 def test_missing_or_unfitting_weights_are_named(tmp_path, mr_bundle, capsys):
     bare = copy_bundle(tmp_path, "pvt_gdla_synapse_segmentation")
     with pytest.raises(BundleError, match=r"models/model.pt: model weights not found"):
-        load_bundle(bare, device="cpu")
+        load_bundle(bare, SegmentOptions(device="cpu"))
     assert main(["segment", "--bundle", str(bare), "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "model weights not found" in capsys.readouterr().err
     # the MR bundle's weights have 4 output classes; the Synapse network has 9
     with pytest.raises(BundleError, match="do not fit the bundle's network_def"):
-        load_bundle(bare, weights=mr_bundle / "models" / "model.pt", device="cpu")
+        load_bundle(bare, SegmentOptions(weights=mr_bundle / "models" / "model.pt", device="cpu"))
     with pytest.raises(BundleError, match="configs/inference.json: not found"):
         load_bundle(tmp_path / "nowhere")
 
@@ -347,7 +360,11 @@ def test_wrong_channels_and_wrong_kind_fail_their_case_only(tmp_path, mr_bundle,
     results = {
         r.case: r
         for r in segment_cases(
-            mr_bundle, inputs, tmp_path / "out", network=IntensityThreshold(), device="cpu", progress=False
+            mr_bundle,
+            inputs,
+            tmp_path / "out",
+            SegmentOptions(network=IntensityThreshold(), device="cpu"),
+            progress=False,
         )
     }
 
@@ -357,7 +374,9 @@ def test_wrong_channels_and_wrong_kind_fail_their_case_only(tmp_path, mr_bundle,
     assert "expects 1-channel images; found 2 channel(s)" in results["two_channels"].error
     assert results["picture"].status == "failed" and "segments volumes" in results["picture"].error
     with pytest.raises(InputError, match="no such file or folder"):
-        segment_cases(mr_bundle, tmp_path / "missing.nii.gz", tmp_path / "out", network=IntensityThreshold())
+        segment_cases(
+            mr_bundle, tmp_path / "missing.nii.gz", tmp_path / "out", SegmentOptions(network=IntensityThreshold())
+        )
 
 
 def test_find_cases_in_a_mixed_folder(tmp_path, mni):
