@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from common.networks.layers import build_ffn
+from common.networks.blocks import build_ffn
 from common.networks.pvt_decoders import DecoderBlock, build_mixer
 
 DIM = 64

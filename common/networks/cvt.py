@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from .blocks import check_image_batch, refuse_deep_supervision
+from .base import check_image_batch, refuse_deep_supervision
 from .kv_transformers import (
     AttentionKind,
     CascadedUpsampler,

@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blocks import DeepSupervisionForward, check_image_batch
+from .base import DeepSupervisionForward, check_image_batch
 from .encoders import create_pvt_v2, load_encoder_weights, pvt_v2_features
 from .papers import EMCAD_CITATION, PVT_DECODER_CITATIONS, PVT_V2_B2_WEIGHTS
 from .registry import register_network

@@ -38,7 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 
-from .layers import MLP, grid_to_tokens, rotary_tables, tokens_to_grid
+from .blocks import MLP
+from .layers import grid_to_tokens, rotary_tables, tokens_to_grid
 
 AttentionKind = Literal["qkv", "kv", "kv_pos"]
 ATTENTION_KINDS = ("qkv", "kv", "kv_pos")

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 
 from .attention import elu_feature_map
-from .blocks import check_image_batch, refuse_deep_supervision
-from .layers import MLP, apply_rotary, grid_to_tokens, rotary_tables, tokens_to_grid
+from .base import check_image_batch, refuse_deep_supervision
+from .blocks import MLP
+from .layers import apply_rotary, grid_to_tokens, rotary_tables, tokens_to_grid
 from .papers import MLLA_UNET_CITATION
 from .registry import register_network
 from .scripting import ScriptedByTracing

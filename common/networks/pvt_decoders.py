@@ -19,19 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import elu_feature_map, linear_attention
-from .blocks import DeepSupervisionForward, check_image_batch
+from .base import DeepSupervisionForward, check_image_batch
+from .blocks import FFNKind, ResBlock, build_ffn
 from .encoders import create_pvt_v2, load_encoder_weights, pvt_v2_features
-from .layers import (
-    FFNKind,
-    ResBlock,
-    RMSNorm,
-    apply_rotary,
-    build_ffn,
-    grid_to_tokens,
-    pointwise,
-    rotary_tables,
-    tokens_to_grid,
-)
+from .layers import RMSNorm, apply_rotary, grid_to_tokens, pointwise, rotary_tables, tokens_to_grid
 from .papers import PVT_DECODER_CITATIONS, PVT_V2_B2_WEIGHTS
 from .registry import register_network
 from .scripting import ScriptedByTracing

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.input_size import INPUT_SIZE
-from .blocks import check_image_batch, refuse_deep_supervision
+from .base import check_image_batch, refuse_deep_supervision
 from .kv_transformers import AttentionKind, KeyValueAttention, TransformerEncoder, conv_bn_relu
 from .layers import grid_to_tokens, tokens_to_grid
 from .papers import KV_ATTENTION_CITATION

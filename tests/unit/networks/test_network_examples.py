@@ -19,7 +19,7 @@ NETWORK_CLASSES = [
     cvt.CvT,
 ]
 MODULES = [
-    "blocks",
+    "base",
     "pvt_decoders",
     "emcad",
     "xattnres",

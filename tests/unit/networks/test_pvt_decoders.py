@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from common.networks import create_network, list_networks, pvt_decoders
 from common.networks.attention import elu_feature_map, linear_attention
-from common.networks.layers import ResBlock, RMSNorm, grid_to_tokens, tokens_to_grid
+from common.networks.blocks import ResBlock
+from common.networks.layers import RMSNorm, grid_to_tokens, tokens_to_grid
 
 
 def linear_attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
