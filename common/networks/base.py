@@ -25,7 +25,7 @@ def check_image_batch(x: torch.Tensor, in_channels: int, multiple: int = 32) -> 
 
 
 def refuse_deep_supervision(name: str, deep_supervision: bool) -> None:
-    """For networks with one output: ``deep_supervision`` exists only for a uniform factory signature."""
+    """For networks with one output: ``deep_supervision`` exists only so that every network has the option."""
     if deep_supervision:
         raise ValueError(f"{name} has no deep supervision heads; build it with deep_supervision=False")
 

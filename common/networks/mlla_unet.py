@@ -264,7 +264,7 @@ class MLLAUNet(ScriptedByTracing, nn.Module):
         mlp_ratio: MLP hidden width over C.
         qkv_bias: bias of the q/k projection.
         drop_path_rate: largest stochastic depth rate.
-        deep_supervision: must be False; MLLA-UNet has one output (accepted for a uniform factory signature).
+        deep_supervision: must be False; MLLA-UNet has one output (an option so that every network has it).
 
     Examples::
 

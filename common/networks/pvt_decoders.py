@@ -266,7 +266,10 @@ def build_mixer(
     gate: GateKind | None = "sigmoid",
     mixer_kernel_size: int = 3,
 ) -> nn.Module:
-    """The token mixer ``kind`` for ``dim`` channels; ``depth`` (3, 2, 1 from coarse to fine) sets lambda_init."""
+    """The token mixer ``kind`` for ``dim`` channels; ``depth`` (3, 2, 1 from coarse to fine) sets lambda_init.
+
+    The keyword arguments are the GDLA ablations (PVT-GDLA's options); their defaults are the authors' model.
+    """
     heads = dim // HEAD_DIM
     if kind == "gdla":
         return GatedDifferentialLinearAttention(dim, heads, differential, local_mixing, gate, mixer_kernel_size)
