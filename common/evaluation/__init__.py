@@ -1,8 +1,14 @@
 """Evaluation: metric arithmetic and the paper's rules, the published rows, and the evaluator's handlers.
 
-The names bundle configs use as ``_target_`` are exported here.
+The names bundle configs use as ``_target_`` are exported here, each module loaded when its name is first used.
 """
 
-from .handlers import CaseMetricsWriter, ClassMeanDice
+from ..environment.exports import lazy_exports
 
-__all__ = ["CaseMetricsWriter", "ClassMeanDice"]
+#: name -> the submodule that defines it
+EXPORTS = {
+    "CaseMetricsWriter": "handlers",
+    "ClassMeanDice": "handlers",
+}
+__all__ = sorted(EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

@@ -1,28 +1,22 @@
 """Training: the recipe (schedule, optimiser groups, resume), the losses and the slice-training dataset.
 
-The names bundle configs use as ``_target_`` are exported here.
+The names bundle configs use as ``_target_`` are exported here, each module loaded when its name is first used.
 """
 
-from .datasets import training_dataset
-from .losses import BoundaryDoULoss, DeepSupervisionLoss, DiceCrossEntropyLoss
-from .recipe import (
-    GradientClipping,
-    ResumeFromLatest,
-    SaveForResume,
-    WarmupCosineLR,
-    decay_param_groups,
-    iterations_per_epoch,
-)
+from ..environment.exports import lazy_exports
 
-__all__ = [
-    "BoundaryDoULoss",
-    "DeepSupervisionLoss",
-    "DiceCrossEntropyLoss",
-    "GradientClipping",
-    "ResumeFromLatest",
-    "SaveForResume",
-    "WarmupCosineLR",
-    "decay_param_groups",
-    "iterations_per_epoch",
-    "training_dataset",
-]
+#: name -> the submodule that defines it
+EXPORTS = {
+    "BoundaryDoULoss": "losses",
+    "DeepSupervisionLoss": "losses",
+    "DiceCrossEntropyLoss": "losses",
+    "GradientClipping": "recipe",
+    "ResumeFromLatest": "recipe",
+    "SaveForResume": "recipe",
+    "WarmupCosineLR": "recipe",
+    "decay_param_groups": "recipe",
+    "iterations_per_epoch": "recipe",
+    "training_dataset": "datasets",
+}
+__all__ = sorted(EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

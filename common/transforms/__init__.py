@@ -1,24 +1,24 @@
 """Transforms: loading, slicing, augmentation, resizing and the pipelines built from them.
 
-The names bundle configs use as ``_target_`` are exported here.
+The names bundle configs use as ``_target_`` are exported here, each module loaded when its name is first used.
 """
 
-from .augmentation import RandBrightnessContrastd, RandElasticd, RandGaussianBlurd, RandIntegerRotated
-from .loading import DecodeRunLengthd, LoadImage2Dd, LoadMask2Dd, LoadVolumed
-from .pipelines import eval_transforms, train_transforms
-from .resize import ResizePictured, ZoomSliced
+from ..environment.exports import lazy_exports
 
-__all__ = [
-    "DecodeRunLengthd",
-    "LoadImage2Dd",
-    "LoadMask2Dd",
-    "LoadVolumed",
-    "RandBrightnessContrastd",
-    "RandElasticd",
-    "RandGaussianBlurd",
-    "RandIntegerRotated",
-    "ResizePictured",
-    "ZoomSliced",
-    "eval_transforms",
-    "train_transforms",
-]
+#: name -> the submodule that defines it
+EXPORTS = {
+    "DecodeRunLengthd": "loading",
+    "LoadImage2Dd": "loading",
+    "LoadMask2Dd": "loading",
+    "LoadVolumed": "loading",
+    "RandBrightnessContrastd": "augmentation",
+    "RandElasticd": "augmentation",
+    "RandGaussianBlurd": "augmentation",
+    "RandIntegerRotated": "augmentation",
+    "ResizePictured": "resize",
+    "ZoomSliced": "resize",
+    "eval_transforms": "pipelines",
+    "train_transforms": "pipelines",
+}
+__all__ = sorted(EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, EXPORTS)

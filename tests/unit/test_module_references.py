@@ -1,0 +1,95 @@
+"""Every module path typed as a string resolves: bundle configs' ``_target_``s, the commands of ``python -m common``,
+dotted ``common.`` strings in the package's code, and ``python -m common.…`` in the Makefile and the docs.
+
+A module moved without its references being rewritten fails here, not in a user's bundle run.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import re
+
+import pytest
+from repo_paths import REPO
+
+from common.__main__ import COMMANDS
+
+DOTTED = re.compile(r"common(?:\.[A-Za-z_][A-Za-z_0-9]*)+")
+RUN_MODULE = re.compile(r"-m (common(?:\.[a-z_]+)+)")
+
+
+def resolve(dotted: str) -> object:
+    """The module or attribute a dotted path names; raises if there is none."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[cut:]:
+            found = getattr(found, attribute)
+        return found
+    raise ModuleNotFoundError(dotted)
+
+
+def config_targets() -> set[str]:
+    """Every ``_target_`` naming our code in the rendered bundles' configs."""
+    found: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if isinstance(target, str) and target.startswith("common."):
+                found.add(target)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for path in sorted((REPO / "bundles").glob("*/configs/*.json")):
+        walk(json.loads(path.read_text()))
+    return found
+
+
+def code_strings() -> set[str]:
+    """Dotted ``common.`` paths written as string constants in ``common/`` (configs the renderer writes, commands)."""
+    found: set[str] = set()
+    for path in sorted((REPO / "common").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and DOTTED.fullmatch(node.value):
+                found.add(node.value)
+    return found
+
+
+def run_module_lines() -> set[str]:
+    """Modules run with ``python -m`` in the Makefile, the README and docs/."""
+    texts = [REPO / "Makefile", REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    return {match for path in texts for match in RUN_MODULE.findall(path.read_text())}
+
+
+def test_the_bundles_name_our_code_at_package_level():
+    targets = config_targets()
+    assert len(targets) > 20, "the bundles' configs should name our transforms, inferer, losses and handlers"
+    deep = sorted(t for t in targets if t.count(".") > 2 and not t.startswith(("common.io.", "common.data.")))
+    assert not deep, f"targets not at a package's face: {deep}"
+
+
+@pytest.mark.parametrize("dotted", sorted(config_targets() | code_strings()))
+def test_every_dotted_path_in_configs_and_code_resolves(dotted):
+    assert resolve(dotted) is not None
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_module_has_the_command_interface(name):
+    module = importlib.import_module(COMMANDS[name][0])
+    assert callable(module.add_arguments) and callable(module.run)
+
+
+def test_every_module_run_with_python_m_exists():
+    modules = run_module_lines()
+    assert "common.apps.label_server" in modules
+    for name in modules:
+        assert importlib.util.find_spec(name) is not None, f"python -m {name}: no such module"
