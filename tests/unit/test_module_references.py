@@ -1,5 +1,6 @@
 """Every module path typed as a string resolves: bundle configs' ``_target_``s, the commands of ``python -m common``,
-dotted ``common.`` strings in the package's code, and ``python -m common.…`` in the Makefile and the docs.
+dotted ``common.`` strings in the package's code, dotted ``common.`` names in the README and docs/, and
+``python -m common.…`` in the Makefile and the docs.
 
 A module moved without its references being rewritten fails here, not in a user's bundle run.
 """
@@ -16,7 +17,7 @@ from repo_paths import REPO
 
 from common.__main__ import COMMANDS
 
-DOTTED = re.compile(r"common(?:\.[A-Za-z_][A-Za-z_0-9]*)+")
+DOTTED = re.compile(r"(?<![\w.])common(?:\.[A-Za-z_][A-Za-z_0-9]*)+")
 RUN_MODULE = re.compile(r"-m (common(?:\.[a-z_]+)+)")
 
 
@@ -64,6 +65,12 @@ def code_strings() -> set[str]:
     return found
 
 
+def doc_names() -> set[str]:
+    """Dotted ``common.`` names the README and docs/ mention (modules, classes, functions)."""
+    texts = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    return {match for path in texts for match in DOTTED.findall(path.read_text())}
+
+
 def run_module_lines() -> set[str]:
     """Modules run with ``python -m`` in the Makefile, the README and docs/."""
     texts = [REPO / "Makefile", REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -86,6 +93,14 @@ def test_every_dotted_path_in_configs_and_code_resolves(dotted):
 def test_every_command_module_has_the_command_interface(name):
     module = importlib.import_module(COMMANDS[name][0])
     assert callable(module.add_arguments) and callable(module.run)
+
+
+@pytest.mark.parametrize("dotted", sorted(doc_names()))
+def test_every_dotted_name_in_the_docs_resolves(dotted):
+    if dotted == "common.apps.label_server":  # imports MONAI Label, which has an environment of its own
+        assert importlib.util.find_spec(dotted) is not None
+    else:
+        assert resolve(dotted) is not None
 
 
 def test_every_module_run_with_python_m_exists():
