@@ -4,11 +4,14 @@ server started through the repo's launcher on 127.0.0.1 (test_monailabel.py and 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +30,8 @@ SKIP_BUILD_VARIABLE = "GDLA_SKIP_LABEL_ENV_BUILD"
 ENV_BUILD_TIMEOUT_S = 3600
 SERVER_START_TIMEOUT_S = 300
 REQUEST_TIMEOUT_S = 300
+#: held while ``make label-env`` runs, so that two pytest-xdist workers never build ``.venv-label`` at once
+BUILD_LOCK = Path(tempfile.gettempdir()) / f"gdla-label-env-{hashlib.sha256(str(REPO).encode()).hexdigest()[:12]}.lock"
 
 VOLUME_MODEL = "pvt_gdla_mni152_segmentation"
 PICTURE_MODEL = "pvt_gdla_photo_segmentation"
@@ -36,14 +41,19 @@ PICTURE_LABELS = {"0": "background", "1": "brain"}
 CHANNELS = {"0": "large_bowel", "1": "small_bowel", "2": "stomach"}  # sigmoid channels, no background channel
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def label_env() -> Path:
-    """``.venv-label``, built (or brought up to date) by ``make label-env``."""
+    """``.venv-label``, built (or brought up to date) by ``make label-env`` once per session, by one worker at a
+    time: a worker that waited for the lock finds it built."""
     if os.environ.get(SKIP_BUILD_VARIABLE) == "1":
         if not (LABEL_VENV / ".installed").is_file():
             pytest.skip(f"{LABEL_VENV} is not built and {SKIP_BUILD_VARIABLE}=1 forbids building it (make label-env)")
         return LABEL_VENV
-    build = subprocess.run(["make", "label-env"], cwd=REPO, capture_output=True, text=True, timeout=ENV_BUILD_TIMEOUT_S)
+    with open(BUILD_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build = subprocess.run(
+            ["make", "label-env"], cwd=REPO, capture_output=True, text=True, timeout=ENV_BUILD_TIMEOUT_S
+        )
     assert build.returncode == 0, f"make label-env failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
     return LABEL_VENV
 

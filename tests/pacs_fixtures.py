@@ -170,7 +170,8 @@ def stop_orthanc(server: Orthanc) -> None:
 
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory) -> Orthanc:
-    """One Orthanc for the test session (see the module docstring)."""
+    """One Orthanc for the test session (see the module docstring), registered in tests/conftest.py so that every
+    module shares it (one per pytest-xdist worker); each test uploads studies with new UIDs and queries by them."""
     server = start_orthanc(tmp_path_factory.mktemp("orthanc"), node_port=free_port())
     yield server
     stop_orthanc(server)

@@ -21,7 +21,7 @@ import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from label_fixtures import VOLUME_MODEL, Server, run_in_label_env, running_label_server
-from pacs_fixtures import Orthanc, orthanc  # noqa: F401  (session fixture)
+from pacs_fixtures import Orthanc
 from pacs_studies import referenced_instances, seg_series, sop_uids, study_series
 from pydicom.uid import generate_uid
 from repo_paths import REPO

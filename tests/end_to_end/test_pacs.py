@@ -20,7 +20,7 @@ import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from node_harness import TEST_RESERVE_GB, Results, csv_rows, wait_for_text
-from pacs_fixtures import NODE_AET, NODE_MODALITY, ORTHANC_AET, Orthanc, free_port, orthanc, start_orthanc, stop_orthanc  # noqa: F401
+from pacs_fixtures import NODE_AET, NODE_MODALITY, ORTHANC_AET, Orthanc, free_port, start_orthanc, stop_orthanc
 from pacs_studies import BUNDLE, SIZE, foreground_bundle, referenced_instances, seg_series, sop_uids, study_series
 from pydicom.uid import generate_uid
 from pynetdicom import AE, StoragePresentationContexts, evt

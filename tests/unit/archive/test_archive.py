@@ -25,7 +25,6 @@ from archive_fixtures import AFFINE, manifest_rows, masks, signalled_bundle, wri
 from archive_network import signalled_volume
 from dicomweb_client.api import DICOMwebClient
 from miniature_layouts import write_dicom_series
-from pacs_fixtures import orthanc  # noqa: F401
 from pacs_studies import foreground_bundle, seg_series, study_series
 from pydicom.uid import generate_uid
 from repo_paths import TESTS
