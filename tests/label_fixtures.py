@@ -195,7 +195,7 @@ def volume_training(size: list[int]) -> dict:
             "trainer": {
                 "_target_": "SupervisedTrainer",
                 "max_epochs": "@epochs",
-                "epoch_length": "$common.training.recipe.iterations_per_epoch(@train#dataset, @batch_size, @reader)",
+                "epoch_length": "$common.training.iterations_per_epoch(@train#dataset, @batch_size, @reader)",
                 "device": "@device",
                 "train_data_loader": "@train#dataloader",
                 "network": "@network",
