@@ -23,8 +23,6 @@ import torch
 from pacs_fixtures import free_port
 from repo_paths import REPO
 
-from common.networks import create_network
-
 LABEL_VENV = REPO / ".venv-label"
 SKIP_BUILD_VARIABLE = "GDLA_SKIP_LABEL_ENV_BUILD"
 ENV_BUILD_TIMEOUT_S = 3600
@@ -287,6 +285,8 @@ def picture_inference(size: list[int], labels: dict[str, str] = PICTURE_LABELS, 
 
 def save_random_weights(bundle: Path, in_channels: int, num_classes: int) -> dict[str, torch.Tensor]:
     """Write ``models/model.pt`` (a plain state dict of the bundle's network, seeded random weights)."""
+    from common.networks import create_network  # here: tests/conftest.py imports this module, keep that light
+
     torch.manual_seed(0)
     kwargs = {k: v for k, v in network_def(in_channels, num_classes).items() if k not in ("_target_", "name")}
     state = create_network("pvt_gdla", **kwargs).state_dict()

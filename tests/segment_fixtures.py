@@ -13,7 +13,6 @@ import pytest
 import SimpleITK as sitk
 import torch
 import torch.nn as nn
-from monai.bundle import ConfigParser
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from repo_paths import REPO
@@ -41,6 +40,8 @@ def copy_bundle(tmp: Path, name: str, spatial_size: int = ROI, weights: bool = F
         config["network_def"]["encoder"] = "pvt_v2_b0"
     config_file.write_text(json.dumps(config, indent=1))
     if weights:
+        from monai.bundle import ConfigParser  # here: tests/conftest.py imports this module, keep that light
+
         parser = ConfigParser()
         parser.read_config(str(config_file))
         torch.manual_seed(0)
