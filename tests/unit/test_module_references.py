@@ -11,6 +11,8 @@ import ast
 import importlib
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 from repo_paths import REPO
@@ -60,9 +62,24 @@ def code_strings() -> set[str]:
     found: set[str] = set()
     for path in sorted((REPO / "common").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and DOTTED.fullmatch(node.value):
-                found.add(node.value)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if DOTTED.fullmatch(node.value):
+                    found.add(node.value)
     return found
+
+
+def expression_names() -> set[str]:
+    """``common.`` names in the ``$`` expressions of the rendered configs and of the configs written in ``common/``
+    and the tests: MONAI evaluates them by attribute access from ``import common``, without importing submodules."""
+    strings = [
+        node.value
+        for path in sorted([*(REPO / "common").rglob("*.py"), *(REPO / "tests").rglob("*.py")])
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+    for path in sorted((REPO / "bundles").glob("*/configs/*.json")):
+        strings += re.findall(r'"(\$[^"]*)"', path.read_text())
+    return {name for text in strings if text.startswith("$") for name in DOTTED.findall(text)}
 
 
 def doc_names() -> set[str]:
@@ -87,6 +104,13 @@ def test_the_bundles_name_our_code_at_package_level():
 @pytest.mark.parametrize("dotted", sorted(config_targets() | code_strings()))
 def test_every_dotted_path_in_configs_and_code_resolves(dotted):
     assert resolve(dotted) is not None
+
+
+@pytest.mark.parametrize("dotted", sorted(expression_names()))
+def test_every_name_a_config_expression_uses_is_reached_by_attribute_access(dotted):
+    probe = f"import sys, common; print(common.{dotted.removeprefix('common.')} is not None)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
+    assert result.stdout.strip() == "True", result.stderr.strip().splitlines()[-1:]
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
