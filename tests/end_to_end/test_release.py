@@ -162,7 +162,7 @@ def test_archive_carries_the_code_its_configs_import(small_bundle, tmp_path):
     assert {
         f"{NAME}/scripts/common/__init__.py",
         f"{NAME}/scripts/common/networks/registry.py",
-        f"{NAME}/scripts/common/transforms.py",
+        f"{NAME}/scripts/common/transforms/__init__.py",
         f"{NAME}/scripts/common/data/inputs.py",
     } <= names
     assert not any("__pycache__" in n for n in names)
