@@ -5,7 +5,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
-# two workers share the two cores (tests/conftest.py gives each one torch thread)
+# two workers share the two cores (tests/conftest.py gives each one torch thread); tests marked with one
+# xdist_group run on one worker (MONAI Label's: one builds .venv-label, none waits for it)
 PYTEST_WORKERS ?= 2
 
 .PHONY: install lint test test-quick demo bench clean pacs-deps
@@ -25,10 +26,10 @@ lint: $(STAMP)
 
 # the whole check CI runs (.ci/run): the lint first, then every test
 test: lint pacs-deps
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS)
 
 test-quick: $(STAMP) pacs-deps
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m common demo

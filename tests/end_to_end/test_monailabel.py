@@ -39,6 +39,9 @@ from label_fixtures import (
 from PIL import Image
 from repo_paths import REPO
 
+# both modules need .venv-label, which one worker builds: they run on that worker, while the other goes on
+pytestmark = pytest.mark.xdist_group("monailabel")
+
 TRAINING_TIMEOUT_S = 900
 
 VOLUME_ID, PICTURE_ID, SECOND_PICTURE_ID = "mni152_las", "mni152_axial", "mni152_coronal"

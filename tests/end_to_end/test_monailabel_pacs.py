@@ -47,6 +47,9 @@ app, root, series_uid, cache = sys.argv[1:5]
 sys.path.insert(0, app)
 from dicomweb_client.api import DICOMwebClient
 from lib.datastore import StreamingDICOMWebDatastore
+
+# both modules need .venv-label, which one worker builds: they run on that worker, while the other goes on
+pytestmark = pytest.mark.xdist_group("monailabel")
 store = StreamingDICOMWebDatastore(DICOMwebClient(root), search_filter={"Modality": "CT"}, cache_path=cache)
 found = {}
 def fetch(k):
