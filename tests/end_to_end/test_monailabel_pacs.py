@@ -28,6 +28,9 @@ from repo_paths import REPO
 
 from common.io.dicom_series import read_dicom_series
 
+# both modules need .venv-label, which one worker builds: they run on that worker, while the other goes on
+pytestmark = pytest.mark.xdist_group("monailabel")
+
 
 @pytest.fixture(scope="module")
 def pacs_series(orthanc: Orthanc, tmp_path_factory) -> tuple[str, str, Path, list[Path]]:
@@ -48,8 +51,6 @@ sys.path.insert(0, app)
 from dicomweb_client.api import DICOMwebClient
 from lib.datastore import StreamingDICOMWebDatastore
 
-# both modules need .venv-label, which one worker builds: they run on that worker, while the other goes on
-pytestmark = pytest.mark.xdist_group("monailabel")
 store = StreamingDICOMWebDatastore(DICOMwebClient(root), search_filter={"Modality": "CT"}, cache_path=cache)
 found = {}
 def fetch(k):
