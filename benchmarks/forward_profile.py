@@ -2,8 +2,10 @@
 
 One lane of the CPU engine runs batches of 4 channels-last 224 x 224 slices on one thread; this script runs the
 same forward pass ``--repeats`` times after a warm-up and prints the operators by self CPU time and the wall time of
-the encoder stages, decoder blocks and their parts (forward hooks, medians). The allocator is tuned as the engine
-tunes it (:func:`common.inference.host_allocator.reuse_freed_host_memory`) unless ``--default-malloc`` is given.
+the encoder stages, decoder blocks and their parts (forward hooks, medians), and the share of the self CPU time spent
+in matrix products (:data:`PRODUCT_OPERATORS`: linear layers, convolutions of every kind, attention, batched
+products): what a forward pass would still take if everything else (norms, activations, copies, element-wise
+arithmetic) cost nothing. The allocator is tuned as the engine tunes it (:func:`common.inference.host_allocator.reuse_freed_host_memory`) unless ``--default-malloc`` is given.
 
 Usage: ``python benchmarks/forward_profile.py [--threads 1] [--batch-size 4] [--precision float32|bfloat16]``.
 """
@@ -31,6 +33,23 @@ TIMED_MODULES = (
     "up2",
     "up3",
 )
+#: Operators whose self time is matrix-product work (their multiply-accumulates are the floor's count).
+PRODUCT_OPERATORS = (
+    "aten::addmm",
+    "aten::mm",
+    "aten::bmm",
+    "aten::baddbmm",
+    "aten::mkldnn_convolution",
+    "aten::_slow_conv2d_forward",
+    "aten::_scaled_dot_product_flash_attention_for_cpu",
+)
+
+
+def product_share(averages) -> float:
+    """Fraction of the profile's self CPU time spent in :data:`PRODUCT_OPERATORS`."""
+    total = sum(event.self_cpu_time_total for event in averages)
+    products = sum(event.self_cpu_time_total for event in averages if event.key in PRODUCT_OPERATORS)
+    return products / total
 
 
 def module_seconds(network: torch.nn.Module, run, repeats: int) -> dict[str, float]:
@@ -85,8 +104,14 @@ def main() -> None:
             for _ in range(args.repeats):
                 run()
         timed = module_seconds(network, run, args.repeats)
-    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    averages = profiler.key_averages()
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=args.rows))
     forward = timed.pop("forward")
+    share = product_share(averages)
+    print(
+        f"matrix products: {100 * share:.1f} % of the self CPU time; with everything else free a forward pass would "
+        f"take {share * forward * 1e3:.0f} ms"
+    )
     print(
         f"module wall time, batch {args.batch_size}, {args.threads} thread(s), {args.precision}: forward {forward * 1e3:.0f} ms"
     )

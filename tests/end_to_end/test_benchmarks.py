@@ -95,3 +95,31 @@ def test_volume_memory_benchmark_prints_its_table():
     assert [row[:3] for row in rows] == kinds, result.stdout
     assert all(float(row[3]) > 0 and float(row[6]) > 100 for row in rows)  # seconds, peak MiB
     assert "GFLOP/s float32" in result.stdout and "true GMACs per slice" in result.stdout
+
+
+def test_product_share_counts_only_matrix_products(monkeypatch):
+    from torch.profiler import ProfilerActivity, profile
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    forward_profile = importlib.import_module("forward_profile")
+    import torch
+
+    a = torch.randn(512, 512)
+    with torch.inference_mode():
+        with profile(activities=[ProfilerActivity.CPU]) as products:
+            torch.mm(a, a)
+        with profile(activities=[ProfilerActivity.CPU]) as element_wise:
+            torch.nn.functional.gelu(a)
+    assert forward_profile.product_share(products.key_averages()) > 0.9
+    assert forward_profile.product_share(element_wise.key_averages()) == 0.0
+
+
+@pytest.mark.slow
+def test_forward_profile_prints_the_product_bound():
+    command = [sys.executable, str(ROOT / "benchmarks" / "forward_profile.py"), "--batch-size", "1", "--repeats", "1"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    bound = re.search(r"matrix products: ([\d.]+) % .* would take (\d+) ms", result.stdout)
+    forward = re.search(r"forward (\d+) ms", result.stdout)
+    assert bound and forward, result.stdout
+    assert 0 < float(bound[1]) < 100 and 0 < int(bound[2]) <= int(forward[1]), result.stdout
