@@ -156,6 +156,17 @@ def test_compressed_nifti_is_segmented_from_its_gzip_stream(tmp_path, bundles, b
     np.testing.assert_array_equal(labels, expected)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: on a CPU the engine splits a batch into as many lanes as torch has threads
+    (two threads: lanes of half a batch), and these tests count the slices of each read."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
 def test_only_slabs_of_the_batch_size_are_read(bundles, brain):
     """Through ``segment_volume`` the volume is read a batch of slices at a time (and once more for min-max)."""
     segmenter = load_bundle(bundles["pvt_gdla_acdc_segmentation"], SegmentOptions(device="cpu", batch_size=2))
@@ -209,6 +220,7 @@ class Doubling(nn.Module):
         return torch.cat([-x, 2 * x, torch.full_like(x, 0.5)], dim=1)
 
 
+@pytest.mark.usefixtures("one_torch_thread")
 def test_stream_slices_on_the_cpu_device_equals_predict_volume():
     """The device path (host slabs, a device copy, results back on the host) run with ``device="cpu"``."""
     volume = torch.linspace(-1, 1, 20 * 24 * 9).reshape(1, 20, 24, 9).float()
