@@ -26,7 +26,8 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 from common import __version__
-from lib.bundles import DEFAULT_BUNDLES_DIR, select_bundles
+from common.bundle.location import DEFAULT_ROOT
+from lib.bundles import select_bundles
 from lib.datastore import StreamingDICOMWebDatastore
 from lib.infer import BundleSegmentation
 from lib.scoring import FlipEntropyScoring
@@ -39,7 +40,7 @@ class BundlesApp(MONAILabelApp):
     """One inference and one training task per selected bundle, named after the bundle folder."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
-        self.bundles = select_bundles(conf.get("bundles", DEFAULT_BUNDLES_DIR), conf.get("models", "all"))
+        self.bundles = select_bundles(conf.get("bundles", DEFAULT_ROOT), conf.get("models", "all"))
         logger.info(f"Bundles: {', '.join(self.bundles)}")
         super().__init__(
             app_dir=app_dir,

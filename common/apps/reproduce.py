@@ -27,7 +27,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.bundle import run as run_bundle
 
-from ..bundle.render import DEFAULT_ROOT
+from ..bundle.location import DEFAULT_ROOT
 from ..bundle.specs import config_files
 from ..data.registry import get_dataset
 from ..data.synapse import SELECTION_TEXT, VALIDATION_CHOICES, validation_cases_for

@@ -12,11 +12,10 @@ from pathlib import Path
 
 from .cards import LICENSE_TEXT, data_license, large_files, model_card
 from .inference_config import inference_config
+from .location import DEFAULT_ROOT
 from .metadata import metadata
 from .specs import BUNDLES, BundleSpec
 from .train_configs import evaluate_config, multi_gpu_config, multi_gpu_evaluate_config, raw_btcv_config, train_config
-
-DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "bundles"
 
 LOGGING_CONF = """[loggers]
 keys=root

@@ -17,9 +17,6 @@ from pathlib import Path
 from common.io.images import PICTURE_SUFFIXES
 from common.segment.bundle_metadata import BundleError, read_bundle_metadata
 
-#: The repository's bundle folder: the default for the ``bundles`` conf key.
-DEFAULT_BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
-
 
 @dataclass(frozen=True)
 class Bundle:
