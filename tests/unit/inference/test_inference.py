@@ -252,17 +252,24 @@ def test_bfloat16_autocast_on_cpu_keeps_the_labels(monkeypatch):
 
 
 class ThreadRecorder(IntensityBands):
-    """:class:`IntensityBands` that notes the thread and torch's thread count of every call."""
+    """:class:`IntensityBands` that notes the thread and torch's thread count of every call.
 
-    def __init__(self, fail_on_call: int | None = None):
+    With ``meet=n`` the first ``n`` calls wait for each other (a barrier, 30 s at most): they return only if ``n``
+    calls are in flight at once, so the test does not depend on how fast a pool's threads pick up work.
+    """
+
+    def __init__(self, fail_on_call: int | None = None, meet: int = 0):
         super().__init__()
         self.calls: list[tuple[str, int]] = []
         self.fail_on_call = fail_on_call
+        self.barrier = threading.Barrier(meet, timeout=30) if meet else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.calls.append((threading.current_thread().name, torch.get_num_threads()))
         if len(self.calls) == self.fail_on_call:
             raise RuntimeError("broken batch")
+        if self.barrier is not None and len(self.calls) <= self.barrier.parties:
+            self.barrier.wait()  # raises BrokenBarrierError if fewer calls run at once
         return super().forward(x)
 
 
@@ -272,12 +279,12 @@ def test_concurrent_batches_share_the_threads_and_give_the_same_labels():
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        network = ThreadRecorder().eval()
+        network = ThreadRecorder(meet=2).eval()
         labels = predict_volume(network, volume, roi_size=(32, 32), batch_size=2, concurrent_batches=2)
         assert torch.get_num_threads() == 2
         np.testing.assert_array_equal(labels, expected)
         workers = {name for name, threads in network.calls if threads == 1}
-        assert len(network.calls) == 9 and len(workers) == 2  # every batch on one of two one-thread workers
+        assert len(network.calls) == 9 and len(workers) == 2  # two batches at once, each lane on one thread
         assert threading.main_thread().name not in workers
         with pytest.raises(RuntimeError, match="broken batch"):
             predict_volume(ThreadRecorder(fail_on_call=5).eval(), volume, roi_size=(32, 32), batch_size=2)
