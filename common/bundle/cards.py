@@ -157,6 +157,15 @@ def _shell_lines(command: str) -> str:
     return f"{first} \\\n    --meta_file {rest}"
 
 
+#: What ``onnx_export`` leaves behind (MONAI 1.6 with PyTorch's dynamo exporter), and how to keep it out of /tmp.
+ONNX_EXPORT_NOTE = (
+    "`onnx_export` exports to a temporary file first, and PyTorch's exporter writes the weights beside it as "
+    "`tmpXXXXXXXX.data`, which MONAI (1.6) does not remove: a copy of the weights stays in the system's temporary "
+    "folder after every export. Run it as `TMPDIR=$(mktemp -d) python -m monai.bundle onnx_export ...` and remove "
+    "that folder afterwards."
+)
+
+
 def _torchscript_note(spec: BundleSpec) -> str:
     """Why TorchScript export saves a trace of this network, and what the file holds."""
     size, channels = SCRIPT_EXAMPLE_SIZE, dataset_reader(spec).image_channels
@@ -280,6 +289,8 @@ python -m monai.bundle onnx_export network_def --filepath models/model.onnx --ck
 ```
 
 {_torchscript_note(spec)}
+
+{ONNX_EXPORT_NOTE}
 
 `monai.bundle.load("{spec.name}", bundle_dir=..., workflow_type="infer")` returns the network with the weights
 (`configs/infer.json` is `inference.json` under the name `load` looks for; `workflow_type="train"` reads

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -108,7 +109,13 @@ def _export_check(bundle: Path, tmp_path: Path, small: dict) -> None:
     channels = meta["network_data_format"]["inputs"]["image"]["num_channels"]
     shape = [1, channels, *small["spatial_size"]]
     ckpt_export(filepath=str(tmp_path / "model.ts"), use_trace=True, input_shape=shape, **common)
-    onnx_export(filepath=str(tmp_path / "model.onnx"), input_shape=shape, **common)
+    # MONAI exports to a NamedTemporaryFile and the dynamo exporter writes the weights beside it as <name>.data,
+    # which nothing removes: keep that file in tmp_path, not the system's temporary folder
+    system_tempdir, tempfile.tempdir = tempfile.tempdir, str(tmp_path)
+    try:
+        onnx_export(filepath=str(tmp_path / "model.onnx"), input_shape=shape, **common)
+    finally:
+        tempfile.tempdir = system_tempdir
 
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "inference.json"))
