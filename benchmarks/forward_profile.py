@@ -5,7 +5,8 @@ same forward pass ``--repeats`` times after a warm-up and prints the operators b
 the encoder stages, decoder blocks and their parts (forward hooks, medians), and the share of the self CPU time spent
 in matrix products (:data:`PRODUCT_OPERATORS`: linear layers, convolutions of every kind, attention, batched
 products): what a forward pass would still take if everything else (norms, activations, copies, element-wise
-arithmetic) cost nothing. The allocator is tuned as the engine tunes it (:func:`common.inference.host_allocator.reuse_freed_host_memory`) unless ``--default-malloc`` is given.
+arithmetic) cost nothing. The allocator is tuned as the engine tunes it
+(:func:`common.inference.host_allocator.reuse_freed_host_memory`) unless ``--default-malloc`` is given.
 
 Usage: ``python benchmarks/forward_profile.py [--threads 1] [--batch-size 4] [--precision float32|bfloat16]``.
 """

@@ -19,6 +19,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers share the 2 cores: no o
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread from the first test that asks until the module's end, outside xdist too: on a CPU the engine
+    splits a batch into as many lanes as torch has threads (tests that count the slices of each read need one lane),
+    and on a loaded two-core machine two threads spin (fitting a network took ten times the CPU time)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def root_logging_as_before():
     """Undo what a test did to the root logger: a bundle run in process applies the bundle's logging.conf, whose

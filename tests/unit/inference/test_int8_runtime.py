@@ -14,6 +14,8 @@ from common.inference.engine import predict_volume
 from common.inference.int8 import OrtNetwork, int8_network
 from common.networks import create_network
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: one torch thread for the whole module
+
 SIZE = 64
 FIT_STEPS, FIT_LR = 40, 2e-3
 
@@ -35,17 +37,8 @@ def foreground_dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a loaded two-core machine two threads spin and took ten times the CPU time to fit."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def fitted(one_thread) -> torch.nn.Module:
+def fitted(one_torch_thread) -> torch.nn.Module:
     """A small PVT-GDLA fitted to the discs, so that its masks are confident (a random network's are ties)."""
     torch.manual_seed(0)
     network = create_network("pvt_gdla", num_classes=2, encoder="pvt_v2_b0", encoder_weights="random")

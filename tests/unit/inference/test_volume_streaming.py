@@ -156,16 +156,6 @@ def test_compressed_nifti_is_segmented_from_its_gzip_stream(tmp_path, bundles, b
     np.testing.assert_array_equal(labels, expected)
 
 
-@pytest.fixture
-def one_torch_thread():
-    """One torch thread for the test: on a CPU the engine splits a batch into as many lanes as torch has threads
-    (two threads: lanes of half a batch), and these tests count the slices of each read."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.usefixtures("one_torch_thread")
 def test_only_slabs_of_the_batch_size_are_read(bundles, brain):
     """Through ``segment_volume`` the volume is read a batch of slices at a time (and once more for min-max)."""
